@@ -1,0 +1,635 @@
+//! The contract between stage0 (the `berth` CLI) and a stage1 executable.
+//!
+//! stage0 writes a pod directory (see [`PodDir`]) containing `pod.json`, a
+//! serialized [`PodSpec`], and runs `<stage1> run POD_DIR`. Every stage1 reads
+//! the same spec; anything a stage1 cannot honour is rejected with a clear error.
+//!
+//! Parsing ([`PodSpec::from_json`]) and checking ([`PodSpec::validate`]) are
+//! separate steps: parsing rejects unknown fields and foreign versions, and
+//! `validate` checks the semantic rules (absolute paths, name syntax, limits).
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Version of the `pod.json` format written by this stage0.
+pub const SPEC_VERSION: u32 = 1;
+
+/// Environment variable naming an inherited fd that holds an exclusive
+/// `flock` on the pod's `lock` file. stage0 takes the lock while it creates
+/// the pod and hands it to stage1, so `gc` never sees a half-started pod.
+pub const ENV_LOCK_FD: &str = "BERTH_LOCK_FD";
+
+/// Environment variable naming an inherited pipe fd. stage1 writes one line to
+/// it once the app has been started (`ok <pid>`) or failed to start
+/// (`error <message>`), then closes it. Used by `berth run --detach`.
+pub const ENV_READY_FD: &str = "BERTH_READY_FD";
+
+/// Exit code: berth (stage0 or stage1) itself failed.
+pub const EXIT_BERTH_FAILED: i32 = 125;
+/// Exit code: the command was found but could not be executed.
+pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+/// Exit code: the command was not found.
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// Default `PATH` for apps whose spec does not set one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Errors from parsing or validating a [`PodSpec`].
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("pod.json is not valid")]
+    Parse(#[source] serde_json::Error),
+    #[error("pod.json has version {found}, this berth understands version {SPEC_VERSION}")]
+    Version { found: u32 },
+    #[error("invalid pod spec: {0}")]
+    Invalid(String),
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The whole description of a pod, as written to `pod.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodSpec {
+    pub version: u32,
+    /// Pod name, unique per state root: `[A-Za-z0-9][A-Za-z0-9_.-]{0,62}`.
+    pub name: String,
+    /// RFC 4122 textual UUID (lowercase, with dashes).
+    pub uuid: String,
+    /// 32 lowercase hex digits; the pod's /etc/machine-id and machined id.
+    pub machine_id: String,
+    pub app: App,
+    pub hostname: String,
+    pub rootfs: Rootfs,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    pub network: Network,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub security: Security,
+    #[serde(default)]
+    pub stdio: Stdio,
+    /// Settings used only by the kvm stage1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvm: Option<KvmSettings>,
+}
+
+/// The process run inside the pod.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    /// argv; `argv[0]` is looked up in `PATH` inside the pod when it has no `/`.
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` strings, in order; later entries win.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Absolute working directory inside the pod.
+    pub cwd: String,
+    pub user: User,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// How the pod's root filesystem is assembled: an overlay whose lower layer is
+/// `image` and whose upper/work directories live in the pod directory, so the
+/// image is never modified and can be shared by many pods.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rootfs {
+    /// Absolute host path of the read-only image directory.
+    pub image: PathBuf,
+}
+
+/// A host directory or file made visible inside the pod.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    /// Absolute host path.
+    pub source: PathBuf,
+    /// Absolute path inside the pod.
+    pub destination: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub mode: NetworkMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// A private network namespace with only loopback.
+    None,
+    /// The host's network namespace (ns stage1 only).
+    Host,
+}
+
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::None => "none",
+            NetworkMode::Host => "host",
+        }
+    }
+}
+
+/// Resource limits; `None` means unlimited (kvm: the stage1 default).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Memory limit in bytes.
+    #[serde(default)]
+    pub memory: Option<u64>,
+    /// CPU limit in thousandths of a CPU (1500 = 1.5 CPUs).
+    #[serde(default)]
+    pub cpu_millis: Option<u32>,
+    /// Maximum number of tasks.
+    #[serde(default)]
+    pub pids: Option<u32>,
+}
+
+/// Confinement applied to the app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Security {
+    /// Capabilities kept in the bounding, permitted and effective sets, as
+    /// lowercase names without the `cap_` prefix (e.g. `net_bind_service`).
+    pub capabilities: Vec<String>,
+    /// Apply berth's default seccomp filter.
+    pub seccomp: bool,
+    /// Set `PR_SET_NO_NEW_PRIVS`.
+    pub no_new_privileges: bool,
+}
+
+/// The capability set kept by default (Docker's/Moby's default set): no
+/// SYS_ADMIN, SYS_MODULE, SYS_RAWIO, SYS_TIME, SYS_PTRACE, MAC_ADMIN, NET_ADMIN...
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "chown",
+    "dac_override",
+    "fowner",
+    "fsetid",
+    "kill",
+    "setgid",
+    "setuid",
+    "setpcap",
+    "net_bind_service",
+    "net_raw",
+    "sys_chroot",
+    "mknod",
+    "audit_write",
+    "setfcap",
+];
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            capabilities: DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect(),
+            seccomp: true,
+            no_new_privileges: true,
+        }
+    }
+}
+
+/// How the app's standard streams are connected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stdio {
+    /// Keep stdin attached (otherwise the app reads /dev/null).
+    #[serde(default)]
+    pub interactive: bool,
+    /// Give the app a pseudo-terminal.
+    #[serde(default)]
+    pub tty: bool,
+}
+
+/// kvm stage1 settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvmSettings {
+    /// Guest kernel (uncompressed vmlinux ELF); `None` = the installed default.
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+}
+
+/// Is `name` acceptable as a pod name?
+pub fn valid_pod_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// Is `name` acceptable as a hostname (RFC 1123 labels, at most 64 bytes)?
+pub fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.split('.').all(|label| {
+            let l = label.as_bytes();
+            !l.is_empty()
+                && l.len() <= 63
+                && l.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+                && l[0] != b'-'
+                && l[l.len() - 1] != b'-'
+        })
+}
+
+fn is_abs_clean(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.contains('\0')
+        && p.split('/').all(|c| c != ".." && c != ".")
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl PodSpec {
+    /// Parse `pod.json` text, rejecting unknown fields and other versions.
+    pub fn from_json(text: &str) -> Result<PodSpec, SpecError> {
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            version: u32,
+        }
+        let v: VersionOnly = serde_json::from_str(text).map_err(SpecError::Parse)?;
+        if v.version != SPEC_VERSION {
+            return Err(SpecError::Version { found: v.version });
+        }
+        serde_json::from_str(text).map_err(SpecError::Parse)
+    }
+
+    /// Read and parse `pod.json` from a pod directory, then validate it.
+    pub fn load(pod: &PodDir) -> Result<PodSpec, SpecError> {
+        let path = pod.spec_file();
+        let text = std::fs::read_to_string(&path).map_err(|source| SpecError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let spec = PodSpec::from_json(&text)?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serializing these plain types cannot fail (no maps with non-string keys).
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Check the semantic rules a stage1 relies on.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let bad = |m: String| Err(SpecError::Invalid(m));
+        if self.version != SPEC_VERSION {
+            return Err(SpecError::Version {
+                found: self.version,
+            });
+        }
+        if !valid_pod_name(&self.name) {
+            return bad(format!("pod name {:?} is not valid", self.name));
+        }
+        if !is_uuid(&self.uuid) {
+            return bad(format!("uuid {:?} is not a lowercase RFC 4122 UUID", self.uuid));
+        }
+        if !is_hex(&self.machine_id, 32) {
+            return bad(format!(
+                "machine_id {:?} is not 32 lowercase hex digits",
+                self.machine_id
+            ));
+        }
+        if !valid_hostname(&self.hostname) {
+            return bad(format!("hostname {:?} is not valid", self.hostname));
+        }
+        if self.app.argv.is_empty() || self.app.argv[0].is_empty() {
+            return bad("app.argv must name a command".into());
+        }
+        if self.app.argv.iter().any(|a| a.contains('\0')) {
+            return bad("app.argv contains a NUL byte".into());
+        }
+        for e in &self.app.env {
+            match e.split_once('=') {
+                Some((k, _)) if !k.is_empty() && !e.contains('\0') => {}
+                _ => return bad(format!("environment entry {e:?} is not KEY=VALUE")),
+            }
+        }
+        if !is_abs_clean(&self.app.cwd) {
+            return bad(format!(
+                "working directory {:?} is not an absolute path",
+                self.app.cwd
+            ));
+        }
+        if !self.rootfs.image.is_absolute() {
+            return bad(format!(
+                "rootfs image {} is not an absolute path",
+                self.rootfs.image.display()
+            ));
+        }
+        for m in &self.mounts {
+            if !m.source.is_absolute() {
+                return bad(format!(
+                    "volume source {} is not an absolute path",
+                    m.source.display()
+                ));
+            }
+            if !is_abs_clean(&m.destination) || m.destination == "/" {
+                return bad(format!(
+                    "volume destination {:?} must be an absolute path below /",
+                    m.destination
+                ));
+            }
+        }
+        if self.resources.memory == Some(0) {
+            return bad("memory limit must be greater than 0".into());
+        }
+        if self.resources.cpu_millis == Some(0) {
+            return bad("cpu limit must be greater than 0".into());
+        }
+        if self.resources.pids == Some(0) {
+            return bad("pids limit must be greater than 0".into());
+        }
+        for c in &self.security.capabilities {
+            if !c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') || c.is_empty() {
+                return bad(format!("capability {c:?} is not a lowercase capability name"));
+            }
+        }
+        if let Some(k) = &self.kvm {
+            if k.vcpus == 0 || k.vcpus > 254 {
+                return bad(format!("vcpus {} is out of range 1..=254", k.vcpus));
+            }
+            if k.memory_mib < 32 {
+                return bad(format!("VM memory {} MiB is below 32 MiB", k.memory_mib));
+            }
+        }
+        Ok(())
+    }
+
+    /// The app's environment with berth's defaults filled in: `PATH` (if the
+    /// spec does not set it), `HOSTNAME`, `HOME` (unless set), `TERM` with a
+    /// tty, and `container=berth`. Later entries of the spec win.
+    pub fn effective_env(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(self.app.env.len() + 5);
+        let has = |k: &str| {
+            self.app
+                .env
+                .iter()
+                .any(|e| e.split_once('=').map(|(x, _)| x) == Some(k))
+        };
+        if !has("PATH") {
+            out.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        out.push(format!("HOSTNAME={}", self.hostname));
+        if !has("HOME") {
+            let home = if self.app.user.uid == 0 { "/root" } else { "/" };
+            out.push(format!("HOME={home}"));
+        }
+        if self.stdio.tty && !has("TERM") {
+            out.push("TERM=xterm".into());
+        }
+        out.push("container=berth".into());
+        for e in &self.app.env {
+            if let Some((k, _)) = e.split_once('=') {
+                out.retain(|o| o.split_once('=').map(|(x, _)| x) != Some(k));
+            }
+            out.push(e.clone());
+        }
+        out
+    }
+}
+
+/// Is `s` a lowercase RFC 4122 textual UUID (8-4-4-4-12 hex digits)?
+pub fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && [8, 4, 4, 4, 12]
+            .iter()
+            .zip(&parts)
+            .all(|(n, p)| is_hex(p, *n))
+}
+
+/// Paths inside a pod directory. Files written by stage0: `pod.json`, `stage1`.
+/// Files written by stage1: `pid`, `status`, `lock`, `ctl.sock`, `console.log`,
+/// `app.log` (output of detached pods), and the overlay's `upper/` and `work/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodDir(PathBuf);
+
+impl PodDir {
+    pub fn new(path: impl Into<PathBuf>) -> PodDir {
+        PodDir(path.into())
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn spec_file(&self) -> PathBuf {
+        self.0.join("pod.json")
+    }
+    /// Mount point of the assembled root filesystem.
+    pub fn rootfs(&self) -> PathBuf {
+        self.0.join("rootfs")
+    }
+    /// Overlay upper directory: every change the pod makes to its rootfs.
+    pub fn upper(&self) -> PathBuf {
+        self.0.join("overlay").join("upper")
+    }
+    /// Overlay work directory.
+    pub fn work(&self) -> PathBuf {
+        self.0.join("overlay").join("work")
+    }
+    /// Host PID of the pod leader (ns: the pod's PID 1; kvm: the VMM).
+    pub fn pid_file(&self) -> PathBuf {
+        self.0.join("pid")
+    }
+    /// The app's exit code, written when the pod ends.
+    pub fn status_file(&self) -> PathBuf {
+        self.0.join("status")
+    }
+    /// flock-ed for the whole life of the pod.
+    pub fn lock_file(&self) -> PathBuf {
+        self.0.join("lock")
+    }
+    /// Path of the stage1 executable that runs this pod (written by stage0).
+    pub fn stage1_file(&self) -> PathBuf {
+        self.0.join("stage1")
+    }
+    /// Control socket for exec/stop (kvm).
+    pub fn ctl_socket(&self) -> PathBuf {
+        self.0.join("ctl.sock")
+    }
+    /// Kernel and guest-init diagnostics (kvm).
+    pub fn console_log(&self) -> PathBuf {
+        self.0.join("console.log")
+    }
+    /// stdout+stderr of a detached pod.
+    pub fn app_log(&self) -> PathBuf {
+        self.0.join("app.log")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> PodSpec {
+        PodSpec {
+            version: SPEC_VERSION,
+            name: "web-1".into(),
+            uuid: "0b9f3c2e-6a1d-4c8e-9f00-1234567890ab".into(),
+            machine_id: "0b9f3c2e6a1d4c8e9f001234567890ab".into(),
+            app: App {
+                argv: vec!["/bin/sh".into(), "-c".into(), "true".into()],
+                env: vec!["A=1".into()],
+                cwd: "/".into(),
+                user: User { uid: 0, gid: 0 },
+            },
+            hostname: "web-1".into(),
+            rootfs: Rootfs {
+                image: "/var/lib/images/busybox".into(),
+            },
+            mounts: vec![Mount {
+                source: "/srv/data".into(),
+                destination: "/data".into(),
+                read_only: true,
+            }],
+            network: Network {
+                mode: NetworkMode::None,
+            },
+            resources: Resources {
+                memory: Some(64 << 20),
+                cpu_millis: Some(500),
+                pids: Some(100),
+            },
+            security: Security::default(),
+            stdio: Stdio::default(),
+            kvm: None,
+        }
+    }
+
+    #[test]
+    fn roundtrip_and_validate() {
+        let s = sample();
+        let text = s.to_json();
+        let back = PodSpec::from_json(&text).expect("parse");
+        assert_eq!(back, s);
+        back.validate().expect("valid");
+    }
+
+    #[test]
+    fn unknown_field_rejected() {
+        let mut v: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
+        v["app"]["surprise"] = serde_json::json!(1);
+        let err = PodSpec::from_json(&v.to_string()).unwrap_err();
+        assert!(err.to_string().contains("not valid"), "{err}");
+        assert!(format!("{:?}", err).contains("surprise"));
+    }
+
+    #[test]
+    fn other_version_rejected() {
+        let mut v: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
+        v["version"] = serde_json::json!(2);
+        match PodSpec::from_json(&v.to_string()) {
+            Err(SpecError::Version { found: 2 }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validate_rejects_bad_values() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut PodSpec)>)> = vec![
+            ("pod name", Box::new(|s| s.name = "-bad".into())),
+            ("uuid", Box::new(|s| s.uuid = "nope".into())),
+            ("machine_id", Box::new(|s| s.machine_id = "ABC".into())),
+            ("hostname", Box::new(|s| s.hostname = "a_b".into())),
+            ("argv", Box::new(|s| s.app.argv.clear())),
+            ("KEY=VALUE", Box::new(|s| s.app.env.push("NOEQUALS".into()))),
+            ("working directory", Box::new(|s| s.app.cwd = "rel".into())),
+            ("working directory", Box::new(|s| s.app.cwd = "/a/../b".into())),
+            ("rootfs image", Box::new(|s| s.rootfs.image = "rel".into())),
+            (
+                "volume destination",
+                Box::new(|s| s.mounts[0].destination = "/".into()),
+            ),
+            (
+                "volume source",
+                Box::new(|s| s.mounts[0].source = "x".into()),
+            ),
+            ("memory", Box::new(|s| s.resources.memory = Some(0))),
+            ("capability", Box::new(|s| s.security.capabilities.push("CAP_X".into()))),
+            (
+                "vcpus",
+                Box::new(|s| {
+                    s.kvm = Some(KvmSettings {
+                        kernel: None,
+                        memory_mib: 256,
+                        vcpus: 0,
+                    })
+                }),
+            ),
+        ];
+        for (needle, mutate) in cases {
+            let mut s = sample();
+            mutate(&mut s);
+            let err = s.validate().expect_err(needle).to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_pod_name("a"));
+        assert!(valid_pod_name("web_1.x-y"));
+        assert!(!valid_pod_name(""));
+        assert!(!valid_pod_name(".hidden"));
+        assert!(!valid_pod_name("a/b"));
+        assert!(!valid_pod_name(&"a".repeat(64)));
+        assert!(valid_hostname("pod-1.example"));
+        assert!(!valid_hostname("pod-"));
+        assert!(!valid_hostname("a..b"));
+    }
+
+    #[test]
+    fn effective_env_defaults_and_overrides() {
+        let mut s = sample();
+        s.app.env = vec!["PATH=/x".into(), "A=1".into(), "A=2".into()];
+        let env = s.effective_env();
+        assert!(env.contains(&"PATH=/x".to_string()));
+        assert!(!env.iter().any(|e| e.starts_with("PATH=/usr")));
+        assert!(env.contains(&"HOME=/root".to_string()));
+        assert!(env.contains(&"HOSTNAME=web-1".to_string()));
+        assert!(env.contains(&"container=berth".to_string()));
+        assert_eq!(env.iter().filter(|e| e.starts_with("A=")).count(), 1);
+        assert_eq!(env.last().map(String::as_str), Some("A=2"));
+    }
+}
+
+/// The contract between the kvm stage1's VMM and guest-init (PID 1 in the VM).
+pub mod kvm {
+    /// I/O port guest-init writes (any byte) as its very first action: the VMM
+    /// timestamps the first write, giving boot-to-init time (the same idea as
+    /// Firecracker's boot-timer device).
+    pub const BOOT_MARK_PORT: u16 = 0x0ef0;
+    /// I/O port guest-init writes the app's exit status to (one byte, 0..=255,
+    /// 128+N for a signal) just before powering off. The VMM's last value wins;
+    /// a VM that powers off without writing here ended abnormally.
+    pub const STATUS_PORT: u16 = 0x0ef1;
+    /// Where the initramfs built by stage1-kvm holds the pod spec.
+    pub const INITRAMFS_SPEC_PATH: &str = "/berth/pod.json";
+    /// Kernel command-line parameter enabling the guest-kernel workaround for
+    /// PVM's mis-delivered 64-bit `syscall` (see kernel-config/patches/). The
+    /// VMM adds it only when it detects PVM.
+    pub const PVM_SYSCALL_FIX_PARAM: &str = "pvm_syscall_fix=1";
+    /// Exit status guest-init reports when it failed itself (not the app).
+    pub const GUEST_INIT_FAILED: u8 = 125;
+}
