@@ -251,9 +251,7 @@ pub fn valid_hostname(name: &str) -> bool {
 }
 
 fn is_abs_clean(p: &str) -> bool {
-    p.starts_with('/')
-        && !p.contains('\0')
-        && p.split('/').all(|c| c != ".." && c != ".")
+    p.starts_with('/') && !p.contains('\0') && p.split('/').all(|c| c != ".." && c != ".")
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
@@ -303,7 +301,10 @@ impl PodSpec {
             return bad(format!("pod name {:?} is not valid", self.name));
         }
         if !is_uuid(&self.uuid) {
-            return bad(format!("uuid {:?} is not a lowercase RFC 4122 UUID", self.uuid));
+            return bad(format!(
+                "uuid {:?} is not a lowercase RFC 4122 UUID",
+                self.uuid
+            ));
         }
         if !is_hex(&self.machine_id, 32) {
             return bad(format!(
@@ -363,7 +364,9 @@ impl PodSpec {
         }
         for c in &self.security.capabilities {
             if !c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') || c.is_empty() {
-                return bad(format!("capability {c:?} is not a lowercase capability name"));
+                return bad(format!(
+                    "capability {c:?} is not a lowercase capability name"
+                ));
             }
         }
         if let Some(k) = &self.kvm {
@@ -555,7 +558,10 @@ mod tests {
             ("argv", Box::new(|s| s.app.argv.clear())),
             ("KEY=VALUE", Box::new(|s| s.app.env.push("NOEQUALS".into()))),
             ("working directory", Box::new(|s| s.app.cwd = "rel".into())),
-            ("working directory", Box::new(|s| s.app.cwd = "/a/../b".into())),
+            (
+                "working directory",
+                Box::new(|s| s.app.cwd = "/a/../b".into()),
+            ),
             ("rootfs image", Box::new(|s| s.rootfs.image = "rel".into())),
             (
                 "volume destination",
@@ -566,7 +572,10 @@ mod tests {
                 Box::new(|s| s.mounts[0].source = "x".into()),
             ),
             ("memory", Box::new(|s| s.resources.memory = Some(0))),
-            ("capability", Box::new(|s| s.security.capabilities.push("CAP_X".into()))),
+            (
+                "capability",
+                Box::new(|s| s.security.capabilities.push("CAP_X".into())),
+            ),
             (
                 "vcpus",
                 Box::new(|s| {

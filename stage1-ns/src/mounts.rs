@@ -1,0 +1,511 @@
+//! The pod's filesystem view, built by the pod's init inside its own mount
+//! namespace: overlay rootfs, /proc, minimal /dev, read-only /sys, volumes,
+//! pivot_root, then the runc/nspawn-style masks over sensitive /proc files.
+
+use berth_spec::{Mount, PodDir, PodSpec};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("cannot mount {what} on {target}")]
+    Mount {
+        what: String,
+        target: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot create {path} in the pod")]
+    Create {
+        path: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("volume source {0} does not exist")]
+    MissingSource(PathBuf),
+    #[error("rootfs image {0} is not a directory")]
+    MissingImage(PathBuf),
+    #[error("cannot pivot_root into {path}")]
+    Pivot {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// Files masked with /dev/null (or an empty read-only tmpfs for
+/// directories), as runc's default `maskedPaths`.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths made read-only, as runc's default `readonlyPaths`.
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Character devices created in the pod's /dev: (name, major, minor).
+const DEVICES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+fn do_mount(
+    source: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), MountError> {
+    mount(source, target, fstype, flags, data).map_err(|e| MountError::Mount {
+        what: fstype.or(source).unwrap_or("bind").to_string(),
+        target: target.display().to_string(),
+        source: e,
+    })
+}
+
+/// Mount the overlay rootfs and everything below it, then pivot_root into it.
+/// Runs in the pod's init, in its fresh mount namespace, as real root.
+pub fn build_root(spec: &PodSpec, pod: &PodDir) -> Result<(), MountError> {
+    // Nothing we mount from here on may propagate back to the host.
+    do_mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None,
+    )?;
+    if !spec.rootfs.image.is_dir() {
+        return Err(MountError::MissingImage(spec.rootfs.image.clone()));
+    }
+    let root = pod.rootfs();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        overlay_escape(&spec.rootfs.image),
+        overlay_escape(&pod.upper()),
+        overlay_escape(&pod.work())
+    );
+    do_mount(
+        Some("overlay"),
+        &root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(&opts),
+    )?;
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let root_fd = open_dir(&root)?;
+    let proc_dir = ensure_dir(&root_fd, "/proc")?;
+    do_mount(
+        Some("proc"),
+        &fd_path(&proc_dir),
+        Some("proc"),
+        nosuid_nodev_noexec,
+        None,
+    )?;
+    let dev = ensure_dir(&root_fd, "/dev")?;
+    build_dev(&root_fd, &fd_path(&dev))?;
+    let sys = ensure_dir(&root_fd, "/sys")?;
+    do_mount(
+        Some("sysfs"),
+        &fd_path(&sys),
+        Some("sysfs"),
+        nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+        None,
+    )?;
+    for dir in ["/tmp", "/run"] {
+        // Only created if missing; the image's own directories are kept.
+        ensure_dir(&root_fd, dir)?;
+    }
+    for m in &spec.mounts {
+        bind_volume(&root_fd, m)?;
+    }
+    drop(root_fd);
+    pivot(&root)
+}
+
+/// The pod's /dev: a small tmpfs with the usual character devices, a private
+/// devpts instance, /dev/shm and /dev/mqueue.
+fn build_dev(root: &OwnedFd, mountpoint: &Path) -> Result<(), MountError> {
+    do_mount(
+        Some("tmpfs"),
+        mountpoint,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    // The descriptor behind `mountpoint` still names the directory *under*
+    // the new tmpfs; look the path up again to land on the tmpfs itself.
+    let dev_fd =
+        open_in_root(root, "/dev", libc::O_PATH | libc::O_DIRECTORY).map_err(|source| {
+            MountError::Create {
+                path: "/dev".into(),
+                source,
+            }
+        })?;
+    let dev = &fd_path(&dev_fd);
+    for (name, major, minor) in DEVICES {
+        let p = dev.join(name);
+        let made = mknod(
+            &p,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(*major, *minor),
+        );
+        if let Err(e) = made {
+            // mknod can be refused (e.g. a nodev parent); bind the host node.
+            std::fs::File::create(&p).map_err(|_| MountError::Create {
+                path: p.display().to_string(),
+                source: e,
+            })?;
+            do_mount(
+                Some(&format!("/dev/{name}")),
+                &p,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )?;
+        }
+        // mknod honours the umask; make the mode exact.
+        let _ = nix::sys::stat::fchmodat(
+            None,
+            &p,
+            Mode::from_bits_truncate(0o666),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        );
+    }
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        let p = dev.join(link);
+        std::os::unix::fs::symlink(to, &p).map_err(|e| MountError::Create {
+            path: p.display().to_string(),
+            source: io_to_nix(e),
+        })?;
+    }
+    for (dir, fstype, flags, data) in [
+        (
+            "pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        ),
+        (
+            "shm",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            "mode=1777,size=65536k",
+        ),
+        (
+            "mqueue",
+            "mqueue",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            "",
+        ),
+    ] {
+        let p = dev.join(dir);
+        std::fs::create_dir(&p).map_err(|e| MountError::Create {
+            path: p.display().to_string(),
+            source: io_to_nix(e),
+        })?;
+        let data = (!data.is_empty()).then_some(data);
+        do_mount(Some(fstype), &p, Some(fstype), flags, data)?;
+    }
+    Ok(())
+}
+
+/// Bind a volume at its destination, creating the mount point inside the pod
+/// rootfs with every path component resolved *inside* the rootfs (a symlink
+/// in the image can never send the mount outside it).
+fn bind_volume(root: &OwnedFd, m: &Mount) -> Result<(), MountError> {
+    let meta =
+        std::fs::metadata(&m.source).map_err(|_| MountError::MissingSource(m.source.clone()))?;
+    let target = if meta.is_dir() {
+        ensure_dir(root, &m.destination)?
+    } else {
+        ensure_file(root, &m.destination)?
+    };
+    let target = fd_path(&target);
+    let src = m.source.to_string_lossy();
+    do_mount(
+        Some(&src),
+        &target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    if m.read_only {
+        do_mount(
+            None,
+            &target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+            None,
+        )
+        .map_err(|e| match e {
+            MountError::Mount { source, .. } => MountError::Mount {
+                what: format!("read-only {}", m.source.display()),
+                target: m.destination.clone(),
+                source,
+            },
+            other => other,
+        })?;
+    }
+    Ok(())
+}
+
+/// pivot_root into `root` and detach the old root (runc's `pivot_root(".", ".")`).
+fn pivot(root: &Path) -> Result<(), MountError> {
+    let err = |source| MountError::Pivot {
+        path: root.to_path_buf(),
+        source,
+    };
+    nix::unistd::chdir(root).map_err(err)?;
+    nix::unistd::pivot_root(".", ".").map_err(err)?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(err)?;
+    nix::unistd::chdir("/").map_err(err)
+}
+
+/// After pivot_root: hide or freeze the sensitive parts of /proc and /sys.
+pub fn mask_paths() -> Result<(), MountError> {
+    for p in READONLY_PATHS {
+        let path = Path::new(p);
+        if !path.exists() {
+            continue;
+        }
+        do_mount(
+            Some(p),
+            path,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        do_mount(
+            None,
+            path,
+            None,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC
+                | MsFlags::MS_REC,
+            None,
+        )?;
+    }
+    for p in MASKED_PATHS {
+        let path = Path::new(p);
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => do_mount(
+                Some("tmpfs"),
+                path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0"),
+            )?,
+            Ok(_) => do_mount(Some("/dev/null"), path, None, MsFlags::MS_BIND, None)?,
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Make `/dev/console` the pod's terminal (bind mount of the pty slave).
+pub fn bind_console(slave_path: &Path) -> Result<(), MountError> {
+    let console = Path::new("/dev/console");
+    if !console.exists() {
+        std::fs::File::create(console).map_err(|e| MountError::Create {
+            path: "/dev/console".into(),
+            source: io_to_nix(e),
+        })?;
+    }
+    let src = slave_path.to_string_lossy();
+    do_mount(Some(&src), console, None, MsFlags::MS_BIND, None)
+}
+
+fn io_to_nix(e: std::io::Error) -> nix::Error {
+    nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// `/proc/self/fd/N` for an O_PATH descriptor: lets mount(2) act on exactly
+/// the inode we resolved, with no second path lookup to race against.
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+fn open_dir(path: &Path) -> Result<OwnedFd, MountError> {
+    let fd = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|source| MountError::Create {
+        path: path.display().to_string(),
+        source,
+    })?;
+    // SAFETY: `open` just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `struct open_how` of openat2(2) (libc's is non-exhaustive).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// openat2(root, path, RESOLVE_IN_ROOT): symlinks and `..` resolve as if
+/// `root` were `/`.
+pub fn open_in_root(root: &OwnedFd, path: &str, flags: i32) -> nix::Result<OwnedFd> {
+    let c = CString::new(path).map_err(|_| nix::Error::EINVAL)?;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `c` is a valid NUL-terminated string and `how` a valid open_how
+    // of the size we pass; both outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if r < 0 {
+        return Err(nix::Error::last());
+    }
+    // SAFETY: the kernel returned a new descriptor that we alone own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// Create every missing directory of `path` inside `root`; returns an O_PATH
+/// descriptor of the final directory.
+fn ensure_dir(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
+    let err = |source| MountError::Create {
+        path: path.to_string(),
+        source,
+    };
+    let mut sofar = String::new();
+    for comp in Path::new(path).components() {
+        let Component::Normal(name) = comp else {
+            continue;
+        };
+        let parent = if sofar.is_empty() { "/" } else { &sofar };
+        let parent_fd =
+            open_in_root(root, parent, libc::O_PATH | libc::O_DIRECTORY).map_err(err)?;
+        match nix::sys::stat::mkdirat(
+            Some(parent_fd.as_raw_fd()),
+            name,
+            Mode::from_bits_truncate(0o755),
+        ) {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(e) => return Err(err(e)),
+        }
+        sofar.push('/');
+        sofar.push_str(&name.to_string_lossy());
+    }
+    open_in_root(root, path, libc::O_PATH | libc::O_DIRECTORY).map_err(err)
+}
+
+/// Create (if missing) an empty file at `path` inside `root`, its parent
+/// directories too; returns an O_PATH descriptor of it.
+fn ensure_file(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
+    let err = |source| MountError::Create {
+        path: path.to_string(),
+        source,
+    };
+    if let Some(parent) = Path::new(path).parent() {
+        ensure_dir(root, &parent.to_string_lossy())?;
+    }
+    match open_in_root(root, path, libc::O_PATH) {
+        Ok(fd) => return Ok(fd),
+        Err(nix::Error::ENOENT) => {}
+        Err(e) => return Err(err(e)),
+    }
+    drop(open_in_root(root, path, libc::O_CREAT | libc::O_WRONLY).map_err(err)?);
+    open_in_root(root, path, libc::O_PATH).map_err(err)
+}
+
+/// overlayfs option values cannot contain `,` or `:` unescaped.
+fn overlay_escape(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, ',' | ':' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_options_escaped() {
+        assert_eq!(overlay_escape(Path::new("/a,b:c")), "/a\\,b\\:c");
+        assert_eq!(overlay_escape(Path::new("/plain")), "/plain");
+    }
+
+    #[test]
+    fn ensure_dir_stays_inside_root_through_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        // An absolute symlink and a `..` escape attempt in the image.
+        std::os::unix::fs::symlink(&outside, root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../outside", root.join("rel")).unwrap();
+        let rfd = open_dir(&root).unwrap();
+        ensure_dir(&rfd, "/abs/x").unwrap();
+        ensure_dir(&rfd, "/rel/y").unwrap();
+        ensure_file(&rfd, "/abs/f").unwrap();
+        assert!(!outside.join("x").exists());
+        assert!(!outside.join("y").exists());
+        assert!(!outside.join("f").exists());
+        // The absolute link resolves to <root>/<outside path>.
+        let inside = root.join(outside.strip_prefix("/").unwrap());
+        assert!(inside.join("x").is_dir());
+        assert!(inside.join("f").is_file());
+        assert!(root.join("outside").join("y").is_dir());
+    }
+
+    #[test]
+    fn masks_cover_the_known_dangerous_files() {
+        assert!(MASKED_PATHS.contains(&"/proc/kcore"));
+        assert!(READONLY_PATHS.contains(&"/proc/sysrq-trigger"));
+        assert!(READONLY_PATHS.contains(&"/proc/sys"));
+    }
+}
