@@ -1,0 +1,581 @@
+//! Starting the app: fork, set up the child, search PATH, exec; report exec
+//! failures to the parent through a close-on-exec pipe.
+//!
+//! Everything that allocates is prepared before `fork`; the child only makes
+//! syscalls. If exec fails, the child writes one record (step + errno) to the
+//! pipe and `_exit`s with 127 (not found), 126 (not executable) or 125 (berth
+//! could not set the process up); the parent prints the one-line message. A
+//! successful exec closes the pipe, so the parent's read returns 0.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use berth_spec::{PodSpec, EXIT_BERTH_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{what} contains a NUL byte")]
+    Nul { what: &'static str },
+    #[error("cannot create the exec-status pipe")]
+    Pipe(#[source] Errno),
+    #[error("cannot create the stdin pipe")]
+    StdinPipe(#[source] Errno),
+    #[error("cannot fork")]
+    Fork(#[source] Errno),
+    #[error("cannot read the exec status of the app")]
+    ReadStatus(#[source] Errno),
+}
+
+/// Where the app's stdin comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinSource {
+    /// /dev/null (non-interactive pods).
+    Null,
+    /// A pipe the caller feeds (interactive pods: console input minus control lines).
+    Pipe,
+}
+
+/// Everything the child needs, prepared before fork.
+#[derive(Debug)]
+pub struct AppConfig {
+    /// The command as given (argv[0]), for messages.
+    pub command: String,
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+    /// Paths to try with execve, in order.
+    pub candidates: Vec<CString>,
+    pub cwd: CString,
+    pub uid: u32,
+    pub gid: u32,
+    pub no_new_privs: bool,
+    pub stdin: StdinSource,
+    /// Port range to drop from the inherited I/O permission bitmap (set when
+    /// guest-init holds ioperm and the app is not root).
+    pub drop_ioperm: Option<(u16, u16)>,
+}
+
+fn cstring(s: &str, what: &'static str) -> Result<CString, AppError> {
+    CString::new(s).map_err(|_| AppError::Nul { what })
+}
+
+impl AppConfig {
+    pub fn from_spec(spec: &PodSpec, stdin: StdinSource) -> Result<AppConfig, AppError> {
+        let env_strings = spec.effective_env();
+        let path = env_strings
+            .iter()
+            .rev()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(berth_spec::DEFAULT_PATH)
+            .to_string();
+        let command = spec.app.argv.first().cloned().unwrap_or_default();
+        let argv = spec
+            .app
+            .argv
+            .iter()
+            .map(|a| cstring(a, "app.argv"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env = env_strings
+            .iter()
+            .map(|e| cstring(e, "app.env"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let candidates = exec_candidates(&command, &path)
+            .into_iter()
+            .map(|c| cstring(&c, "app.argv[0]"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AppConfig {
+            command,
+            argv,
+            env,
+            candidates,
+            cwd: cstring(&spec.app.cwd, "app.cwd")?,
+            uid: spec.app.user.uid,
+            gid: spec.app.user.gid,
+            no_new_privs: spec.security.no_new_privileges,
+            stdin,
+            drop_ioperm: None,
+        })
+    }
+}
+
+/// The paths execvp would try for `cmd`: `cmd` itself when it contains a
+/// `/` (relative or absolute), else `dir/cmd` for each PATH entry (an empty
+/// entry means the current directory, as in POSIX).
+pub fn exec_candidates(cmd: &str, path: &str) -> Vec<String> {
+    if cmd.is_empty() {
+        return vec![];
+    }
+    if cmd.contains('/') {
+        return vec![cmd.to_string()];
+    }
+    path.split(':')
+        .map(|dir| {
+            if dir.is_empty() {
+                cmd.to_string()
+            } else {
+                format!("{}/{cmd}", dir.trim_end_matches('/'))
+            }
+        })
+        .collect()
+}
+
+/// The execvp rule for combining per-candidate failures: "not there" errors
+/// move on to the next candidate; EACCES is remembered and moved past; any
+/// other error stops the search. Returns the errno to report. `try_exec`
+/// only returns on failure.
+pub fn search_exec(candidates: &[CString], mut try_exec: impl FnMut(&CStr) -> Errno) -> Errno {
+    let mut result = Errno::ENOENT;
+    let mut saw_eacces = false;
+    for c in candidates {
+        match try_exec(c) {
+            Errno::ENOENT | Errno::ENOTDIR | Errno::ESTALE | Errno::ENODEV | Errno::ETIMEDOUT => {}
+            Errno::EACCES => saw_eacces = true,
+            e => {
+                result = e;
+                saw_eacces = false;
+                break;
+            }
+        }
+    }
+    if saw_eacces {
+        Errno::EACCES
+    } else {
+        result
+    }
+}
+
+/// Exit status for an exec failure: 127 when nothing was found, else 126.
+pub fn exec_failure_status(e: Errno) -> i32 {
+    match e {
+        Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::ENAMETOOLONG => EXIT_NOT_FOUND,
+        _ => EXIT_NOT_EXECUTABLE,
+    }
+}
+
+/// The step of the child's set-up that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ChildStep {
+    Session = 1,
+    User = 2,
+    Cwd = 3,
+    Stdio = 4,
+    Exec = 5,
+}
+
+impl ChildStep {
+    fn from_u8(b: u8) -> Option<ChildStep> {
+        Some(match b {
+            1 => ChildStep::Session,
+            2 => ChildStep::User,
+            3 => ChildStep::Cwd,
+            4 => ChildStep::Stdio,
+            5 => ChildStep::Exec,
+            _ => return None,
+        })
+    }
+}
+
+/// A failed start, as reported by the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartFailure {
+    pub step: ChildStep,
+    pub errno: Errno,
+}
+
+impl StartFailure {
+    fn encode(self) -> [u8; 5] {
+        let e = (self.errno as i32).to_le_bytes();
+        [self.step as u8, e[0], e[1], e[2], e[3]]
+    }
+
+    fn decode(b: &[u8]) -> Option<StartFailure> {
+        match b {
+            [s, a, b, c, d] => Some(StartFailure {
+                step: ChildStep::from_u8(*s)?,
+                errno: Errno::from_raw(i32::from_le_bytes([*a, *b, *c, *d])),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The exit status the child used.
+    pub fn status(self) -> i32 {
+        match self.step {
+            ChildStep::Exec => exec_failure_status(self.errno),
+            _ => EXIT_BERTH_FAILED,
+        }
+    }
+
+    /// The one-line message for stderr, e.g. `berth: exec "foo": command not found`.
+    pub fn message(self, cfg: &AppConfig) -> String {
+        let desc = lower(self.errno.desc());
+        match self.step {
+            ChildStep::Exec if exec_failure_status(self.errno) == EXIT_NOT_FOUND => {
+                format!("berth: exec {:?}: command not found\n", cfg.command)
+            }
+            ChildStep::Exec => format!("berth: exec {:?}: {desc}\n", cfg.command),
+            ChildStep::Cwd => format!(
+                "berth: chdir {:?}: {desc}\n",
+                cfg.cwd.to_string_lossy()
+            ),
+            ChildStep::User => format!(
+                "berth: cannot switch to user {}:{}: {desc}\n",
+                cfg.uid, cfg.gid
+            ),
+            ChildStep::Session => format!("berth: setsid: {desc}\n"),
+            ChildStep::Stdio => format!("berth: cannot set up stdin: {desc}\n"),
+        }
+    }
+}
+
+fn lower(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// A started app.
+#[derive(Debug)]
+pub struct Started {
+    pub pid: Pid,
+    /// Write end of the stdin pipe ([`StdinSource::Pipe`]).
+    pub stdin: Option<OwnedFd>,
+    /// Set when the child could not exec; it exits with `failure.status()`.
+    pub failure: Option<StartFailure>,
+}
+
+fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), Errno> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    Errno::result(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Fork and exec the app. The caller has blocked the signals it waits for
+/// (the child unblocks all of them). Happy path in the parent: pipe2, clone,
+/// close, read, close (+ pipe2 and fcntl for an interactive stdin).
+pub fn spawn(cfg: &AppConfig) -> Result<Started, AppError> {
+    let (status_r, status_w) = pipe_cloexec().map_err(AppError::Pipe)?;
+    let stdin_pipe = match cfg.stdin {
+        StdinSource::Pipe => Some(pipe_cloexec().map_err(AppError::StdinPipe)?),
+        _ => None,
+    };
+    let argv: Vec<*const libc::c_char> = cfg
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = cfg
+        .env
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+
+    // SAFETY: guest-init is single-threaded, so the child may do anything;
+    // it only makes syscalls and then execs or _exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(AppError::Fork(Errno::last()));
+    }
+    if pid == 0 {
+        let stdin_r = stdin_pipe.as_ref().map(|(r, _)| r.as_raw_fd());
+        let failure = child(cfg, &argv, &envp, stdin_r);
+        let rec = failure.encode();
+        // SAFETY: write the record to the CLOEXEC pipe and leave without
+        // running any of the parent's destructors or atexit handlers.
+        unsafe {
+            libc::write(status_w.as_raw_fd(), rec.as_ptr().cast(), rec.len());
+            libc::_exit(failure.status());
+        }
+    }
+    drop(status_w);
+    let stdin = match stdin_pipe {
+        Some((r, w)) => {
+            drop(r);
+            // Never let a full pipe block PID 1: excess input is dropped.
+            // SAFETY: F_SETFL on an fd we own.
+            unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+            Some(w)
+        }
+        None => None,
+    };
+    let mut buf = [0u8; 8];
+    let n = loop {
+        // SAFETY: reads into a live buffer of the given length.
+        let n = unsafe { libc::read(status_r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        match Errno::result(n) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(AppError::ReadStatus(e)),
+            Ok(n) => break usize::try_from(n).unwrap_or(0),
+        }
+    };
+    let failure = buf.get(..n).and_then(StartFailure::decode);
+    Ok(Started {
+        pid: Pid::from_raw(pid),
+        stdin,
+        failure,
+    })
+}
+
+/// The child between fork and exec. Returns only on failure.
+fn child(
+    cfg: &AppConfig,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    stdin_pipe: Option<RawFd>,
+) -> StartFailure {
+    let fail = |step| StartFailure {
+        step,
+        errno: Errno::last(),
+    };
+    // SAFETY (whole function): plain syscalls on values prepared before fork;
+    // pointers come from CStrings and null-terminated arrays that outlive
+    // the calls.
+    unsafe {
+        if libc::setsid() < 0 {
+            return fail(ChildStep::Session);
+        }
+        if let Some((first, count)) = cfg.drop_ioperm {
+            libc::ioperm(libc::c_ulong::from(first), libc::c_ulong::from(count), 0);
+        }
+        if cfg.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            return fail(ChildStep::User);
+        }
+        // PID 1 starts as root with no supplementary groups: skip the
+        // no-op calls for root.
+        if (cfg.uid != 0 || cfg.gid != 0)
+            && (libc::setgroups(0, std::ptr::null()) < 0
+                || libc::setgid(cfg.gid) < 0
+                || libc::setuid(cfg.uid) < 0)
+        {
+            return fail(ChildStep::User);
+        }
+        // After dropping privileges, so the app's user must be able to enter it.
+        if libc::chdir(cfg.cwd.as_ptr()) < 0 {
+            return fail(ChildStep::Cwd);
+        }
+        let stdin_fd = match cfg.stdin {
+            StdinSource::Pipe => stdin_pipe,
+            StdinSource::Null => {
+                let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return fail(ChildStep::Stdio);
+                }
+                Some(fd)
+            }
+        };
+        if let Some(fd) = stdin_fd {
+            // dup2 clears close-on-exec on fd 0.
+            if fd != 0 && libc::dup2(fd, 0) < 0 {
+                return fail(ChildStep::Stdio);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+
+        let errno = search_exec(&cfg.candidates, |path| {
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            Errno::last()
+        });
+        StartFailure {
+            step: ChildStep::Exec,
+            errno,
+        }
+    }
+}
+
+/// Exit status of a waited-for process: its exit code, or 128+N when killed
+/// by signal N (as shells and both stage1s report it).
+pub fn encode_status(status: nix::sys::wait::WaitStatus) -> Option<i32> {
+    use nix::sys::wait::WaitStatus;
+    match status {
+        WaitStatus::Exited(_, code) => Some(code & 0xff),
+        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::signal::Signal;
+    use nix::sys::wait::WaitStatus;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn exit_status_encoding() {
+        let p = Pid::from_raw(42);
+        assert_eq!(encode_status(WaitStatus::Exited(p, 0)), Some(0));
+        assert_eq!(encode_status(WaitStatus::Exited(p, 3)), Some(3));
+        assert_eq!(encode_status(WaitStatus::Exited(p, 255)), Some(255));
+        assert_eq!(
+            encode_status(WaitStatus::Signaled(p, Signal::SIGTERM, false)),
+            Some(143)
+        );
+        assert_eq!(
+            encode_status(WaitStatus::Signaled(p, Signal::SIGKILL, true)),
+            Some(137)
+        );
+        assert_eq!(encode_status(WaitStatus::StillAlive), None);
+        assert_eq!(
+            encode_status(WaitStatus::Stopped(p, Signal::SIGSTOP)),
+            None
+        );
+    }
+
+    #[test]
+    fn candidates() {
+        assert_eq!(exec_candidates("sh", "/bin:/usr/bin/"), ["/bin/sh", "/usr/bin/sh"]);
+        assert_eq!(exec_candidates("sh", "/bin::/x"), ["/bin/sh", "sh", "/x/sh"]);
+        assert_eq!(exec_candidates("./run", "/bin"), ["./run"]);
+        assert_eq!(exec_candidates("a/b", "/bin"), ["a/b"]);
+        assert_eq!(exec_candidates("/abs/x", "/bin"), ["/abs/x"]);
+        assert!(exec_candidates("", "/bin").is_empty());
+    }
+
+    /// What execve would say for `p` on a real directory tree, without
+    /// exec-ing: ENOENT/ENOTDIR when missing, EACCES when not a regular
+    /// executable file, else "success" (recorded).
+    fn probe(p: &CStr, hit: &mut Option<String>) -> Errno {
+        let s = p.to_string_lossy().into_owned();
+        match std::fs::metadata(&s) {
+            Err(e) => Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)),
+            Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => Errno::EACCES,
+            Ok(_) => {
+                hit.get_or_insert(s);
+                // execve would not return; the search stops at success.
+                Errno::UnknownErrno
+            }
+        }
+    }
+
+    fn resolve(cmd: &str, path: &str) -> (Errno, Option<String>) {
+        let c: Vec<CString> = exec_candidates(cmd, path)
+            .into_iter()
+            .map(|s| CString::new(s).expect("nul"))
+            .collect();
+        let mut hit = None;
+        let e = search_exec(&c, |p| probe(p, &mut hit));
+        (e, hit)
+    }
+
+    #[test]
+    fn path_resolution_against_a_temp_dir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let a = d.join("a");
+        let b = d.join("b");
+        std::fs::create_dir(&a).expect("mkdir");
+        std::fs::create_dir(&b).expect("mkdir");
+        let write = |p: &std::path::Path, mode| {
+            std::fs::write(p, "#!/bin/sh\n").expect("write");
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        };
+        write(&a.join("noexec"), 0o644);
+        write(&b.join("noexec"), 0o644);
+        write(&b.join("tool"), 0o755);
+        write(&a.join("both"), 0o644);
+        write(&b.join("both"), 0o755);
+        std::fs::create_dir(a.join("adir")).expect("mkdir");
+        let path = format!("{}:{}", a.display(), b.display());
+
+        // Found in the second directory.
+        let (_, hit) = resolve("tool", &path);
+        assert_eq!(hit, Some(format!("{}/tool", b.display())));
+        // A non-executable match earlier in PATH is skipped (execvp rule).
+        let (_, hit) = resolve("both", &path);
+        assert_eq!(hit, Some(format!("{}/both", b.display())));
+        // Not found anywhere: 127.
+        let (e, hit) = resolve("missing", &path);
+        assert_eq!((e, hit), (Errno::ENOENT, None));
+        assert_eq!(exec_failure_status(e), 127);
+        // Only non-executable matches: EACCES, 126.
+        let (e, hit) = resolve("noexec", &path);
+        assert_eq!((e, hit), (Errno::EACCES, None));
+        assert_eq!(exec_failure_status(e), 126);
+        // A directory is not executable.
+        let (e, _) = resolve("adir", &a.display().to_string());
+        assert_eq!(exec_failure_status(e), 126);
+        // Names with a slash are not looked up in PATH.
+        let (e, _) = resolve("a/tool", &path);
+        assert_eq!(e, Errno::ENOENT);
+        let rel = format!("{}/tool", b.display());
+        let (_, hit) = resolve(&rel, "/nonexistent");
+        assert_eq!(hit, Some(rel));
+        // A path through a regular file (ENOTDIR) is "not found" too.
+        let through = format!("{}/tool/x", b.display());
+        let (e, hit) = resolve(&through, "");
+        assert_eq!((exec_failure_status(e), hit), (127, None));
+    }
+
+    #[test]
+    fn search_stops_at_hard_errors() {
+        let c: Vec<CString> = ["/a", "/b", "/c"]
+            .iter()
+            .map(|s| CString::new(*s).expect("nul"))
+            .collect();
+        let mut tried = vec![];
+        let e = search_exec(&c, |p| {
+            tried.push(p.to_string_lossy().into_owned());
+            if p.to_bytes() == b"/b" {
+                Errno::ENOEXEC
+            } else {
+                Errno::EACCES
+            }
+        });
+        assert_eq!(e, Errno::ENOEXEC);
+        assert_eq!(tried, ["/a", "/b"]);
+        assert_eq!(exec_failure_status(e), 126);
+    }
+
+    #[test]
+    fn failure_record_roundtrip_and_messages() {
+        let f = StartFailure {
+            step: ChildStep::Exec,
+            errno: Errno::ENOENT,
+        };
+        assert_eq!(StartFailure::decode(&f.encode()), Some(f));
+        assert_eq!(StartFailure::decode(&[]), None);
+        assert_eq!(StartFailure::decode(&[9, 0, 0, 0, 0]), None);
+        let spec = crate::test_support::spec();
+        let cfg = AppConfig::from_spec(&spec, StdinSource::Null).expect("cfg");
+        let mut cfg = cfg;
+        cfg.command = "foo".into();
+        assert_eq!(f.message(&cfg), "berth: exec \"foo\": command not found\n");
+        assert_eq!(f.status(), 127);
+        let f = StartFailure {
+            step: ChildStep::Exec,
+            errno: Errno::EACCES,
+        };
+        assert_eq!(f.message(&cfg), "berth: exec \"foo\": permission denied\n");
+        assert_eq!(f.status(), 126);
+        let f = StartFailure {
+            step: ChildStep::Cwd,
+            errno: Errno::ENOENT,
+        };
+        assert_eq!(f.message(&cfg), "berth: chdir \"/\": no such file or directory\n");
+        assert_eq!(f.status(), 125);
+    }
+
+    #[test]
+    fn config_from_spec_uses_the_effective_env() {
+        let mut spec = crate::test_support::spec();
+        spec.app.argv = vec!["sh".into(), "-c".into(), "x".into()];
+        spec.app.env = vec!["PATH=/opt/bin:/bin".into(), "A=1".into()];
+        let cfg = AppConfig::from_spec(&spec, StdinSource::Null).expect("cfg");
+        assert_eq!(cfg.candidates, [c"/opt/bin/sh".to_owned(), c"/bin/sh".to_owned()]);
+        assert!(cfg.env.iter().any(|e| e.as_bytes() == b"container=berth"));
+        assert!(cfg.env.iter().any(|e| e.as_bytes() == b"A=1"));
+        spec.app.env.clear();
+        let cfg = AppConfig::from_spec(&spec, StdinSource::Null).expect("cfg");
+        assert_eq!(cfg.candidates.len(), berth_spec::DEFAULT_PATH.split(':').count());
+    }
+}

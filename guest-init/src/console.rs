@@ -1,0 +1,123 @@
+//! The serial console: diagnostics out, control lines in.
+//!
+//! Every message is formatted first and written with a single `write(2)` to
+//! fd 2 (each guest syscall is expensive, and one write keeps lines whole).
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("cannot open /dev/console")]
+    Open(#[source] Errno),
+    #[error("cannot make fd {fd} a copy of the console")]
+    Dup {
+        fd: RawFd,
+        #[source]
+        source: Errno,
+    },
+}
+
+/// Write `berth-guest-init: <msg>\n` to stderr (the console) in one write.
+pub fn say(msg: &str) {
+    write_line(&format!("berth-guest-init: {msg}\n"));
+}
+
+/// Write `text` to stderr as is, in one write; errors are ignored (there is
+/// nowhere else to report them).
+pub fn write_line(text: &str) {
+    let b = text.as_bytes();
+    // SAFETY: writes from a live buffer of the given length to fd 2.
+    let _ = unsafe { libc::write(2, b.as_ptr().cast(), b.len()) };
+}
+
+/// The error and its sources, `a: b: c`.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        cur = e.source();
+    }
+    s
+}
+
+/// The console, opened once /dev exists.
+#[derive(Debug)]
+pub struct Console {
+    fd: OwnedFd,
+}
+
+impl Console {
+    /// Open /dev/console and make sure fds 0, 1 and 2 are the console.
+    ///
+    /// The kernel hands PID 1 the console as fds 0-2 when the initramfs has a
+    /// `/dev/console` node; then `open` returns fd 3 or higher and nothing
+    /// else is needed (1 syscall). If it had none, fds 0-2 are closed, `open`
+    /// returns 0, and 1 and 2 are duplicated from it.
+    pub fn open() -> Result<Console, ConsoleError> {
+        // SAFETY: open(2) of a NUL-terminated literal.
+        let fd = unsafe {
+            libc::open(
+                c"/dev/console".as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(ConsoleError::Open(Errno::last()));
+        }
+        // SAFETY: fd was just returned by open and is owned by nobody else.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        if fd == 0 {
+            for target in [1, 2] {
+                // SAFETY: dup2 onto the standard fds, which are closed (open
+                // returned 0, the lowest free fd, so 1 and 2 may or may not be).
+                if unsafe { libc::dup2(0, target) } < 0 {
+                    return Err(ConsoleError::Dup {
+                        fd: target,
+                        source: Errno::last(),
+                    });
+                }
+            }
+        }
+        Ok(Console { fd: owned })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Raw mode, no echo: the host's control bytes are neither echoed back
+    /// nor interpreted (no ^C signals, no CR/NL mapping), and the app's
+    /// output goes out byte for byte (no `\n` → `\r\n`), so the host sees the
+    /// same stdout as with the ns stage1.
+    ///
+    /// One `TCSETS` with a termios built from scratch instead of
+    /// tcgetattr+cfmakeraw+tcsetattr: saves a guest syscall. The baud rate is
+    /// meaningless on the emulated UART. Failure is reported, not fatal.
+    pub fn make_raw(&self) -> Result<(), Errno> {
+        // SAFETY: termios is plain old data; all-zero is valid and means
+        // "every flag off", which is raw mode apart from the fields set below.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        t.c_cflag = libc::CS8 | libc::CREAD | libc::CLOCAL | libc::B115200;
+        t.c_cc[libc::VMIN] = 1;
+        t.c_cc[libc::VTIME] = 0;
+        // SAFETY: TCSETS reads one termios from a live pointer.
+        let r = unsafe { libc::ioctl(self.raw(), libc::TCSETS, &t as *const libc::termios) };
+        Errno::result(r).map(drop)
+    }
+
+    /// Wait until everything written to the console has been sent, so that
+    /// no output is lost when the VM powers off.
+    pub fn drain(&self) {
+        // SAFETY: TCSBRK with a non-zero argument is tcdrain(3).
+        let _ = unsafe { libc::ioctl(self.raw(), libc::TCSBRK, 1 as libc::c_int) };
+    }
+}

@@ -1,0 +1,512 @@
+//! The guest's mounts, as data first ([`pod_plan`]) and then carried out
+//! ([`apply`]), plus the switch into the pod's root filesystem.
+//!
+//! Syscall economy: a mount point is only created when the mount fails with
+//! ENOENT ([`MkDir::IfMissing`]), except inside the fresh devtmpfs where the
+//! directories never exist ([`MkDir::First`]).
+
+use std::ffi::{CStr, CString};
+use std::time::{Duration, Instant};
+
+use berth_spec::PodSpec;
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::Mode;
+
+/// The virtio-blk disk holding the pod's root filesystem (the first and, in
+/// this part, only disk the VMM attaches).
+pub const ROOT_DEVICE: &str = "/dev/vda";
+pub const ROOT_FSTYPE: &str = "ext4";
+/// Where the pod's root is mounted inside the initramfs before switching.
+pub const NEWROOT: &str = "/newroot";
+/// How long to wait for the root disk's device node to appear.
+pub const ROOT_DEVICE_WAIT: Duration = Duration::from_secs(3);
+const ROOT_DEVICE_POLL: Duration = Duration::from_millis(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error(
+        "volumes are not supported by the kvm stage1 yet ({count} requested, first at {first}); \
+         they arrive with virtio-fs"
+    )]
+    VolumesUnsupported { count: usize, first: String },
+    #[error("cannot mount {fstype} {source_path} on {target}")]
+    Mount {
+        fstype: String,
+        source_path: String,
+        target: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot move mount {from} to {to}")]
+    Move {
+        from: String,
+        to: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot create mount point {path}")]
+    MkDir {
+        path: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot create symlink {link} -> {target}")]
+    Symlink {
+        link: String,
+        target: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("root disk {ROOT_DEVICE} did not appear within {waited_ms} ms")]
+    NoRootDevice { waited_ms: u128 },
+    #[error("cannot switch root to {NEWROOT}: {step} failed")]
+    SwitchRoot {
+        step: &'static str,
+        #[source]
+        source: Errno,
+    },
+    #[error("path {0:?} contains a NUL byte")]
+    Nul(String),
+}
+
+/// When to create a mount point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MkDir {
+    /// Try the mount; on ENOENT create the directory and try once more.
+    IfMissing,
+    /// Create the directory first (it cannot exist yet).
+    First,
+}
+
+/// One step of a mount plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Mount {
+        source: &'static str,
+        target: String,
+        fstype: &'static str,
+        flags: MsFlags,
+        data: Option<&'static str>,
+        mkdir: MkDir,
+    },
+    /// `mount --move from to`.
+    Move {
+        from: &'static str,
+        to: String,
+        mkdir: MkDir,
+    },
+    /// A symlink; an existing entry is left alone.
+    Symlink { target: &'static str, link: String },
+}
+
+#[cfg(test)]
+impl Step {
+    /// Where this step puts something.
+    pub fn path(&self) -> &str {
+        match self {
+            Step::Mount { target, .. } => target,
+            Step::Move { to, .. } => to,
+            Step::Symlink { link, .. } => link,
+        }
+    }
+}
+
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// Mounts in the initramfs before anything else: devtmpfs on /dev, for the
+/// root disk's node and /dev/console. (/proc and /sys are not needed there.)
+pub fn initramfs_plan() -> Vec<Step> {
+    vec![Step::Mount {
+        source: "devtmpfs",
+        target: "/dev".into(),
+        fstype: "devtmpfs",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        data: Some("mode=0755"),
+        mkdir: MkDir::IfMissing,
+    }]
+}
+
+/// The mounts inside the pod's root (mounted at `root`), like the namespace
+/// stage1's: proc, sys (read-only), the initramfs' devtmpfs moved to /dev,
+/// devpts, /dev/shm, /run and /tmp, and the /dev/fd and /dev/std* links.
+/// Volumes (`spec.mounts`) are refused in this part.
+pub fn pod_plan(spec: &PodSpec, root: &str) -> Result<Vec<Step>, MountError> {
+    if let Some(first) = spec.mounts.first() {
+        return Err(MountError::VolumesUnsupported {
+            count: spec.mounts.len(),
+            first: first.destination.clone(),
+        });
+    }
+    let at = |p: &str| format!("{}{p}", root.trim_end_matches('/'));
+    let tmpfs = |target: &str, mode: &'static str, mkdir| Step::Mount {
+        source: "tmpfs",
+        target: at(target),
+        fstype: "tmpfs",
+        flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        data: Some(mode),
+        mkdir,
+    };
+    let mut plan = vec![
+        Step::Mount {
+            source: "proc",
+            target: at("/proc"),
+            fstype: "proc",
+            flags: NOSUID_NODEV_NOEXEC,
+            data: None,
+            mkdir: MkDir::IfMissing,
+        },
+        Step::Mount {
+            source: "sysfs",
+            target: at("/sys"),
+            fstype: "sysfs",
+            flags: NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY,
+            data: None,
+            mkdir: MkDir::IfMissing,
+        },
+        Step::Move {
+            from: "/dev",
+            to: at("/dev"),
+            mkdir: MkDir::IfMissing,
+        },
+        Step::Mount {
+            source: "devpts",
+            target: at("/dev/pts"),
+            fstype: "devpts",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            data: Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+            mkdir: MkDir::First,
+        },
+        tmpfs("/dev/shm", "mode=1777", MkDir::First),
+        tmpfs("/run", "mode=0755", MkDir::IfMissing),
+        tmpfs("/tmp", "mode=1777", MkDir::IfMissing),
+    ];
+    for (target, link) in [
+        ("/proc/self/fd", "/dev/fd"),
+        ("/proc/self/fd/0", "/dev/stdin"),
+        ("/proc/self/fd/1", "/dev/stdout"),
+        ("/proc/self/fd/2", "/dev/stderr"),
+    ] {
+        plan.push(Step::Symlink {
+            target,
+            link: at(link),
+        });
+    }
+    Ok(plan)
+}
+
+fn cstr(s: &str) -> Result<CString, MountError> {
+    CString::new(s).map_err(|_| MountError::Nul(s.to_string()))
+}
+
+fn mkdir(path: &CStr, shown: &str) -> Result<(), MountError> {
+    match nix::unistd::mkdir(path, Mode::from_bits_truncate(0o755)) {
+        Ok(()) | Err(Errno::EEXIST) => Ok(()),
+        Err(source) => Err(MountError::MkDir {
+            path: shown.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Run `op`; with [`MkDir::IfMissing`] retry once after creating `path` if
+/// it failed with ENOENT, with [`MkDir::First`] create `path` first.
+fn with_mountpoint(
+    path: &str,
+    policy: MkDir,
+    mut op: impl FnMut() -> Result<(), Errno>,
+) -> Result<Result<(), Errno>, MountError> {
+    let c = cstr(path)?;
+    if policy == MkDir::First {
+        mkdir(&c, path)?;
+    }
+    match op() {
+        Err(Errno::ENOENT) if policy == MkDir::IfMissing => {
+            mkdir(&c, path)?;
+            Ok(op())
+        }
+        r => Ok(r),
+    }
+}
+
+/// Carry out one step.
+pub fn apply_step(step: &Step) -> Result<(), MountError> {
+    match step {
+        Step::Mount {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+            mkdir,
+        } => {
+            let r = with_mountpoint(target, *mkdir, || {
+                mount(Some(*source), target.as_str(), Some(*fstype), *flags, *data)
+            })?;
+            r.map_err(|e| MountError::Mount {
+                fstype: fstype.to_string(),
+                source_path: source.to_string(),
+                target: target.clone(),
+                source: e,
+            })
+        }
+        Step::Move { from, to, mkdir } => {
+            let r = with_mountpoint(to, *mkdir, || {
+                mount(
+                    Some(*from),
+                    to.as_str(),
+                    None::<&str>,
+                    MsFlags::MS_MOVE,
+                    None::<&str>,
+                )
+            })?;
+            r.map_err(|e| MountError::Move {
+                from: from.to_string(),
+                to: to.clone(),
+                source: e,
+            })
+        }
+        Step::Symlink { target, link } => match nix::unistd::symlinkat(*target, None, link.as_str()) {
+            Ok(()) | Err(Errno::EEXIST) => Ok(()),
+            Err(source) => Err(MountError::Symlink {
+                link: link.clone(),
+                target: target.to_string(),
+                source,
+            }),
+        },
+    }
+}
+
+/// Carry out a plan, in order, stopping at the first failure.
+pub fn apply(plan: &[Step]) -> Result<(), MountError> {
+    plan.iter().try_for_each(apply_step)
+}
+
+/// Tolerate "already mounted" for the initramfs devtmpfs (a kernel built
+/// with DEVTMPFS_MOUNT may have mounted it).
+pub fn apply_initramfs(plan: &[Step]) -> Result<(), MountError> {
+    for step in plan {
+        match apply_step(step) {
+            Err(MountError::Mount {
+                source: Errno::EBUSY,
+                ..
+            }) => {}
+            r => r?,
+        }
+    }
+    Ok(())
+}
+
+/// Mount the root disk on [`NEWROOT`], waiting briefly for its device node
+/// (virtio probing normally finishes before /init runs, so the first try
+/// usually succeeds: one syscall).
+pub fn mount_root() -> Result<(), MountError> {
+    let start = Instant::now();
+    let mut created = false;
+    loop {
+        let r = mount(
+            Some(ROOT_DEVICE),
+            NEWROOT,
+            Some(ROOT_FSTYPE),
+            MsFlags::empty(),
+            None::<&str>,
+        );
+        match r {
+            Ok(()) => return Ok(()),
+            Err(Errno::ENOENT) if !created => {
+                // Either /newroot or the device node is missing; creating
+                // the mount point settles the first case.
+                mkdir(&cstr(NEWROOT)?, NEWROOT)?;
+                created = true;
+            }
+            Err(Errno::ENOENT | Errno::ENXIO) => {
+                if start.elapsed() >= ROOT_DEVICE_WAIT {
+                    return Err(MountError::NoRootDevice {
+                        waited_ms: start.elapsed().as_millis(),
+                    });
+                }
+                std::thread::sleep(ROOT_DEVICE_POLL);
+            }
+            Err(e) => {
+                return Err(MountError::Mount {
+                    fstype: ROOT_FSTYPE.into(),
+                    source_path: ROOT_DEVICE.into(),
+                    target: NEWROOT.into(),
+                    source: e,
+                })
+            }
+        }
+    }
+}
+
+/// Make [`NEWROOT`] the root, the switch_root way: the initramfs cannot be
+/// pivot_root-ed, so move the new root's mount onto `/` and chroot into it.
+/// The cwd is the new root already, so no final chdir("/") is needed.
+/// (The initramfs' few files are not deleted: ~1 MB, not worth the syscalls.)
+pub fn switch_root() -> Result<(), MountError> {
+    let fail = |step| move |source| MountError::SwitchRoot { step, source };
+    nix::unistd::chdir(NEWROOT).map_err(fail("chdir"))?;
+    mount(
+        Some("."),
+        "/",
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .map_err(fail("mount --move"))?;
+    nix::unistd::chroot(".").map_err(fail("chroot"))?;
+    Ok(())
+}
+
+/// Remount the root read-only at shutdown, which also flushes it. Falls back
+/// to sync(2) when the remount fails (e.g. a file still open for writing).
+pub fn remount_root_ro() -> Result<(), Errno> {
+    let r = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    );
+    if r.is_err() {
+        nix::unistd::sync();
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_spec::Mount;
+
+    use crate::test_support::spec;
+
+    #[test]
+    fn pod_plan_lists_the_standard_mounts() {
+        let plan = pod_plan(&spec(), NEWROOT).expect("plan");
+        let paths: Vec<&str> = plan.iter().map(Step::path).collect();
+        assert_eq!(
+            paths,
+            [
+                "/newroot/proc",
+                "/newroot/sys",
+                "/newroot/dev",
+                "/newroot/dev/pts",
+                "/newroot/dev/shm",
+                "/newroot/run",
+                "/newroot/tmp",
+                "/newroot/dev/fd",
+                "/newroot/dev/stdin",
+                "/newroot/dev/stdout",
+                "/newroot/dev/stderr",
+            ]
+        );
+        let find = |p: &str| plan.iter().find(|s| s.path() == p).cloned();
+        match find("/newroot/sys") {
+            Some(Step::Mount { fstype, flags, .. }) => {
+                assert_eq!(fstype, "sysfs");
+                assert!(flags.contains(MsFlags::MS_RDONLY));
+            }
+            other => panic!("{other:?}"),
+        }
+        match find("/newroot/proc") {
+            Some(Step::Mount { fstype, flags, .. }) => {
+                assert_eq!(fstype, "proc");
+                assert!(flags.contains(NOSUID_NODEV_NOEXEC));
+                assert!(!flags.contains(MsFlags::MS_RDONLY));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            find("/newroot/dev"),
+            Some(Step::Move {
+                from: "/dev",
+                to: "/newroot/dev".into(),
+                mkdir: MkDir::IfMissing
+            })
+        );
+        // Mount points inside the fresh devtmpfs are created first; the
+        // rootfs' own directories only when missing.
+        for (p, want) in [
+            ("/newroot/dev/pts", MkDir::First),
+            ("/newroot/dev/shm", MkDir::First),
+            ("/newroot/tmp", MkDir::IfMissing),
+            ("/newroot/run", MkDir::IfMissing),
+        ] {
+            match find(p) {
+                Some(Step::Mount { mkdir, .. }) => assert_eq!(mkdir, want, "{p}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // /dev/pts must come after /dev is in place.
+        let pos = |p: &str| paths.iter().position(|x| *x == p);
+        assert!(pos("/newroot/dev") < pos("/newroot/dev/pts"));
+        assert!(pos("/newroot/dev") < pos("/newroot/dev/fd"));
+    }
+
+    #[test]
+    fn pod_plan_at_another_root() {
+        let plan = pod_plan(&spec(), "/mnt/x/").expect("plan");
+        assert!(plan.iter().all(|s| s.path().starts_with("/mnt/x/")));
+    }
+
+    #[test]
+    fn volumes_are_refused_clearly() {
+        let mut s = spec();
+        s.mounts.push(Mount {
+            source: "/srv".into(),
+            destination: "/data".into(),
+            read_only: false,
+        });
+        let err = pod_plan(&s, NEWROOT).expect_err("volumes");
+        let msg = err.to_string();
+        assert!(msg.contains("volumes are not supported"), "{msg}");
+        assert!(msg.contains("/data"), "{msg}");
+    }
+
+    #[test]
+    fn initramfs_plan_is_just_devtmpfs() {
+        let plan = initramfs_plan();
+        assert_eq!(plan.len(), 1);
+        assert!(matches!(
+            &plan[0],
+            Step::Mount { fstype: "devtmpfs", target, .. } if target == "/dev"
+        ));
+    }
+
+    #[test]
+    fn symlinks_and_mkdir_against_a_temp_dir() {
+        // The filesystem-only steps can be checked without privileges.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_str().expect("utf8");
+        let plan = pod_plan(&spec(), root).expect("plan");
+        std::fs::create_dir(dir.path().join("dev")).expect("mkdir dev");
+        for step in plan.iter().filter(|s| matches!(s, Step::Symlink { .. })) {
+            apply_step(step).expect("symlink");
+            apply_step(step).expect("existing symlink is fine");
+        }
+        let fd = std::fs::read_link(dir.path().join("dev/fd")).expect("readlink");
+        assert_eq!(fd, std::path::Path::new("/proc/self/fd"));
+        let p = format!("{root}/newdir");
+        with_mountpoint(&p, MkDir::First, || Ok(()))
+            .expect("mkdir")
+            .expect("op");
+        assert!(dir.path().join("newdir").is_dir());
+        // IfMissing: ENOENT creates the directory and retries once.
+        let p = format!("{root}/later");
+        let mut calls = 0;
+        let r = with_mountpoint(&p, MkDir::IfMissing, || {
+            calls += 1;
+            if calls == 1 {
+                Err(Errno::ENOENT)
+            } else {
+                Ok(())
+            }
+        })
+        .expect("mkdir");
+        assert_eq!((r, calls), (Ok(()), 2));
+        assert!(dir.path().join("later").is_dir());
+    }
+}

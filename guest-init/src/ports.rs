@@ -1,0 +1,181 @@
+//! Port I/O to the VMM: the boot mark and the exit status byte.
+//!
+//! The fast way is `ioperm` plus an `out` instruction from user mode (one
+//! syscall, then a plain VM exit per byte). Two things can stand in its way,
+//! and neither may kill PID 1:
+//!
+//! - the kernel may lack `CONFIG_X86_IOPL_IOPERM` (`ioperm` fails): the boot
+//!   mark is skipped and the status goes through `/dev/port` once /dev exists;
+//! - under a nested PVM hypervisor the `out` may fault (PVM does not load the
+//!   guest's I/O bitmap into hardware and relies on emulation). A one-shot
+//!   SIGSEGV handler armed around the very first `out` skips the faulting
+//!   one-byte instruction, and `/dev/port` is used from then on.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::errno::Errno;
+
+/// Why the status byte could not be delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("no port access: ioperm failed ({ioperm}) and /dev/port could not be opened")]
+    OpenDevPort {
+        ioperm: Errno,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot write port {port:#06x} through /dev/port")]
+    WriteDevPort {
+        port: u16,
+        #[source]
+        source: Errno,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    /// `out` works (ioperm granted and the first `out` did not fault).
+    Out,
+    /// Use `/dev/port`; carries why `out` is not usable.
+    DevPort(Errno),
+}
+
+/// How this guest reaches the VMM's ports.
+#[derive(Debug)]
+pub struct Ports {
+    method: Method,
+}
+
+/// Set while the first `out` runs: the SIGSEGV handler only fixes up a fault
+/// raised by that one instruction.
+static PROBING: AtomicBool = AtomicBool::new(false);
+static FAULTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_probe_fault(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut c_void) {
+    if !PROBING.load(Ordering::SeqCst) || ctx.is_null() {
+        // Not our probe. SA_RESETHAND already restored the default action, so
+        // returning re-runs the faulting instruction and the fault is fatal,
+        // as it would have been without this handler.
+        return;
+    }
+    FAULTED.store(true, Ordering::SeqCst);
+    // SAFETY: the kernel passes a valid ucontext_t to an SA_SIGINFO handler;
+    // we only adjust the saved RIP past the faulting `out dx, al` (opcode 0xEE,
+    // one byte), which is the instruction PROBING brackets.
+    unsafe {
+        let uc = &mut *(ctx as *mut libc::ucontext_t);
+        if let Some(rip) = uc.uc_mcontext.gregs.get_mut(libc::REG_RIP as usize) {
+            *rip += 1;
+        }
+    }
+}
+
+/// `out dx, al`.
+///
+/// # Safety
+/// The caller must hold I/O permission for `port` (ioperm), or have armed the
+/// probe fault handler.
+#[inline(always)]
+unsafe fn outb(port: u16, value: u8) {
+    // SAFETY: per the function contract; the instruction touches no memory.
+    unsafe {
+        core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags));
+    }
+}
+
+impl Ports {
+    /// Get port access and write the boot mark. Costs 2 syscalls (ioperm,
+    /// sigaction) on the happy path. Never fails: problems are remembered and
+    /// reported when the status is written.
+    pub fn boot_mark(mark_port: u16, status_port: u16) -> Ports {
+        let first = mark_port.min(status_port);
+        let count = mark_port.max(status_port) - first + 1;
+        // SAFETY: ioperm only changes this task's I/O permission bitmap.
+        let r = unsafe { libc::ioperm(libc::c_ulong::from(first), libc::c_ulong::from(count), 1) };
+        if r != 0 {
+            return Ports {
+                method: Method::DevPort(Errno::last()),
+            };
+        }
+        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value;
+        // the handler is an extern "C" fn with the SA_SIGINFO signature and
+        // only touches atomics and the ucontext it is given.
+        let armed = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_probe_fault as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND;
+            libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut()) == 0
+        };
+        if !armed {
+            // Without the safety net a faulting `out` would kill PID 1.
+            return Ports {
+                method: Method::DevPort(Errno::last()),
+            };
+        }
+        PROBING.store(true, Ordering::SeqCst);
+        // SAFETY: ioperm granted the range; a fault is caught by the handler.
+        unsafe { outb(mark_port, 1) };
+        PROBING.store(false, Ordering::SeqCst);
+        let method = if FAULTED.load(Ordering::SeqCst) {
+            Method::DevPort(Errno::EFAULT)
+        } else {
+            Method::Out
+        };
+        Ports { method }
+    }
+
+    /// Did the boot mark reach the VMM?
+    pub fn out_works(&self) -> bool {
+        self.method == Method::Out
+    }
+
+    /// Why `out` is not used, for a diagnostic line.
+    pub fn out_problem(&self) -> Option<&'static str> {
+        match self.method {
+            Method::Out => None,
+            Method::DevPort(Errno::EFAULT) => Some("port I/O from user mode faults"),
+            Method::DevPort(e) => Some(e.desc()),
+        }
+    }
+
+    /// Write one byte to `port` (the exit status).
+    pub fn write(&mut self, port: u16, value: u8) -> Result<(), PortError> {
+        match self.method {
+            Method::Out => {
+                // SAFETY: boot_mark checked that ioperm was granted for this
+                // range and that `out` does not fault.
+                unsafe { outb(port, value) };
+                Ok(())
+            }
+            Method::DevPort(ioperm) => write_dev_port(port, value, ioperm),
+        }
+    }
+}
+
+fn write_dev_port(port: u16, value: u8, ioperm: Errno) -> Result<(), PortError> {
+    // SAFETY: plain open(2) of a NUL-terminated literal.
+    let fd = unsafe {
+        libc::open(
+            c"/dev/port".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(PortError::OpenDevPort {
+            ioperm,
+            source: Errno::last(),
+        });
+    }
+    let buf = [value];
+    // SAFETY: writes one byte from a live buffer to the fd we just opened;
+    // /dev/port maps the file offset to the port number.
+    let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), 1, libc::off_t::from(port)) };
+    if n != 1 {
+        return Err(PortError::WriteDevPort {
+            port,
+            source: Errno::last(),
+        });
+    }
+    Ok(())
+}
