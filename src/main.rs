@@ -1,1 +1,100 @@
-fn main() {}
+//! berth: run a service in a sandbox — Linux namespaces or a KVM microVM.
+//!
+//! This binary is stage0: it parses the command line, prepares the pod
+//! directory (`pod.json` + rootfs mount point) and hands it to a stage1.
+
+mod cli;
+mod stage0;
+
+use berth_spec::EXIT_BERTH_FAILED;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "Run a command or service in a sandbox: Linux namespaces (--stage1=ns) or a KVM microVM (--stage1=kvm)"
+)]
+pub struct Cli {
+    /// State directory holding the pods.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_ROOT",
+        default_value = "/var/lib/berth"
+    )]
+    root: PathBuf,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, global = true, default_value = "warn")]
+    log_level: String,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a pod and run a command in it.
+    Run(cli::run::RunArgs),
+    /// Run a command inside a running pod.
+    Exec(cli::exec::ExecArgs),
+    /// Stop a running pod.
+    Stop(cli::stop::StopArgs),
+    /// List pods.
+    List(cli::list::ListArgs),
+    /// Remove pods.
+    Rm(cli::rm::RmArgs),
+    /// Remove the state of pods that are no longer running.
+    Gc,
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                _ => EXIT_BERTH_FAILED,
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let level = cli.log_level.to_ascii_lowercase();
+    if !matches!(
+        level.as_str(),
+        "error" | "warn" | "info" | "debug" | "trace" | "off"
+    ) {
+        eprintln!(
+            "berth: invalid --log-level {:?}: expected error, warn, info, debug or trace",
+            cli.log_level
+        );
+        std::process::exit(EXIT_BERTH_FAILED);
+    }
+    // stage1 reads the same variable.
+    std::env::set_var("BERTH_LOG", &level);
+    env_logger::Builder::new()
+        .parse_filters(&level)
+        .format_timestamp(None)
+        .init();
+    let store = stage0::store::Store::new(&cli.root);
+    let result = match cli.cmd {
+        Command::Run(a) => cli::run::run(&store, a),
+        Command::Exec(a) => cli::exec::exec(&store, a),
+        Command::Stop(a) => cli::stop::stop(&store, a),
+        Command::List(a) => cli::list::list(&store, a),
+        Command::Rm(a) => cli::rm::rm(&store, a),
+        Command::Gc => cli::gc::gc(&store),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("berth: {}", chain.join(": "));
+            std::process::exit(EXIT_BERTH_FAILED);
+        }
+    }
+}

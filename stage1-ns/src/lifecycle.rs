@@ -87,9 +87,14 @@ fn pidfd_signal(fd: &OwnedFd, sig: i32) -> nix::Result<()> {
 /// Release what a dead pod still holds on the host (its cgroup, killing any
 /// straggler in it). Idempotent; refuses a running pod.
 pub fn gc(pod: &PodDir) -> Result<()> {
-    if state::is_running(pod) {
-        bail!("pod {} is running", state::pod_name(pod));
-    }
+    // Holding the life lock (ours, or the one `berth gc` hands us) keeps the
+    // pod from being started while we collect it.
+    let _lock = match state::take_life_lock(pod) {
+        Ok(l) => Some(l),
+        Err(StateError::Busy(name)) => bail!("pod {name} is running"),
+        // The pod directory may be half gone; collecting is still wanted.
+        Err(_) => None,
+    };
     let name = match PodSpec::load(pod) {
         Ok(spec) => spec.name,
         // A pod whose spec never got written still owns a cgroup by name.

@@ -1,0 +1,37 @@
+//! `berth gc`: remove every pod that is no longer running (exited, or whose
+//! stage1 was killed). Idempotent.
+
+use crate::stage0::store;
+use anyhow::Result;
+use nix::fcntl::{Flock, FlockArg};
+
+pub fn gc(store: &store::Store) -> Result<i32> {
+    let mut failed = false;
+    for pod in store.list() {
+        // Hold the life lock while collecting, so a pod being created or
+        // started right now is never collected.
+        let Ok(file) = std::fs::File::open(pod.lock_file()) else {
+            // No lock file: a pod dir from a crashed stage0, never started.
+            if store::pid(&pod).is_none() {
+                store::remove(&pod)?;
+                println!("{}", crate::stage0::pod_name(&pod));
+            }
+            continue;
+        };
+        let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+            continue;
+        };
+        match super::rm::remove_dead(&pod, Some(&lock)) {
+            Ok(()) => println!("{}", crate::stage0::pod_name(&pod)),
+            Err(e) => {
+                eprintln!("berth: gc {}: {e:#}", crate::stage0::pod_name(&pod));
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        berth_spec::EXIT_BERTH_FAILED
+    } else {
+        0
+    })
+}

@@ -1,0 +1,81 @@
+//! `berth list [--format table|json]`
+
+use crate::stage0::{stage1, store};
+use anyhow::{bail, Result};
+use clap::Args;
+use serde::Serialize;
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// Output format: table or json.
+    #[arg(long, default_value = "table")]
+    pub format: String,
+}
+
+#[derive(Serialize)]
+struct Row {
+    name: String,
+    uuid: Option<String>,
+    stage1: Option<String>,
+    #[serde(flatten)]
+    state: store::PodState,
+    pid: Option<i32>,
+    command: Vec<String>,
+    rootfs: Option<String>,
+}
+
+pub fn list(store: &store::Store, a: ListArgs) -> Result<i32> {
+    if a.format != "table" && a.format != "json" {
+        bail!("invalid --format {:?}: expected table or json", a.format);
+    }
+    let rows: Vec<Row> = store
+        .list()
+        .iter()
+        .map(|pod| {
+            let spec = store::spec(pod);
+            let state = store::state(pod);
+            Row {
+                name: crate::stage0::pod_name(pod),
+                uuid: spec.as_ref().map(|s| s.uuid.clone()),
+                stage1: stage1::of_pod(pod).map(|p| stage1_label(&p)),
+                pid: (state == store::PodState::Running)
+                    .then(|| store::pid(pod))
+                    .flatten(),
+                state,
+                command: spec
+                    .as_ref()
+                    .map(|s| s.app.argv.clone())
+                    .unwrap_or_default(),
+                rootfs: spec.map(|s| s.rootfs.image.display().to_string()),
+            }
+        })
+        .collect();
+    if a.format == "json" {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<24} {:<6} {:<12} {:<8} COMMAND",
+        "NAME", "STAGE1", "STATE", "PID"
+    );
+    for r in rows {
+        println!(
+            "{:<24} {:<6} {:<12} {:<8} {}",
+            r.name,
+            r.stage1.unwrap_or_else(|| "-".into()),
+            r.state.to_string(),
+            r.pid.map_or("-".into(), |p| p.to_string()),
+            r.command.join(" ")
+        );
+    }
+    Ok(0)
+}
+
+/// `ns`/`kvm` for the built-in stage1s, the path otherwise.
+fn stage1_label(p: &std::path::Path) -> String {
+    match p.file_name().and_then(|n| n.to_str()) {
+        Some("berth-stage1-ns") => "ns".into(),
+        Some("berth-stage1-kvm") => "kvm".into(),
+        _ => p.display().to_string(),
+    }
+}

@@ -1,0 +1,8 @@
+//! One module per verb.
+
+pub mod exec;
+pub mod gc;
+pub mod list;
+pub mod rm;
+pub mod run;
+pub mod stop;

@@ -1,0 +1,237 @@
+//! Parsing of command-line values into spec values. Every error names the
+//! offending value.
+
+use berth_spec::Mount;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ParseError {
+    #[error("invalid volume {0:?}: expected SRC:DST[:ro|:rw]")]
+    VolumeSyntax(String),
+    #[error("invalid volume {spec:?}: source {src} does not exist")]
+    VolumeSource { spec: String, src: String },
+    #[error("invalid volume {0:?}: destination must be an absolute path below /")]
+    VolumeDest(String),
+    #[error("invalid size {0:?}: expected a number with an optional k, m, g suffix")]
+    Size(String),
+    #[error("invalid cpus {0:?}: expected a positive number such as 1 or 0.5")]
+    Cpus(String),
+    #[error("invalid user {0:?}: expected UID[:GID]")]
+    User(String),
+    #[error("invalid environment {0:?}: expected KEY=VALUE")]
+    Env(String),
+}
+
+/// `SRC:DST[:ro|:rw]`; SRC must exist and is made absolute.
+pub fn volume(spec: &str) -> Result<Mount, ParseError> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (src, dst, ro) = match parts.as_slice() {
+        [s, d] => (*s, *d, false),
+        [s, d, "ro"] => (*s, *d, true),
+        [s, d, "rw"] => (*s, *d, false),
+        _ => return Err(ParseError::VolumeSyntax(spec.into())),
+    };
+    if src.is_empty() || dst.is_empty() {
+        return Err(ParseError::VolumeSyntax(spec.into()));
+    }
+    let source = std::fs::canonicalize(src).map_err(|_| ParseError::VolumeSource {
+        spec: spec.into(),
+        src: src.into(),
+    })?;
+    if !dst.starts_with('/')
+        || dst.split('/').any(|c| c == "..")
+        || dst.trim_end_matches('/').is_empty()
+    {
+        return Err(ParseError::VolumeDest(spec.into()));
+    }
+    Ok(Mount {
+        source,
+        destination: normalize(dst),
+        read_only: ro,
+    })
+}
+
+/// Collapse `//`, `/./` and a trailing `/`.
+fn normalize(p: &str) -> String {
+    let mut out = String::new();
+    for c in p.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        out.push('/');
+        out.push_str(c);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// `512m`, `1g`, `65536`, `1.5g` → bytes.
+pub fn size(s: &str) -> Result<u64, ParseError> {
+    let err = || ParseError::Size(s.into());
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        Some(_) => (t, 1),
+        None => return Err(err()),
+    };
+    let v: f64 = num.parse().map_err(|_| err())?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(err());
+    }
+    let bytes = v * mult as f64;
+    if bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(err());
+    }
+    Ok(bytes as u64)
+}
+
+/// `1.5` → 1500 thousandths of a CPU.
+pub fn cpus(s: &str) -> Result<u32, ParseError> {
+    let v: f64 = s.parse().map_err(|_| ParseError::Cpus(s.into()))?;
+    if !v.is_finite() || v < 0.001 || v > 4096.0 {
+        return Err(ParseError::Cpus(s.into()));
+    }
+    Ok((v * 1000.0).round() as u32)
+}
+
+/// `UID[:GID]`, numeric. Without GID, the primary group from the image's
+/// /etc/passwd, or the uid's number.
+pub fn user(s: &str, image: &Path) -> Result<(u32, u32), ParseError> {
+    let err = || ParseError::User(s.into());
+    let (u, g) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    let uid: u32 = u.parse().map_err(|_| err())?;
+    let gid = match g {
+        Some(g) => g.parse().map_err(|_| err())?,
+        None => passwd_gid(image, uid).unwrap_or(uid),
+    };
+    Ok((uid, gid))
+}
+
+fn passwd_gid(image: &Path, uid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(image.join("etc/passwd")).ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 4 && f[2].parse() == Ok(uid)).then(|| f[3].parse().ok())?
+    })
+}
+
+/// `KEY=VALUE`, or `KEY` alone to pass the caller's value through.
+pub fn env(s: &str) -> Result<String, ParseError> {
+    match s.split_once('=') {
+        Some((k, _)) if valid_env_key(k) => Ok(s.to_string()),
+        None if valid_env_key(s) => std::env::var(s)
+            .map(|v| format!("{s}={v}"))
+            .map_err(|_| ParseError::Env(s.into())),
+        _ => Err(ParseError::Env(s.into())),
+    }
+}
+
+fn valid_env_key(k: &str) -> bool {
+    !k.is_empty() && !k.contains('\0')
+}
+
+/// Absolute form of a user-given path, relative to the current directory.
+pub fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().to_str().unwrap();
+        let m = volume(&format!("{src}:/data:ro")).unwrap();
+        assert_eq!(m.destination, "/data");
+        assert!(m.read_only);
+        assert!(!volume(&format!("{src}:/data/")).unwrap().read_only);
+        assert_eq!(
+            volume(&format!("{src}://a/./b/")).unwrap().destination,
+            "/a/b"
+        );
+        assert!(matches!(
+            volume("nocolon"),
+            Err(ParseError::VolumeSyntax(_))
+        ));
+        assert!(matches!(
+            volume(&format!("{src}:/d:xx")),
+            Err(ParseError::VolumeSyntax(_))
+        ));
+        assert!(matches!(
+            volume("/does/not/exist:/d"),
+            Err(ParseError::VolumeSource { .. })
+        ));
+        assert!(matches!(
+            volume(&format!("{src}:rel")),
+            Err(ParseError::VolumeDest(_))
+        ));
+        assert!(matches!(
+            volume(&format!("{src}:/")),
+            Err(ParseError::VolumeDest(_))
+        ));
+        assert!(matches!(
+            volume(&format!("{src}:/a/../b")),
+            Err(ParseError::VolumeDest(_))
+        ));
+        let e = volume("/does/not/exist:/d").unwrap_err().to_string();
+        assert!(e.contains("/does/not/exist"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size("512m"), Ok(512 << 20));
+        assert_eq!(size("1G"), Ok(1 << 30));
+        assert_eq!(size("1.5g"), Ok(3 << 29));
+        assert_eq!(size("4096"), Ok(4096));
+        assert_eq!(size("64MB"), Ok(64 << 20));
+        for bad in ["", "m", "-1m", "0", "abc", "1x", "nan"] {
+            assert!(size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn cpu_values() {
+        assert_eq!(cpus("1"), Ok(1000));
+        assert_eq!(cpus("0.5"), Ok(500));
+        assert!(cpus("0").is_err());
+        assert!(cpus("-2").is_err());
+        assert!(cpus("x").is_err());
+    }
+
+    #[test]
+    fn users() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("etc")).unwrap();
+        std::fs::write(d.path().join("etc/passwd"), "app:x:1000:1001::/:/bin/sh\n").unwrap();
+        assert_eq!(user("1000", d.path()), Ok((1000, 1001)));
+        assert_eq!(user("1000:5", d.path()), Ok((1000, 5)));
+        assert_eq!(user("42", d.path()), Ok((42, 42)));
+        assert!(user("bob", d.path()).is_err());
+        assert!(user("1:x", d.path()).is_err());
+    }
+
+    #[test]
+    fn envs() {
+        assert_eq!(env("A=b=c"), Ok("A=b=c".into()));
+        assert_eq!(env("E="), Ok("E=".into()));
+        assert!(env("=x").is_err());
+        std::env::set_var("BERTH_TEST_PASSTHRU", "v");
+        assert_eq!(
+            env("BERTH_TEST_PASSTHRU"),
+            Ok("BERTH_TEST_PASSTHRU=v".into())
+        );
+        assert!(env("BERTH_TEST_SURELY_UNSET_VAR").is_err());
+    }
+}

@@ -1,0 +1,130 @@
+//! Building a PodSpec from the command line and writing the pod directory.
+
+use super::store::{Store, StoreError};
+use berth_spec::{PodDir, PodSpec};
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read random bytes for the pod's uuid")]
+    Random(#[source] std::io::Error),
+    #[error(transparent)]
+    Spec(#[from] berth_spec::SpecError),
+}
+
+/// A random RFC 4122 version-4 UUID, lowercase with dashes.
+pub fn new_uuid() -> Result<String, PodError> {
+    let mut b = [0u8; 16];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(PodError::Random)?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+/// A hostname derived from a pod name (`_` is not allowed in hostnames).
+pub fn hostname_for(name: &str) -> String {
+    let h: String = name
+        .chars()
+        .map(|c| if c == '_' { '-' } else { c })
+        .collect();
+    let h = h.trim_matches(|c| c == '-' || c == '.').to_string();
+    if berth_spec::valid_hostname(&h) {
+        h
+    } else {
+        "berth".to_string()
+    }
+}
+
+/// A pod directory under construction: removed on drop unless `keep` is called,
+/// so a failed `run`/`create` leaves nothing behind.
+pub struct NewPod {
+    pub dir: PodDir,
+    pub lock: Option<File>,
+    keep: bool,
+}
+
+impl NewPod {
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for NewPod {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(self.dir.path());
+        }
+    }
+}
+
+/// Claim the name, lay out the pod directory, write `pod.json` and `stage1`.
+pub fn write(store: &Store, spec: &PodSpec, stage1: &Path) -> Result<NewPod, PodError> {
+    spec.validate()?;
+    let (dir, lock) = store.create(&spec.name)?;
+    let pod = NewPod {
+        dir,
+        lock: Some(lock),
+        keep: false,
+    };
+    let w = |path: std::path::PathBuf, r: std::io::Result<()>| {
+        r.map_err(|source| PodError::Write {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    for d in [pod.dir.rootfs(), pod.dir.upper(), pod.dir.work()] {
+        w(d.clone(), std::fs::create_dir_all(&d))?;
+    }
+    let spec_file = pod.dir.spec_file();
+    w(
+        spec_file.clone(),
+        std::fs::write(&spec_file, spec.to_json()),
+    )?;
+    let s1 = pod.dir.stage1_file();
+    w(
+        s1.clone(),
+        std::fs::write(&s1, format!("{}\n", stage1.display())),
+    )?;
+    Ok(pod)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_are_v4_and_distinct() {
+        let a = new_uuid().unwrap();
+        let b = new_uuid().unwrap();
+        assert!(berth_spec::is_uuid(&a), "{a}");
+        assert_ne!(a, b);
+        assert_eq!(&a[14..15], "4");
+    }
+
+    #[test]
+    fn hostnames() {
+        assert_eq!(hostname_for("web_1"), "web-1");
+        assert_eq!(hostname_for("a.b"), "a.b");
+        assert_eq!(hostname_for("_x_"), "x");
+    }
+}
