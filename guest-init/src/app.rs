@@ -210,15 +210,17 @@ impl StartFailure {
 
     /// The one-line message for stderr, e.g. `berth: exec "foo": command not found`.
     pub fn message(self, cfg: &AppConfig) -> String {
-        let desc = lower(self.errno.desc());
+        let desc = self.errno.desc().to_lowercase();
         match self.step {
             ChildStep::Exec if exec_failure_status(self.errno) == EXIT_NOT_FOUND => {
                 format!("berth: exec {:?}: command not found\n", cfg.command)
             }
             ChildStep::Exec => format!("berth: exec {:?}: {desc}\n", cfg.command),
+            // Same wording as the ns stage1.
             ChildStep::Cwd => format!(
-                "berth: chdir {:?}: {desc}\n",
-                cfg.cwd.to_string_lossy()
+                "berth: working directory {:?}: {}\n",
+                cfg.cwd.to_string_lossy(),
+                self.errno.desc()
             ),
             ChildStep::User => format!(
                 "berth: cannot switch to user {}:{}: {desc}\n",
@@ -227,14 +229,6 @@ impl StartFailure {
             ChildStep::Session => format!("berth: setsid: {desc}\n"),
             ChildStep::Stdio => format!("berth: cannot set up stdin: {desc}\n"),
         }
-    }
-}
-
-fn lower(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_lowercase().chain(c).collect(),
-        None => String::new(),
     }
 }
 
@@ -348,6 +342,10 @@ fn child(
         if cfg.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
             return fail(ChildStep::User);
         }
+        // Before switching user, as the ns stage1 does.
+        if libc::chdir(cfg.cwd.as_ptr()) < 0 {
+            return fail(ChildStep::Cwd);
+        }
         // PID 1 starts as root with no supplementary groups: skip the
         // no-op calls for root.
         if (cfg.uid != 0 || cfg.gid != 0)
@@ -356,10 +354,6 @@ fn child(
                 || libc::setuid(cfg.uid) < 0)
         {
             return fail(ChildStep::User);
-        }
-        // After dropping privileges, so the app's user must be able to enter it.
-        if libc::chdir(cfg.cwd.as_ptr()) < 0 {
-            return fail(ChildStep::Cwd);
         }
         let stdin_fd = match cfg.stdin {
             StdinSource::Pipe => stdin_pipe,
@@ -425,16 +419,19 @@ mod tests {
             Some(137)
         );
         assert_eq!(encode_status(WaitStatus::StillAlive), None);
-        assert_eq!(
-            encode_status(WaitStatus::Stopped(p, Signal::SIGSTOP)),
-            None
-        );
+        assert_eq!(encode_status(WaitStatus::Stopped(p, Signal::SIGSTOP)), None);
     }
 
     #[test]
     fn candidates() {
-        assert_eq!(exec_candidates("sh", "/bin:/usr/bin/"), ["/bin/sh", "/usr/bin/sh"]);
-        assert_eq!(exec_candidates("sh", "/bin::/x"), ["/bin/sh", "sh", "/x/sh"]);
+        assert_eq!(
+            exec_candidates("sh", "/bin:/usr/bin/"),
+            ["/bin/sh", "/usr/bin/sh"]
+        );
+        assert_eq!(
+            exec_candidates("sh", "/bin::/x"),
+            ["/bin/sh", "sh", "/x/sh"]
+        );
         assert_eq!(exec_candidates("./run", "/bin"), ["./run"]);
         assert_eq!(exec_candidates("a/b", "/bin"), ["a/b"]);
         assert_eq!(exec_candidates("/abs/x", "/bin"), ["/abs/x"]);
@@ -561,7 +558,10 @@ mod tests {
             step: ChildStep::Cwd,
             errno: Errno::ENOENT,
         };
-        assert_eq!(f.message(&cfg), "berth: chdir \"/\": no such file or directory\n");
+        assert_eq!(
+            f.message(&cfg),
+            "berth: working directory \"/\": No such file or directory\n"
+        );
         assert_eq!(f.status(), 125);
     }
 
@@ -571,11 +571,17 @@ mod tests {
         spec.app.argv = vec!["sh".into(), "-c".into(), "x".into()];
         spec.app.env = vec!["PATH=/opt/bin:/bin".into(), "A=1".into()];
         let cfg = AppConfig::from_spec(&spec, StdinSource::Null).expect("cfg");
-        assert_eq!(cfg.candidates, [c"/opt/bin/sh".to_owned(), c"/bin/sh".to_owned()]);
+        assert_eq!(
+            cfg.candidates,
+            [c"/opt/bin/sh".to_owned(), c"/bin/sh".to_owned()]
+        );
         assert!(cfg.env.iter().any(|e| e.as_bytes() == b"container=berth"));
         assert!(cfg.env.iter().any(|e| e.as_bytes() == b"A=1"));
         spec.app.env.clear();
         let cfg = AppConfig::from_spec(&spec, StdinSource::Null).expect("cfg");
-        assert_eq!(cfg.candidates.len(), berth_spec::DEFAULT_PATH.split(':').count());
+        assert_eq!(
+            cfg.candidates.len(),
+            berth_spec::DEFAULT_PATH.split(':').count()
+        );
     }
 }

@@ -385,7 +385,10 @@ mod tests {
     fn tty_is_refused() {
         let mut spec = test_support::spec();
         spec.stdio.tty = true;
-        assert!(matches!(check_supported(&spec), Err(InitError::TtyUnsupported)));
+        assert!(matches!(
+            check_supported(&spec),
+            Err(InitError::TtyUnsupported)
+        ));
         spec.stdio.tty = false;
         spec.stdio.interactive = true;
         assert!(check_supported(&spec).is_ok());

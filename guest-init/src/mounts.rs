@@ -96,6 +96,8 @@ pub enum Step {
         to: String,
         mkdir: MkDir,
     },
+    /// A directory, created if missing.
+    Dir { path: String },
     /// A symlink; an existing entry is left alone.
     Symlink { target: &'static str, link: String },
 }
@@ -107,6 +109,7 @@ impl Step {
         match self {
             Step::Mount { target, .. } => target,
             Step::Move { to, .. } => to,
+            Step::Dir { path } => path,
             Step::Symlink { link, .. } => link,
         }
     }
@@ -131,7 +134,8 @@ pub fn initramfs_plan() -> Vec<Step> {
 
 /// The mounts inside the pod's root (mounted at `root`), like the namespace
 /// stage1's: proc, sys (read-only), the initramfs' devtmpfs moved to /dev,
-/// devpts, /dev/shm, /run and /tmp, and the /dev/fd and /dev/std* links.
+/// a private devpts, /dev/shm, the /dev/fd and /dev/std* links, and /tmp and
+/// /run directories (not tmpfs, as in the ns stage1).
 /// Volumes (`spec.mounts`) are refused in this part.
 pub fn pod_plan(spec: &PodSpec, root: &str) -> Result<Vec<Step>, MountError> {
     if let Some(first) = spec.mounts.first() {
@@ -141,14 +145,6 @@ pub fn pod_plan(spec: &PodSpec, root: &str) -> Result<Vec<Step>, MountError> {
         });
     }
     let at = |p: &str| format!("{}{p}", root.trim_end_matches('/'));
-    let tmpfs = |target: &str, mode: &'static str, mkdir| Step::Mount {
-        source: "tmpfs",
-        target: at(target),
-        fstype: "tmpfs",
-        flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        data: Some(mode),
-        mkdir,
-    };
     let mut plan = vec![
         Step::Mount {
             source: "proc",
@@ -179,9 +175,18 @@ pub fn pod_plan(spec: &PodSpec, root: &str) -> Result<Vec<Step>, MountError> {
             data: Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
             mkdir: MkDir::First,
         },
-        tmpfs("/dev/shm", "mode=1777", MkDir::First),
-        tmpfs("/run", "mode=0755", MkDir::IfMissing),
-        tmpfs("/tmp", "mode=1777", MkDir::IfMissing),
+        Step::Mount {
+            source: "tmpfs",
+            target: at("/dev/shm"),
+            fstype: "tmpfs",
+            flags: NOSUID_NODEV_NOEXEC,
+            data: Some("mode=1777,size=65536k"),
+            mkdir: MkDir::First,
+        },
+        // Like the ns stage1: the image's own /tmp and /run are kept (on
+        // the writable root disk), only created when missing.
+        Step::Dir { path: at("/tmp") },
+        Step::Dir { path: at("/run") },
     ];
     for (target, link) in [
         ("/proc/self/fd", "/dev/fd"),
@@ -268,14 +273,17 @@ pub fn apply_step(step: &Step) -> Result<(), MountError> {
                 source: e,
             })
         }
-        Step::Symlink { target, link } => match nix::unistd::symlinkat(*target, None, link.as_str()) {
-            Ok(()) | Err(Errno::EEXIST) => Ok(()),
-            Err(source) => Err(MountError::Symlink {
-                link: link.clone(),
-                target: target.to_string(),
-                source,
-            }),
-        },
+        Step::Dir { path } => mkdir(&cstr(path)?, path),
+        Step::Symlink { target, link } => {
+            match nix::unistd::symlinkat(*target, None, link.as_str()) {
+                Ok(()) | Err(Errno::EEXIST) => Ok(()),
+                Err(source) => Err(MountError::Symlink {
+                    link: link.clone(),
+                    target: target.to_string(),
+                    source,
+                }),
+            }
+        }
     }
 }
 
@@ -348,14 +356,8 @@ pub fn mount_root() -> Result<(), MountError> {
 pub fn switch_root() -> Result<(), MountError> {
     let fail = |step| move |source| MountError::SwitchRoot { step, source };
     nix::unistd::chdir(NEWROOT).map_err(fail("chdir"))?;
-    mount(
-        Some("."),
-        "/",
-        None::<&str>,
-        MsFlags::MS_MOVE,
-        None::<&str>,
-    )
-    .map_err(fail("mount --move"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(fail("mount --move"))?;
     nix::unistd::chroot(".").map_err(fail("chroot"))?;
     Ok(())
 }
@@ -395,8 +397,8 @@ mod tests {
                 "/newroot/dev",
                 "/newroot/dev/pts",
                 "/newroot/dev/shm",
-                "/newroot/run",
                 "/newroot/tmp",
+                "/newroot/run",
                 "/newroot/dev/fd",
                 "/newroot/dev/stdin",
                 "/newroot/dev/stdout",
@@ -432,8 +434,6 @@ mod tests {
         for (p, want) in [
             ("/newroot/dev/pts", MkDir::First),
             ("/newroot/dev/shm", MkDir::First),
-            ("/newroot/tmp", MkDir::IfMissing),
-            ("/newroot/run", MkDir::IfMissing),
         ] {
             match find(p) {
                 Some(Step::Mount { mkdir, .. }) => assert_eq!(mkdir, want, "{p}"),

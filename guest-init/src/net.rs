@@ -28,7 +28,8 @@ pub fn loopback_up() -> Result<(), NetError> {
         for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
             *d = *s as libc::c_char;
         }
-        ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
+        ifr.ifr_ifru.ifru_flags =
+            (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
         libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &ifr as *const libc::ifreq)
     };
     Errno::result(r).map(drop).map_err(NetError::Up)

@@ -155,12 +155,7 @@ impl Ports {
 
 fn write_dev_port(port: u16, value: u8, ioperm: Errno) -> Result<(), PortError> {
     // SAFETY: plain open(2) of a NUL-terminated literal.
-    let fd = unsafe {
-        libc::open(
-            c"/dev/port".as_ptr(),
-            libc::O_WRONLY | libc::O_CLOEXEC,
-        )
-    };
+    let fd = unsafe { libc::open(c"/dev/port".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(PortError::OpenDevPort {
             ioperm,

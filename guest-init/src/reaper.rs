@@ -250,4 +250,3 @@ pub fn terminate(sfd: Option<BorrowedFd<'_>>, scope: Scope) -> bool {
     }
     wait_all(sfd, Instant::now() + KILL_WAIT).unwrap_or(false)
 }
-
