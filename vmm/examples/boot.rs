@@ -1,0 +1,129 @@
+//! Boots a kernel with the serial console on stdout and reports timings.
+//!
+//! cargo run -p vmm --example boot -- --kernel VMLINUX [--initramfs FILE]
+//!     [--cmdline "..."] [--mem 256] [--cpus 1] [--disk IMG[:ro]]... [--timeout SECS]
+//!     [--input TEXT]   (bytes sent to the guest's serial RX after boot)
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: boot --kernel VMLINUX [--initramfs FILE] [--cmdline ARGS] [--mem MIB] \
+         [--cpus N] [--disk IMG[:ro]]... [--timeout SECS] [--input TEXT]"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let t0 = Instant::now();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut args = std::env::args().skip(1);
+    let mut kernel = None;
+    let mut cfg_initramfs = None;
+    let mut cmdline = String::new();
+    let mut mem = 256u32;
+    let mut cpus = 1u8;
+    let mut disks = Vec::new();
+    let mut timeout = None;
+    let mut input: Option<String> = None;
+    while let Some(a) = args.next() {
+        let mut val = || args.next();
+        match a.as_str() {
+            "--kernel" => kernel = val().map(PathBuf::from),
+            "--initramfs" => cfg_initramfs = val().map(PathBuf::from),
+            "--cmdline" => cmdline = val().unwrap_or_default(),
+            "--mem" => match val().and_then(|v| v.parse().ok()) {
+                Some(v) => mem = v,
+                None => return usage(),
+            },
+            "--cpus" => match val().and_then(|v| v.parse().ok()) {
+                Some(v) => cpus = v,
+                None => return usage(),
+            },
+            "--disk" => match val() {
+                Some(d) => {
+                    let (path, ro) = match d.strip_suffix(":ro") {
+                        Some(p) => (p.to_string(), true),
+                        None => (d, false),
+                    };
+                    disks.push(vmm::BlockConfig {
+                        path: path.into(),
+                        read_only: ro,
+                    });
+                }
+                None => return usage(),
+            },
+            "--timeout" => timeout = val().and_then(|v| v.parse::<u64>().ok()),
+            "--input" => input = val(),
+            _ => return usage(),
+        }
+    }
+    let Some(kernel) = kernel else {
+        return usage();
+    };
+    let mut cfg = vmm::VmConfig::new(kernel);
+    cfg.initramfs = cfg_initramfs.map(vmm::Initramfs::Path);
+    cfg.extra_cmdline = cmdline;
+    cfg.mem_mib = mem;
+    cfg.vcpus = cpus;
+    cfg.block = disks;
+
+    let before_boot = t0.elapsed();
+    let vm = match vmm::Vm::boot(cfg) {
+        Ok(vm) => vm,
+        Err(e) => {
+            print_chain(&e);
+            return ExitCode::from(125);
+        }
+    };
+    eprintln!("boot: cmdline: {}", vm.cmdline());
+    let rss = vm.rss_excluding_guest().unwrap_or(0);
+    eprintln!(
+        "boot: VMM RSS excluding guest RAM after boot: {:.2} MiB",
+        rss as f64 / (1 << 20) as f64
+    );
+    if let Some(secs) = timeout {
+        let h = vm.handle();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(secs));
+            eprintln!("boot: timeout, killing the VM");
+            h.kill();
+        });
+    }
+    if let Some(text) = input {
+        let tx = vm.serial_input();
+        std::thread::spawn(move || {
+            let _ = tx.send(text.replace("\\n", "\n").as_bytes());
+        });
+    }
+    match vm.run() {
+        Ok(exit) => {
+            eprintln!(
+                "boot: exit {:?}, status {:?}, setup (Vm::boot -> first KVM_RUN) {:?}, \
+                 boot-to-init {:?}, total {:?} (process start -> Vm::boot: {:?})",
+                exit.reason,
+                exit.status,
+                exit.setup_time,
+                exit.boot_to_init,
+                exit.total,
+                before_boot
+            );
+            ExitCode::from(exit.status.unwrap_or(0))
+        }
+        Err(e) => {
+            print_chain(&e);
+            ExitCode::from(125)
+        }
+    }
+}
+
+fn print_chain(e: &dyn std::error::Error) {
+    eprintln!("boot: error: {e}");
+    let mut src = e.source();
+    while let Some(s) = src {
+        eprintln!("  caused by: {s}");
+        src = s.source();
+    }
+}

@@ -1,0 +1,567 @@
+//! The boot recipe, one linear sequence: VM → memory → kernel → initramfs →
+//! devices → command line → zero page / MP table → vCPUs → event loop.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::{elf::Elf, load_cmdline, KernelLoader};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::{self as arch, layout, mptable, regs};
+use crate::device_manager::{DeviceManager, DeviceManagerError};
+use crate::devices::berth_ports::{BerthPorts, BOOT_MARK_PORT};
+use crate::devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORT_COUNT};
+use crate::devices::serial::{
+    serial_input, SerialDevice, SerialInput, SerialInputHandler, SerialOut, COM1_PORT,
+    COM1_PORT_COUNT,
+};
+use crate::devices::virtio::block::{Block, BlockError, BlockEventHandler};
+use crate::devices::virtio::mmio::{MmioError, MmioTransport};
+use crate::devices::virtio::Interrupt;
+use crate::devices::{ExitReason, VmShared};
+use crate::pvm;
+use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vm;
+
+/// Command-line parameters every berth guest gets.
+pub const BASE_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1";
+
+/// A virtio-blk disk.
+#[derive(Debug, Clone)]
+pub struct BlockConfig {
+    /// Raw image file.
+    pub path: PathBuf,
+    /// Attach read-only (VIRTIO_BLK_F_RO; writes fail).
+    pub read_only: bool,
+}
+
+/// Initramfs source.
+#[derive(Debug, Clone)]
+pub enum Initramfs {
+    /// In-memory newc cpio archive.
+    Bytes(Vec<u8>),
+    /// A cpio archive file.
+    Path(PathBuf),
+}
+
+/// Everything needed to boot a VM.
+pub struct VmConfig {
+    /// Uncompressed ELF `vmlinux`.
+    pub kernel: PathBuf,
+    /// Optional initramfs.
+    pub initramfs: Option<Initramfs>,
+    /// Appended to the command line after berth's own parameters.
+    pub extra_cmdline: String,
+    /// Guest RAM in MiB.
+    pub mem_mib: u32,
+    /// Number of vCPUs (1..=254).
+    pub vcpus: u8,
+    /// virtio-blk disks, in order (`/dev/vda`, `/dev/vdb`, …).
+    pub block: Vec<BlockConfig>,
+    /// Where guest serial output goes.
+    pub serial_out: SerialOut,
+    /// Override PVM detection (None = detect).
+    pub pvm: Option<bool>,
+}
+
+impl VmConfig {
+    /// A config with defaults: 256 MiB, 1 vCPU, no disks, console to stdout.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            initramfs: None,
+            extra_cmdline: String::new(),
+            mem_mib: 256,
+            vcpus: 1,
+            block: Vec::new(),
+            serial_out: Box::new(std::io::stdout()),
+            pvm: None,
+        }
+    }
+}
+
+/// Errors booting or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Bad configuration.
+    #[error("invalid VM configuration: {0}")]
+    InvalidConfig(&'static str),
+    /// Creating the KVM VM failed.
+    #[error("creating the VM")]
+    Vm(#[source] vm::VmError),
+    /// Opening the kernel failed.
+    #[error("opening kernel {0}")]
+    OpenKernel(PathBuf, #[source] std::io::Error),
+    /// Loading the kernel ELF failed.
+    #[error("loading kernel {0}")]
+    LoadKernel(PathBuf, #[source] linux_loader::loader::Error),
+    /// Reading the initramfs failed.
+    #[error("reading initramfs {0}")]
+    ReadInitramfs(PathBuf, #[source] std::io::Error),
+    /// Placing the initramfs failed.
+    #[error("placing the initramfs")]
+    PlaceInitramfs(#[source] arch::ArchError),
+    /// Writing the initramfs failed.
+    #[error("writing the initramfs to guest memory")]
+    WriteInitramfs(#[source] vm_memory::GuestMemoryError),
+    /// Building the command line failed.
+    #[error("building the kernel command line")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    /// Writing the command line failed.
+    #[error("writing the kernel command line")]
+    LoadCmdline(#[source] linux_loader::loader::Error),
+    /// Writing the zero page failed.
+    #[error("writing boot parameters")]
+    BootParams(#[source] arch::ArchError),
+    /// Writing GDT/page tables failed.
+    #[error("writing boot page tables")]
+    BootTables(#[source] regs::RegsError),
+    /// Writing the MP table failed.
+    #[error("writing the MP table")]
+    Mptable(#[source] mptable::MptableError),
+    /// Creating an eventfd failed.
+    #[error("creating an eventfd")]
+    EventFd(#[source] std::io::Error),
+    /// Registering a device failed.
+    #[error("registering devices")]
+    Devices(#[source] DeviceManagerError),
+    /// KVM_IRQFD for the serial port failed.
+    #[error("registering the serial irqfd")]
+    SerialIrqfd(#[source] kvm_ioctls::Error),
+    /// Creating the serial input failed.
+    #[error("creating the serial input")]
+    SerialInput(#[source] crate::devices::serial::SerialError),
+    /// Creating a block device failed.
+    #[error("creating block device {0}")]
+    Block(PathBuf, #[source] BlockError),
+    /// Creating a virtio-mmio transport failed.
+    #[error("creating a virtio-mmio transport")]
+    Mmio(#[source] MmioError),
+    /// Creating the event loop failed.
+    #[error("creating the event loop")]
+    EventManager(#[source] event_manager::Error),
+    /// Creating or starting a vCPU failed.
+    #[error("creating vCPUs")]
+    Vcpu(#[source] VcpuError),
+    /// Installing the vCPU kick signal handler failed.
+    #[error("installing the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+    /// The event loop failed.
+    #[error("running the event loop")]
+    EventLoop(#[source] event_manager::Error),
+    /// A vCPU failed while the guest ran.
+    #[error("the guest stopped on an error")]
+    Guest(#[source] VcpuError),
+}
+
+/// Assembles the kernel command line: berth's base parameters, the
+/// virtio-mmio device declarations, the PVM workarounds (only when `pvm`),
+/// then the caller's extra parameters.
+pub fn build_cmdline(extra: &str, mmio_entries: &[String], pvm: bool) -> String {
+    let mut parts: Vec<&str> = vec![BASE_CMDLINE];
+    parts.extend(mmio_entries.iter().map(String::as_str));
+    if pvm {
+        parts.push(pvm::PVM_CMDLINE);
+        parts.push(berth_spec::kvm::PVM_SYSCALL_FIX_PARAM);
+    }
+    let extra = extra.trim();
+    if !extra.is_empty() {
+        parts.push(extra);
+    }
+    parts.join(" ")
+}
+
+/// Wakes the event loop when the VM must stop.
+struct ExitHandler {
+    evt: EventFd,
+}
+
+impl MutEventSubscriber for ExitHandler {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.evt.read();
+    }
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            log::error!("vmm: registering the exit eventfd: {e}");
+        }
+    }
+}
+
+/// How the guest ended.
+#[derive(Debug, Clone)]
+pub struct VmExitInfo {
+    /// Why it stopped.
+    pub reason: ExitReason,
+    /// Last byte written to STATUS_PORT (None: never written — abnormal end).
+    pub status: Option<u8>,
+    /// From the start of [`Vm::boot`] to the guest's first BOOT_MARK_PORT write.
+    pub boot_to_init: Option<Duration>,
+    /// From the start of [`Vm::boot`] to vCPU 0's first KVM_RUN.
+    pub setup_time: Duration,
+    /// From the start of [`Vm::boot`] to the end of `run`.
+    pub total: Duration,
+}
+
+/// Asks a running VM to stop, from any thread.
+#[derive(Clone)]
+pub struct VmHandle {
+    shared: Arc<VmShared>,
+}
+
+impl VmHandle {
+    /// Stops the VM; `run` then returns with [`ExitReason::Killed`].
+    pub fn kill(&self) {
+        self.shared.request_exit(ExitReason::Killed);
+    }
+}
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// A booted VM whose vCPUs are running.
+pub struct RunningVm {
+    vm: vm::Vm,
+    shared: Arc<VmShared>,
+    vcpus: Vec<JoinHandle<()>>,
+    event_manager: EventManager<Subscriber>,
+    serial_input: SerialInput,
+    serial_handler: Arc<Mutex<SerialInputHandler>>,
+    cmdline: String,
+    pvm: bool,
+}
+
+/// Entry point: boots VMs.
+pub struct Vm;
+
+/// Signal used to kick vCPU threads out of KVM_RUN.
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn read_initramfs(src: &Initramfs) -> Result<std::borrow::Cow<'_, [u8]>, BuildError> {
+    match src {
+        Initramfs::Bytes(b) => Ok(std::borrow::Cow::Borrowed(b)),
+        Initramfs::Path(p) => {
+            let mut buf = Vec::new();
+            File::open(p)
+                .and_then(|mut f| f.read_to_end(&mut buf))
+                .map_err(|e| BuildError::ReadInitramfs(p.clone(), e))?;
+            Ok(std::borrow::Cow::Owned(buf))
+        }
+    }
+}
+
+fn load_kernel(
+    mem: &vm_memory::GuestMemoryMmap<()>,
+    path: &Path,
+) -> Result<GuestAddress, BuildError> {
+    let mut file = File::open(path).map_err(|e| BuildError::OpenKernel(path.to_owned(), e))?;
+    let res = Elf::load(mem, None, &mut file, Some(layout::HIMEM_START))
+        .map_err(|e| BuildError::LoadKernel(path.to_owned(), e))?;
+    Ok(res.kernel_load)
+}
+
+impl Vm {
+    /// Boots a VM from `cfg` and starts its vCPUs.
+    pub fn boot(cfg: VmConfig) -> Result<RunningVm, BuildError> {
+        let start = Instant::now();
+        if cfg.vcpus == 0 || cfg.vcpus >= 254 {
+            return Err(BuildError::InvalidConfig("vcpus must be 1..=253"));
+        }
+        if cfg.mem_mib < 32 {
+            return Err(BuildError::InvalidConfig("mem_mib must be at least 32"));
+        }
+        let pvm = cfg.pvm.unwrap_or_else(pvm::detected);
+        if pvm {
+            log::info!("vmm: PVM host detected: enabling PVM quirks (cmdline CPUID avoidance, pvm_syscall_fix, int3/fwait emulation fixups)");
+        }
+        let mem_size = u64::from(cfg.mem_mib) << 20;
+
+        // 1. VM, memory, irqchip, PIT.
+        let vm = vm::Vm::new(mem_size).map_err(BuildError::Vm)?;
+
+        // 2. Kernel and initramfs.
+        let entry = load_kernel(&vm.mem, &cfg.kernel)?;
+        let initrd = match &cfg.initramfs {
+            None => None,
+            Some(src) => {
+                let data = read_initramfs(src)?;
+                let addr = arch::initrd_load_addr(&vm.mem, data.len())
+                    .map_err(BuildError::PlaceInitramfs)?;
+                vm.mem
+                    .write_slice(&data, addr)
+                    .map_err(BuildError::WriteInitramfs)?;
+                Some((addr, data.len()))
+            }
+        };
+
+        // 3. Devices.
+        let exit_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+        let shared = Arc::new(VmShared::new(
+            start,
+            exit_evt.try_clone().map_err(BuildError::EventFd)?,
+        ));
+        let mut dm = DeviceManager::new();
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+        vm.fd
+            .register_irqfd(&serial_irq, layout::SERIAL_IRQ)
+            .map_err(BuildError::SerialIrqfd)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, cfg.serial_out)));
+        dm.add_pio(COM1_PORT, COM1_PORT_COUNT, serial.clone())
+            .map_err(BuildError::Devices)?;
+        dm.add_pio(
+            I8042_DATA_PORT,
+            I8042_PORT_COUNT,
+            Arc::new(Mutex::new(I8042::new(shared.clone()))),
+        )
+        .map_err(BuildError::Devices)?;
+        dm.add_pio(
+            BOOT_MARK_PORT,
+            2,
+            Arc::new(Mutex::new(BerthPorts::new(shared.clone()))),
+        )
+        .map_err(BuildError::Devices)?;
+        let (serial_input, serial_handler) =
+            serial_input(serial).map_err(BuildError::SerialInput)?;
+        let serial_handler = Arc::new(Mutex::new(serial_handler));
+
+        let mut subscribers: Vec<Subscriber> = vec![
+            Arc::new(Mutex::new(ExitHandler { evt: exit_evt })),
+            serial_handler.clone(),
+        ];
+        for (i, disk) in cfg.block.iter().enumerate() {
+            let slot = dm.allocate_mmio().map_err(BuildError::Devices)?;
+            let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+            let interrupt = Interrupt::new(irq_evt.try_clone().map_err(BuildError::EventFd)?);
+            let block = Block::new(
+                &disk.path,
+                disk.read_only,
+                &format!("berth-vd{i}"),
+                interrupt.clone(),
+            )
+            .map_err(|e| BuildError::Block(disk.path.clone(), e))?;
+            let queue_evt = block.queue_evt().try_clone().map_err(BuildError::EventFd)?;
+            let block = Arc::new(Mutex::new(block));
+            let transport = MmioTransport::new(
+                vm.mem.clone(),
+                block.clone(),
+                interrupt,
+                vec![queue_evt.try_clone().map_err(BuildError::EventFd)?],
+            )
+            .map_err(BuildError::Mmio)?;
+            dm.add_virtio_mmio(
+                &vm.fd,
+                slot,
+                Arc::new(Mutex::new(transport)),
+                &irq_evt,
+                &[queue_evt],
+            )
+            .map_err(BuildError::Devices)?;
+            subscribers.push(Arc::new(Mutex::new(
+                BlockEventHandler::new(block).map_err(BuildError::EventFd)?,
+            )));
+        }
+
+        // 4. Command line, zero page, GDT/page tables, MP table.
+        let cmdline_str = build_cmdline(&cfg.extra_cmdline, &dm.cmdline_entries(), pvm);
+        let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
+        cmdline
+            .insert_str(&cmdline_str)
+            .map_err(BuildError::Cmdline)?;
+        load_cmdline(&vm.mem, layout::CMDLINE_START, &cmdline).map_err(BuildError::LoadCmdline)?;
+        let params = arch::build_boot_params(mem_size, cmdline_str.len(), initrd)
+            .map_err(BuildError::BootParams)?;
+        arch::write_boot_params(&vm.mem, &params).map_err(BuildError::BootParams)?;
+        regs::write_boot_tables(&vm.mem).map_err(BuildError::BootTables)?;
+        mptable::setup_mptable(&vm.mem, cfg.vcpus).map_err(BuildError::Mptable)?;
+
+        // 5. Event loop.
+        let mut event_manager =
+            EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
+        for s in subscribers {
+            event_manager.add_subscriber(s);
+        }
+
+        // 6. vCPUs.
+        vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
+            .map_err(BuildError::Signal)?;
+        let pio = Arc::new(dm.pio);
+        let mmio = Arc::new(dm.mmio);
+        let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
+        for id in 0..cfg.vcpus {
+            let vcpu = Vcpu::new(
+                &vm.fd,
+                &vm.supported_cpuid,
+                id,
+                cfg.vcpus,
+                entry,
+                pio.clone(),
+                mmio.clone(),
+                shared.clone(),
+                pvm,
+            )
+            .map_err(BuildError::Vcpu)?;
+            vcpus.push(vcpu);
+        }
+        let mut running = RunningVm {
+            vm,
+            shared,
+            vcpus: Vec::new(),
+            event_manager,
+            serial_input,
+            serial_handler,
+            cmdline: cmdline_str,
+            pvm,
+        };
+        for vcpu in vcpus {
+            // On failure, `running` is dropped, which stops started vCPUs.
+            let handle = vcpu.start().map_err(BuildError::Vcpu)?;
+            running.vcpus.push(handle);
+        }
+        Ok(running)
+    }
+}
+
+impl RunningVm {
+    /// A handle that can stop the VM from another thread.
+    pub fn handle(&self) -> VmHandle {
+        VmHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// A handle that injects bytes into the guest's serial input.
+    pub fn serial_input(&self) -> SerialInput {
+        self.serial_input.clone()
+    }
+
+    /// The kernel command line the guest got.
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    /// Whether PVM quirks are active.
+    pub fn pvm(&self) -> bool {
+        self.pvm
+    }
+
+    /// Resident memory of this process outside guest RAM, in bytes.
+    pub fn rss_excluding_guest(&self) -> std::io::Result<u64> {
+        crate::metrics::rss_excluding_guest(&self.vm.host_ranges())
+    }
+
+    /// Runs the device event loop on this thread until the guest stops (or
+    /// [`VmHandle::kill`]), then stops and joins the vCPUs.
+    pub fn run(mut self) -> Result<VmExitInfo, BuildError> {
+        while !self.shared.exit_requested() {
+            let pending = self
+                .serial_handler
+                .lock()
+                .map(|h| h.has_pending())
+                .unwrap_or(false);
+            // While input waits for FIFO space, poll every 10 ms.
+            let timeout = if pending { 10 } else { -1 };
+            self.event_manager
+                .run_with_timeout(timeout)
+                .map_err(BuildError::EventLoop)?;
+            if pending {
+                if let Ok(mut h) = self.serial_handler.lock() {
+                    h.pump();
+                }
+            }
+        }
+        self.stop_vcpus();
+        let shared = &self.shared;
+        let reason = shared
+            .exit
+            .lock()
+            .ok()
+            .and_then(|e| *e)
+            .unwrap_or(ExitReason::Error);
+        if reason == ExitReason::Error {
+            if let Some(e) = shared.error.lock().ok().and_then(|mut e| e.take()) {
+                return Err(BuildError::Guest(e));
+            }
+        }
+        let setup_time = shared
+            .first_run
+            .get()
+            .map(|t| t.duration_since(shared.start))
+            .unwrap_or_default();
+        Ok(VmExitInfo {
+            reason,
+            status: shared.status(),
+            boot_to_init: shared
+                .boot_mark
+                .get()
+                .map(|t| t.duration_since(shared.start)),
+            setup_time,
+            total: shared.start.elapsed(),
+        })
+    }
+
+    fn stop_vcpus(&mut self) {
+        use vmm_sys_util::signal::Killable;
+        self.shared.request_exit(ExitReason::Killed);
+        for handle in self.vcpus.drain(..) {
+            // A kick can land just before the thread enters KVM_RUN; repeat
+            // until the thread has seen the stop flag.
+            while !handle.is_finished() {
+                if let Err(e) = handle.kill(kick_signal()) {
+                    log::debug!("vmm: kicking vCPU: {e}");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if handle.join().is_err() {
+                log::error!("vmm: a vCPU thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        self.stop_vcpus();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_without_pvm() {
+        let c = build_cmdline(
+            "  init=/init quiet ",
+            &["virtio_mmio.device=4K@0xd0000000:5".into()],
+            false,
+        );
+        assert_eq!(
+            c,
+            "console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1 virtio_mmio.device=4K@0xd0000000:5 init=/init quiet"
+        );
+        assert!(!c.contains("pvm_syscall_fix"));
+        assert!(!c.contains("clearcpuid"));
+    }
+
+    #[test]
+    fn cmdline_with_pvm() {
+        let c = build_cmdline("", &[], true);
+        assert!(c.starts_with(BASE_CMDLINE));
+        assert!(c.contains(" clearcpuid=xsave,"));
+        assert!(!c.contains("noxsave"));
+        assert!(c.contains("clearcpuid="));
+        assert!(c.ends_with(berth_spec::kvm::PVM_SYSCALL_FIX_PARAM));
+        assert!(c.len() < layout::CMDLINE_MAX_SIZE);
+    }
+}
