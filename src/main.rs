@@ -59,7 +59,14 @@ fn main() {
                 | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
                 _ => EXIT_BERTH_FAILED,
             };
-            let _ = e.print();
+            if code == 0 {
+                let _ = e.print();
+            } else {
+                // One line naming the offending value, like every other error.
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or("invalid arguments");
+                eprintln!("berth: {}", first.trim_start_matches("error: "));
+            }
             std::process::exit(code);
         }
     };

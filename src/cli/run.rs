@@ -48,11 +48,17 @@ pub struct RunArgs {
     /// Network: none (loopback only) or host (share the host's network).
     #[arg(long, default_value = "none", value_name = "none|host")]
     pub net: String,
+    /// Add a capability to the default set (e.g. NET_ADMIN, or ALL).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability from the default set (e.g. NET_RAW, or ALL).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
     /// Memory limit, e.g. 512m (kvm: the VM's memory, default 256m).
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub memory: Option<String>,
     /// CPU limit, e.g. 1.5 (kvm: number of vCPUs, rounded up, default 1).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub cpus: Option<String>,
     /// Maximum number of processes.
     #[arg(long, value_name = "N")]
@@ -127,6 +133,18 @@ pub fn build_spec(a: &RunArgs, is_kvm: bool) -> Result<PodSpec> {
     if a.pids == Some(0) {
         bail!("invalid --pids 0: must be at least 1");
     }
+    let mut security = Security::default();
+    for c in &a.cap_drop {
+        let drop = parse::capability(c)?;
+        security.capabilities.retain(|k| !drop.contains(k));
+    }
+    for c in &a.cap_add {
+        for cap in parse::capability(c)? {
+            if !security.capabilities.contains(&cap) {
+                security.capabilities.push(cap);
+            }
+        }
+    }
     let kvm = is_kvm.then(|| KvmSettings {
         kernel: None,
         memory_mib: memory.map_or(KVM_DEFAULT_MEMORY_MIB, |b| (b >> 20).max(1) as u32),
@@ -152,7 +170,7 @@ pub fn build_spec(a: &RunArgs, is_kvm: bool) -> Result<PodSpec> {
             cpu_millis,
             pids: a.pids,
         },
-        security: Security::default(),
+        security,
         stdio: Stdio {
             interactive: a.interactive,
             tty: a.tty,

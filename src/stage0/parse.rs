@@ -20,6 +20,25 @@ pub enum ParseError {
     User(String),
     #[error("invalid environment {0:?}: expected KEY=VALUE")]
     Env(String),
+    #[error("invalid capability {0:?}: expected a name such as NET_ADMIN or ALL")]
+    Capability(String),
+}
+
+/// `NET_ADMIN`, `cap_net_admin`, `net_admin` → `net_admin`; `ALL` → every one.
+pub fn capability(s: &str) -> Result<Vec<String>, ParseError> {
+    let l = s.to_ascii_lowercase();
+    let l = l.strip_prefix("cap_").unwrap_or(&l);
+    if l == "all" {
+        return Ok(berth_spec::ALL_CAPABILITIES
+            .iter()
+            .map(|c| c.to_string())
+            .collect());
+    }
+    if berth_spec::ALL_CAPABILITIES.contains(&l) {
+        Ok(vec![l.to_string()])
+    } else {
+        Err(ParseError::Capability(s.into()))
+    }
 }
 
 /// `SRC:DST[:ro|:rw]`; SRC must exist and is made absolute.
@@ -220,6 +239,20 @@ mod tests {
         assert_eq!(user("42", d.path()), Ok((42, 42)));
         assert!(user("bob", d.path()).is_err());
         assert!(user("1:x", d.path()).is_err());
+    }
+
+    #[test]
+    fn capabilities() {
+        assert_eq!(capability("NET_ADMIN"), Ok(vec!["net_admin".to_string()]));
+        assert_eq!(
+            capability("cap_sys_admin"),
+            Ok(vec!["sys_admin".to_string()])
+        );
+        assert_eq!(
+            capability("all").unwrap().len(),
+            berth_spec::ALL_CAPABILITIES.len()
+        );
+        assert!(capability("frob").is_err());
     }
 
     #[test]

@@ -259,6 +259,14 @@ fn bind_volume(root: &OwnedFd, m: &Mount) -> Result<(), MountError> {
         None,
     )?;
     if m.read_only {
+        // As for /dev: look the destination up again to reach the new mount.
+        let mounted = open_in_root(root, &m.destination, libc::O_PATH).map_err(|source| {
+            MountError::Create {
+                path: m.destination.clone(),
+                source,
+            }
+        })?;
+        let target = fd_path(&mounted);
         do_mount(
             None,
             &target,

@@ -1,0 +1,185 @@
+//! Shared harness for the end-to-end tests: drives the real `berth` binary
+//! (and through it the stage1 executables) against a throw-away state root.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// The stage1s every case runs against. A stage1 that cannot pass a case yet
+/// lists it in [`unsupported`] with the reason.
+pub const STAGE1S: &[&str] = &["ns"];
+
+/// Cases a stage1 is known not to support yet, with the reason.
+pub fn unsupported(stage1: &str, case: &str) -> Option<&'static str> {
+    match (stage1, case) {
+        ("kvm", _) => Some("the kvm stage1 is not built yet"),
+        _ => None,
+    }
+}
+
+pub fn berth_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_berth"))
+}
+
+/// Root is needed for namespaces, mounts and cgroups. Prints why when not.
+pub fn have_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        true
+    } else {
+        eprintln!("skipping: end-to-end tests need root (namespaces, mounts, cgroups)");
+        false
+    }
+}
+
+/// The busybox test image, built (and cached) by images/busybox.sh.
+pub fn busybox() -> &'static Path {
+    static IMG: OnceLock<PathBuf> = OnceLock::new();
+    IMG.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/busybox.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run images/busybox.sh");
+        assert!(out.status.success(), "images/busybox.sh failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        PathBuf::from(text.lines().last().expect("image path").trim())
+    })
+}
+
+/// A private state root, removed (after a `gc`) at drop.
+pub struct Env {
+    pub root: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let stage1 = berth_bin().with_file_name("berth-stage1-ns");
+        assert!(
+            stage1.exists(),
+            "{} is missing: build the whole workspace first (make test does)",
+            stage1.display()
+        );
+        Env {
+            root: tempfile::Builder::new()
+                .prefix("berth-e2e-")
+                .tempdir()
+                .expect("tempdir"),
+        }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(berth_bin());
+        c.arg("--root").arg(self.root.path());
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// `berth <args>` with stdin from /dev/null.
+    pub fn berth(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run berth")
+    }
+
+    /// `berth <args>` with `input` on stdin.
+    pub fn berth_input(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn berth");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input.as_bytes()).expect("write stdin");
+        drop(stdin);
+        child.wait_with_output().expect("wait berth")
+    }
+
+    /// `berth run --rm --stage1=S --rootfs <busybox> <opts> -- <cmd>`.
+    pub fn run(&self, stage1: &str, opts: &[&str], cmd: &[&str]) -> Output {
+        let img = busybox().to_string_lossy().into_owned();
+        let mut args = vec!["run", "--rm", "--stage1", stage1, "--rootfs", &img];
+        args.extend_from_slice(opts);
+        args.push("--");
+        args.extend_from_slice(cmd);
+        self.berth(&args)
+    }
+
+    pub fn pods(&self) -> Vec<String> {
+        match std::fs::read_dir(self.root.path().join("pods")) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self
+            .cmd()
+            .arg("gc")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Expected result of a case.
+pub struct Expect<'a> {
+    pub stdout: &'a str,
+    /// Exact stderr, or a substring when `stderr_contains`.
+    pub stderr: &'a str,
+    pub stderr_contains: bool,
+    pub code: i32,
+}
+
+impl Expect<'_> {
+    pub fn check(&self, what: &str, o: &Output) {
+        let (out, err) = (stdout(o), stderr(o));
+        let ctx = format!(
+            "{what}\n--- stdout:\n{out}\n--- stderr:\n{err}\n--- status: {:?}",
+            o.status
+        );
+        assert_eq!(o.status.code(), Some(self.code), "exit code of {ctx}");
+        assert_eq!(out, self.stdout, "stdout of {ctx}");
+        if self.stderr_contains {
+            assert!(
+                err.contains(self.stderr),
+                "stderr should contain {:?}: {ctx}",
+                self.stderr
+            );
+        } else {
+            assert_eq!(err, self.stderr, "stderr of {ctx}");
+        }
+    }
+}
+
+/// Run `f` once per stage1, skipping (with the reason printed) those listed
+/// as unsupported for `case`.
+pub fn each_stage1(case: &str, mut f: impl FnMut(&str)) {
+    if !have_root() {
+        return;
+    }
+    for s in STAGE1S {
+        if let Some(why) = unsupported(s, case) {
+            eprintln!("{case}: expected-unsupported on stage1 {s}: {why}");
+            continue;
+        }
+        f(s);
+    }
+}

@@ -1,0 +1,599 @@
+//! End-to-end tests: the real `berth` binary and stage1s, as root, against
+//! the busybox image. Every case runs for each stage1 in `common::STAGE1S`.
+
+mod common;
+
+use common::{each_stage1, stderr, stdout, Env, Expect};
+use std::time::{Duration, Instant};
+
+fn ok(out: &str) -> Expect<'_> {
+    Expect {
+        stdout: out,
+        stderr: "",
+        stderr_contains: false,
+        code: 0,
+    }
+}
+
+#[test]
+fn stdout_stderr_and_exit_code() {
+    each_stage1("exit-code", |s| {
+        let e = Env::new();
+        let o = e.run(s, &[], &["sh", "-c", "echo out; echo err >&2; exit 5"]);
+        Expect {
+            stdout: "out\n",
+            stderr: "err\n",
+            stderr_contains: false,
+            code: 5,
+        }
+        .check("exit 5", &o);
+        assert!(e.pods().is_empty(), "--rm left {:?}", e.pods());
+    });
+}
+
+#[test]
+fn killed_by_signal_is_128_plus_n() {
+    each_stage1("signal-exit", |s| {
+        let e = Env::new();
+        let o = e.run(s, &[], &["sh", "-c", "kill -9 $$"]);
+        Expect {
+            stdout: "",
+            stderr: "",
+            stderr_contains: false,
+            code: 137,
+        }
+        .check("kill -9", &o);
+    });
+}
+
+#[test]
+fn env_cwd_hostname_user() {
+    each_stage1("env-cwd-hostname-user", |s| {
+        let e = Env::new();
+        ok("bar baz\n").check(
+            "env",
+            &e.run(
+                s,
+                &["-e", "FOO=bar", "-e", "X=baz"],
+                &["sh", "-c", "echo $FOO $X"],
+            ),
+        );
+        ok("/tmp\n").check("workdir", &e.run(s, &["-w", "/tmp"], &["pwd"]));
+        ok("podhost\n").check(
+            "hostname",
+            &e.run(s, &["--hostname", "podhost"], &["hostname"]),
+        );
+        ok("named\n").check(
+            "hostname from name",
+            &e.run(s, &["--name", "named"], &["hostname"]),
+        );
+        ok("1000 1000\n").check(
+            "user",
+            &e.run(s, &["-u", "1000"], &["sh", "-c", "echo $(id -u) $(id -g)"]),
+        );
+        ok("1000 5\n").check(
+            "user:group",
+            &e.run(
+                s,
+                &["-u", "1000:5"],
+                &["sh", "-c", "echo $(id -u) $(id -g)"],
+            ),
+        );
+        ok("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /root berth\n").check(
+            "default env",
+            &e.run(s, &[], &["sh", "-c", "echo $PATH $HOME $container"]),
+        );
+    });
+}
+
+#[test]
+fn command_not_found_and_not_executable() {
+    each_stage1("exec-errors", |s| {
+        let e = Env::new();
+        Expect {
+            stdout: "",
+            stderr: "berth: exec \"nosuchcmd\": command not found\n",
+            stderr_contains: false,
+            code: 127,
+        }
+        .check("not found", &e.run(s, &[], &["nosuchcmd"]));
+        Expect {
+            stdout: "",
+            stderr: "berth: exec \"/etc/passwd\": permission denied\n",
+            stderr_contains: false,
+            code: 126,
+        }
+        .check("not executable", &e.run(s, &[], &["/etc/passwd"]));
+        // Not even without --rm: a pod that never started is not kept.
+        let img = common::busybox().to_string_lossy().into_owned();
+        let o = e.berth(&["run", "--stage1", s, "--rootfs", &img, "--", "nosuchcmd"]);
+        assert_eq!(o.status.code(), Some(127));
+        assert!(e.pods().is_empty(), "left behind: {:?}", e.pods());
+    });
+}
+
+#[test]
+fn stdin_only_with_interactive() {
+    each_stage1("stdin", |s| {
+        let e = Env::new();
+        let img = common::busybox().to_string_lossy().into_owned();
+        let base = ["run", "--rm", "--stage1", s, "--rootfs", img.as_str()];
+        let mut with_i = base.to_vec();
+        with_i.extend(["-i", "--", "cat"]);
+        ok("line 1\nline 2\n").check("-i cat", &e.berth_input(&with_i, "line 1\nline 2\n"));
+        let mut without = base.to_vec();
+        without.extend(["--", "cat"]);
+        ok("").check("cat without -i", &e.berth_input(&without, "ignored\n"));
+    });
+}
+
+#[test]
+fn tty_gives_the_app_a_terminal() {
+    each_stage1("tty", |s| {
+        let e = Env::new();
+        let o = e.run(
+            s,
+            &["-t"],
+            &["sh", "-c", "test -t 0 && test -t 1 && echo tty; tty"],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        // A pty turns \n into \r\n.
+        assert_eq!(stdout(&o), "tty\r\n/dev/pts/0\r\n");
+    });
+}
+
+#[test]
+fn volumes_rw_and_ro() {
+    each_stage1("volumes", |s| {
+        let e = Env::new();
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("in.txt"), "from host\n").unwrap();
+        let rw = format!("{}:/data", host.path().display());
+        ok("from host\n").check(
+            "rw volume",
+            &e.run(
+                s,
+                &["-v", &rw],
+                &[
+                    "sh",
+                    "-c",
+                    "cat /data/in.txt; echo from pod > /data/out.txt",
+                ],
+            ),
+        );
+        assert_eq!(
+            std::fs::read_to_string(host.path().join("out.txt")).unwrap(),
+            "from pod\n"
+        );
+        let ro = format!("{}:/ro:ro", host.path().display());
+        Expect {
+            stdout: "",
+            stderr: "Read-only file system",
+            stderr_contains: true,
+            code: 1,
+        }
+        .check(
+            "ro volume",
+            &e.run(s, &["-v", &ro], &["sh", "-c", "echo x > /ro/new"]),
+        );
+        assert!(!host.path().join("new").exists());
+        // Nested destination created inside the pod's rootfs, not the image.
+        let nested = format!("{}:/a/b/c:ro", host.path().display());
+        ok("from host\n").check(
+            "nested",
+            &e.run(s, &["-v", &nested], &["cat", "/a/b/c/in.txt"]),
+        );
+        assert!(!common::busybox().join("a").exists(), "image was modified");
+    });
+}
+
+#[test]
+fn rootfs_is_an_overlay_and_the_image_is_untouched() {
+    each_stage1("overlay", |s| {
+        let e = Env::new();
+        ok("changed\n").check(
+            "write to rootfs",
+            &e.run(
+                s,
+                &[],
+                &[
+                    "sh",
+                    "-c",
+                    "echo changed > /etc/hostname; cat /etc/hostname; rm /bin/ls",
+                ],
+            ),
+        );
+        assert_eq!(
+            std::fs::read_to_string(common::busybox().join("etc/hostname")).unwrap(),
+            "busybox\n"
+        );
+        assert!(common::busybox().join("bin/ls").exists());
+    });
+}
+
+#[test]
+fn isolation_as_root_inside_the_pod() {
+    each_stage1("isolation", |s| {
+        let e = Env::new();
+        let host_hostname = nix::unistd::gethostname().unwrap();
+        // Each probe prints one line; a failing write/mount is the pass.
+        let script = r#"
+            echo h > /proc/sysrq-trigger 2>/dev/null && echo sysrq:WRITABLE || echo sysrq:denied
+            mount -t tmpfs none /mnt 2>/dev/null && echo mount:ALLOWED || echo mount:denied
+            insmod /bin/busybox 2>/dev/null && echo insmod:ALLOWED || echo insmod:denied
+            echo "kcore:$(cat /proc/kcore 2>/dev/null | wc -c)"
+            echo 1 > /proc/sys/kernel/panic 2>/dev/null && echo procsys:WRITABLE || echo procsys:denied
+            echo "procs:$(ls -d /proc/[0-9]* | wc -l)"
+            hostname changed 2>/dev/null && echo hostname:CHANGED || echo hostname:denied
+            echo "pid1:$(cat /proc/1/comm)"
+            grep CapBnd /proc/self/status
+            grep NoNewPrivs /proc/self/status
+            grep Seccomp: /proc/self/status
+        "#;
+        let o = e.run(s, &[], &["sh", "-c", script]);
+        let out = stdout(&o);
+        assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+        for line in [
+            "sysrq:denied",
+            "mount:denied",
+            "insmod:denied",
+            "kcore:0",
+            "procsys:denied",
+            "hostname:denied",
+            "NoNewPrivs:\t1",
+            "Seccomp:\t2",
+        ] {
+            assert!(
+                out.lines().any(|l| l == line),
+                "missing {line:?} in:\n{out}"
+            );
+        }
+        // Only the pod's processes are visible: init, sh, and the ls/wc pipeline.
+        let procs: usize = out
+            .lines()
+            .find_map(|l| l.strip_prefix("procs:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("procs line");
+        assert!(procs <= 5, "pod sees {procs} processes:\n{out}");
+        // CAP_SYS_ADMIN (bit 21) and CAP_SYS_MODULE (16) are not in the bounding set.
+        let bnd = out
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:"))
+            .expect("CapBnd");
+        let bnd = u64::from_str_radix(bnd.trim(), 16).unwrap();
+        assert_eq!(bnd & (1 << 21), 0, "CAP_SYS_ADMIN kept");
+        assert_eq!(bnd & (1 << 16), 0, "CAP_SYS_MODULE kept");
+        assert_eq!(
+            nix::unistd::gethostname().unwrap(),
+            host_hostname,
+            "host hostname changed"
+        );
+        // With CAP_SYS_ADMIN granted, a hostname change stays in the pod.
+        ok("changed-inside\n").check(
+            "hostname change",
+            &e.run(
+                s,
+                &["--cap-add", "SYS_ADMIN"],
+                &["sh", "-c", "hostname changed-inside && hostname"],
+            ),
+        );
+        assert_eq!(
+            nix::unistd::gethostname().unwrap(),
+            host_hostname,
+            "host hostname changed"
+        );
+        // Dropping a default capability takes effect.
+        let o = e.run(
+            s,
+            &["--cap-drop", "chown"],
+            &["chown", "1:1", "/etc/hostname"],
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "chown without CAP_CHOWN: {}",
+            stderr(&o)
+        );
+    });
+}
+
+#[test]
+fn pid1_reaps_orphans() {
+    each_stage1("reaper", |s| {
+        let e = Env::new();
+        // A grandchild orphaned to PID 1 exits; it must not stay a zombie.
+        let o = e.run(
+            s,
+            &[],
+            &[
+                "sh",
+                "-c",
+                "(sh -c 'exit 0' &); sleep 0.3; grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l",
+            ],
+        );
+        ok("0\n").check("zombies", &o);
+    });
+}
+
+#[test]
+fn signals_to_berth_run_reach_the_app() {
+    each_stage1("signal-forward", |s| {
+        let e = Env::new();
+        let img = common::busybox().to_string_lossy().into_owned();
+        let mut child = e
+            .cmd()
+            .args(["run", "--rm", "--stage1", s, "--rootfs", &img, "--"])
+            .args([
+                "sh",
+                "-c",
+                "trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 0.05; done",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut first = [0u8; 6];
+        std::io::Read::read_exact(&mut out, &mut first).unwrap();
+        assert_eq!(&first, b"ready\n");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        let st = child.wait().unwrap();
+        assert_eq!(rest, "got TERM\n");
+        assert_eq!(st.code(), Some(3));
+    });
+}
+
+/// Read a cgroup limit of pod `name` on v1 or v2.
+fn cgroup_value(v1: (&str, &str), v2: &str, name: &str) -> String {
+    let p1 = format!("/sys/fs/cgroup/{}/berth/{name}/{}", v1.0, v1.1);
+    let p2 = format!("/sys/fs/cgroup/berth/{name}/{v2}");
+    std::fs::read_to_string(&p1)
+        .or_else(|_| std::fs::read_to_string(&p2))
+        .unwrap_or_else(|_| panic!("neither {p1} nor {p2}"))
+        .trim()
+        .to_string()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn lifecycle_detach_exec_stop_rm_and_limits() {
+    each_stage1("lifecycle", |s| {
+        let e = Env::new();
+        let img = common::busybox().to_string_lossy().into_owned();
+        let name = format!("life-{s}");
+        let o = e.berth(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--stage1",
+            s,
+            "--rootfs",
+            &img,
+            "--memory",
+            "64m",
+            "--pids",
+            "20",
+            "--cpus",
+            "0.5",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo stopping; exit 0' TERM; echo up; while :; do sleep 0.05; done",
+        ]);
+        ok(&format!("{name}\n")).check("run -d", &o);
+        let list = stdout(&e.berth(&["list", "--format", "json"]));
+        let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+        assert_eq!(v[0]["name"], name.as_str());
+        assert_eq!(v[0]["state"], "running");
+        assert!(v[0]["pid"].as_i64().unwrap() > 1);
+        if s == "ns" {
+            assert_eq!(
+                cgroup_value(("memory", "memory.limit_in_bytes"), "memory.max", &name),
+                "67108864"
+            );
+            assert_eq!(cgroup_value(("pids", "pids.max"), "pids.max", &name), "20");
+            assert_eq!(
+                cgroup_value(("cpu", "cpu.cfs_quota_us"), "cpu.max", &name)
+                    .split(' ')
+                    .next()
+                    .unwrap(),
+                "50000"
+            );
+        }
+        Expect {
+            stdout: "in-pod\n",
+            stderr: "",
+            stderr_contains: false,
+            code: 4,
+        }
+        .check(
+            "exec",
+            &e.berth(&["exec", &name, "--", "sh", "-c", "echo in-pod; exit 4"]),
+        );
+        ok("life\n").check(
+            "exec sees the pod's hostname and env",
+            &e.berth(&["exec", "-e", "Q=life", &name, "--", "sh", "-c", "echo $Q"]),
+        );
+        Expect {
+            stdout: "",
+            stderr: "berth: exec \"nope\": command not found\n",
+            stderr_contains: false,
+            code: 127,
+        }
+        .check("exec not found", &e.berth(&["exec", &name, "--", "nope"]));
+        let o = e.berth(&["rm", &name]);
+        assert_eq!(o.status.code(), Some(125));
+        assert!(stderr(&o).contains("is running"), "{}", stderr(&o));
+        ok("").check("stop", &e.berth(&["stop", &name]));
+        let log = std::fs::read_to_string(e.root.path().join("pods").join(&name).join("app.log"))
+            .unwrap();
+        assert_eq!(log, "up\nstopping\n");
+        let list = stdout(&e.berth(&["list", "--format", "json"]));
+        let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+        assert_eq!(v[0]["state"], "exited");
+        assert_eq!(v[0]["exit_code"], 0);
+        let o = e.berth(&["exec", &name, "--", "true"]);
+        assert_eq!(o.status.code(), Some(125), "exec in a stopped pod");
+        ok("").check("rm", &e.berth(&["rm", &name]));
+        assert!(e.pods().is_empty());
+        if s == "ns" {
+            assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/pids/berth/{name}")).exists());
+        }
+    });
+}
+
+#[test]
+fn gc_cleans_up_after_a_killed_stage1() {
+    each_stage1("gc", |s| {
+        let e = Env::new();
+        let img = common::busybox().to_string_lossy().into_owned();
+        let name = format!("gc-{s}");
+        ok(&format!("{name}\n")).check(
+            "run -d",
+            &e.berth(&[
+                "run", "-d", "--name", &name, "--stage1", s, "--rootfs", &img, "--", "sleep",
+                "1000",
+            ]),
+        );
+        let pod = e.root.path().join("pods").join(&name);
+        let leader: i32 = std::fs::read_to_string(pod.join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The stage1 supervising the pod is the leader's parent.
+        let stat = std::fs::read_to_string(format!("/proc/{leader}/stat")).unwrap();
+        let ppid: i32 = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(ppid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        wait_for("the pod to die with its stage1", || {
+            !std::path::Path::new(&format!("/proc/{leader}")).exists()
+        });
+        let v: serde_json::Value =
+            serde_json::from_str(&stdout(&e.berth(&["list", "--format", "json"]))).unwrap();
+        assert_eq!(v[0]["state"], "dead");
+        ok(&format!("{name}\n")).check("gc", &e.berth(&["gc"]));
+        ok("").check("gc again", &e.berth(&["gc"]));
+        assert!(e.pods().is_empty());
+        if s == "ns" {
+            assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/memory/berth/{name}")).exists());
+        }
+    });
+}
+
+#[test]
+fn bad_input_is_125_with_one_line_and_leaves_nothing() {
+    if !common::have_root() {
+        return;
+    }
+    let e = Env::new();
+    let img = common::busybox().to_string_lossy().into_owned();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["run", "--rootfs", "/nonexistent", "--", "true"],
+            "rootfs /nonexistent does not exist",
+        ),
+        (
+            vec!["run", "--rootfs", &img, "-v", "/nope:/x", "--", "true"],
+            "invalid volume \"/nope:/x\"",
+        ),
+        (
+            vec!["run", "--rootfs", &img, "-v", "/tmp", "--", "true"],
+            "invalid volume \"/tmp\"",
+        ),
+        (
+            vec!["run", "--rootfs", &img, "-v", "/tmp:rel", "--", "true"],
+            "invalid volume \"/tmp:rel\"",
+        ),
+        (
+            vec!["run", "--stage1", "bogus", "--rootfs", &img, "--", "true"],
+            "unknown stage1 \"bogus\"",
+        ),
+        (
+            vec!["run", "--rootfs", &img, "--memory", "lots", "--", "true"],
+            "invalid size \"lots\"",
+        ),
+        (
+            vec!["run", "--rootfs", &img, "--cpus", "-1", "--", "true"],
+            "invalid cpus \"-1\"",
+        ),
+        (
+            vec!["run", "--rootfs", &img, "-u", "bob", "--", "true"],
+            "invalid user \"bob\"",
+        ),
+        (
+            vec!["run", "--rootfs", &img, "--name", "a/b", "--", "true"],
+            "invalid pod name \"a/b\"",
+        ),
+        (
+            vec!["run", "--rootfs", &img, "--net", "wifi", "--", "true"],
+            "invalid --net \"wifi\"",
+        ),
+        (
+            vec!["run", "--rootfs", &img, "-w", "tmp", "--", "true"],
+            "invalid workdir \"tmp\"",
+        ),
+        (vec!["exec", "ghost", "--", "true"], "no such pod: ghost"),
+        (vec!["stop", "ghost"], "no such pod: ghost"),
+        (vec!["rm", "ghost"], "no such pod: ghost"),
+        (vec!["list", "--format", "xml"], "invalid --format \"xml\""),
+        (
+            vec!["run", "--rootfs", &img, "--cap-add", "frob", "--", "true"],
+            "invalid capability \"frob\"",
+        ),
+        (
+            vec!["run", "--rootfs", &img, "--bogus-flag", "--", "true"],
+            "--bogus-flag",
+        ),
+    ];
+    for (args, msg) in cases {
+        let o = e.berth(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(125), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
+        assert!(
+            err.starts_with("berth: ") && err.contains(msg),
+            "{args:?}: {err:?} lacks {msg:?}"
+        );
+        assert!(e.pods().is_empty(), "{args:?} left {:?}", e.pods());
+    }
+    // A name already in use: the second run fails, the first pod is kept.
+    ok("").check(
+        "first",
+        &e.berth(&["run", "--name", "dup", "--rootfs", &img, "--", "true"]),
+    );
+    let o = e.berth(&["run", "--name", "dup", "--rootfs", &img, "--", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(stderr(&o), "berth: pod name \"dup\" is already in use\n");
+    assert_eq!(e.pods(), vec!["dup".to_string()]);
+    // The kvm verb answers clearly until its stage1 exists.
+    let o = e.berth(&[
+        "run", "--stage1", "kvm", "--rootfs", &img, "--net", "host", "--", "true",
+    ]);
+    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+}
