@@ -3,7 +3,7 @@
 //! Every message is formatted first and written with a single `write(2)` to
 //! fd 2 (each guest syscall is expensive, and one write keeps lines whole).
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 
@@ -58,18 +58,9 @@ impl Console {
     /// else is needed (1 syscall). If it had none, fds 0-2 are closed, `open`
     /// returns 0, and 1 and 2 are duplicated from it.
     pub fn open() -> Result<Console, ConsoleError> {
-        // SAFETY: open(2) of a NUL-terminated literal.
-        let fd = unsafe {
-            libc::open(
-                c"/dev/console".as_ptr(),
-                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(ConsoleError::Open(Errno::last()));
-        }
-        // SAFETY: fd was just returned by open and is owned by nobody else.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let owned = crate::sys::open(c"/dev/console", libc::O_RDWR | libc::O_NOCTTY)
+            .map_err(ConsoleError::Open)?;
+        let fd = owned.as_raw_fd();
         if fd == 0 {
             for target in [1, 2] {
                 // SAFETY: dup2 onto the standard fds, which are closed (open

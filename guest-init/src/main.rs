@@ -30,17 +30,19 @@
 )]
 
 mod app;
+mod arena;
 mod console;
 mod control;
 mod mounts;
 mod net;
 mod ports;
 mod reaper;
+mod sys;
 #[cfg(test)]
 mod test_support;
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use berth_spec::kvm::{BOOT_MARK_PORT, GUEST_INIT_FAILED, INITRAMFS_SPEC_PATH, STATUS_PORT};
 use berth_spec::{NetworkMode, PodSpec, SpecError, EXIT_BERTH_FAILED};
@@ -51,6 +53,11 @@ use crate::console::Console;
 use crate::control::Mode;
 use crate::ports::Ports;
 use crate::reaper::Scope;
+
+/// Memory without syscalls: see arena.rs.
+#[cfg(not(test))]
+#[global_allocator]
+static ALLOC: arena::Arena = arena::Arena::new();
 
 #[derive(Debug, thiserror::Error)]
 enum InitError {
@@ -305,20 +312,13 @@ fn check_supported(spec: &PodSpec) -> Result<(), InitError> {
     Ok(())
 }
 
-/// Read, parse and validate the spec: open + one read (+ one more only if
-/// the file fills the buffer). A short read of a regular file is its end;
-/// the fd is close-on-exec and left open (one syscall saved).
+/// Read, parse and validate the spec: open + one read (+ more only if the
+/// file fills the buffer). A short read of a regular file is its end; the fd
+/// is close-on-exec and left open (one syscall saved).
 fn read_spec(path: &str) -> Result<PodSpec, InitError> {
     let c = CString::new(path).map_err(|_| InitError::OpenSpec(path.into(), Errno::EINVAL))?;
-    // SAFETY: open(2) of a NUL-terminated path.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(InitError::OpenSpec(path.into(), Errno::last()));
-    }
-    // SAFETY: fd was just opened and is owned by nobody else. It is leaked
-    // below on purpose (close-on-exec).
-    let file = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let file = sys::open(&c, libc::O_RDONLY).map_err(|e| InitError::OpenSpec(path.into(), e))?;
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     loop {
         let spare = buf.spare_capacity_mut();
         let want = spare.len();

@@ -12,6 +12,7 @@
 //!   one-byte instruction, and `/dev/port` is used from then on.
 
 use std::ffi::c_void;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
@@ -154,18 +155,19 @@ impl Ports {
 }
 
 fn write_dev_port(port: u16, value: u8, ioperm: Errno) -> Result<(), PortError> {
-    // SAFETY: plain open(2) of a NUL-terminated literal.
-    let fd = unsafe { libc::open(c"/dev/port".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(PortError::OpenDevPort {
-            ioperm,
-            source: Errno::last(),
-        });
-    }
+    let fd = crate::sys::open(c"/dev/port", libc::O_WRONLY)
+        .map_err(|source| PortError::OpenDevPort { ioperm, source })?;
     let buf = [value];
     // SAFETY: writes one byte from a live buffer to the fd we just opened;
     // /dev/port maps the file offset to the port number.
-    let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), 1, libc::off_t::from(port)) };
+    let n = unsafe {
+        libc::pwrite(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            1,
+            libc::off_t::from(port),
+        )
+    };
     if n != 1 {
         return Err(PortError::WriteDevPort {
             port,
