@@ -8,16 +8,19 @@
 # even if injection failed (on many machines /dev/vda is the host's own root
 # disk).
 #
-# Usage: guest-init/scripts/count-syscalls.sh [BINARY] [ARGV0]
+# Usage: guest-init/scripts/count-syscalls.sh [BINARY] [ARGV0] [UID]
 #   BINARY defaults to the release musl build in $CARGO_TARGET_DIR (or
-#   target/); ARGV0 (default "sh") is the app's command, looked up in PATH.
+#   target/); ARGV0 (default "sh") is the app's command, looked up in PATH;
+#   UID (default 0) is the app's uid and gid.
 # Needs root, strace, unshare, setpriv and a static busybox (/bin/busybox).
 set -eu
 
 target=${CARGO_TARGET_DIR:-$(dirname "$0")/../../target}
 bin=${1:-$target/x86_64-unknown-linux-musl/release/berth-guest-init}
 argv0=${2:-sh}
+uid=${3:-0}
 fake=$(mktemp -d /tmp/gi-fake.XXXXXX)
+chmod 755 "$fake"
 trace=$fake.trace
 trap 'rm -rf "$fake" "$trace"' EXIT
 
@@ -31,7 +34,7 @@ cp /bin/busybox "$fake/bin/sh"
 cat >"$fake/berth/pod.json" <<EOF
 {"version":1,"name":"m","uuid":"0b9f3c2e-6a1d-4c8e-9f00-1234567890ab",
  "machine_id":"0b9f3c2e6a1d4c8e9f001234567890ab",
- "app":{"argv":["$argv0","-c","exit 3"],"env":[],"cwd":"/","user":{"uid":0,"gid":0}},
+ "app":{"argv":["$argv0","-c","exit 3"],"env":[],"cwd":"/","user":{"uid":$uid,"gid":$uid}},
  "hostname":"m","rootfs":{"image":"/img"},"mounts":[],"network":{"mode":"none"}}
 EOF
 

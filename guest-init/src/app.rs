@@ -163,6 +163,7 @@ pub enum ChildStep {
     Cwd = 3,
     Stdio = 4,
     Exec = 5,
+    NoNewPrivs = 6,
 }
 
 impl ChildStep {
@@ -173,6 +174,7 @@ impl ChildStep {
             3 => ChildStep::Cwd,
             4 => ChildStep::Stdio,
             5 => ChildStep::Exec,
+            6 => ChildStep::NoNewPrivs,
             _ => return None,
         })
     }
@@ -228,6 +230,7 @@ impl StartFailure {
                 cfg.uid, cfg.gid
             ),
             ChildStep::Session => format!("berth: setsid: {desc}\n"),
+            ChildStep::NoNewPrivs => format!("berth: cannot set no_new_privs: {desc}\n"),
             ChildStep::Stdio => format!("berth: cannot set up stdin: {desc}\n"),
         }
     }
@@ -383,7 +386,7 @@ fn child(
         step,
         errno: Errno::last(),
     };
-    // SAFETY (whole function): plain syscalls on values prepared before fork;
+    // SAFETY (whole function): plain syscalls on values prepared before clone;
     // pointers come from CStrings and null-terminated arrays that outlive
     // the calls.
     unsafe {
@@ -394,21 +397,10 @@ fn child(
             libc::ioperm(libc::c_ulong::from(first), libc::c_ulong::from(count), 0);
         }
         if cfg.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
-            return fail(ChildStep::User);
+            return fail(ChildStep::NoNewPrivs);
         }
-        // Before switching user, as the ns stage1 does.
-        if libc::chdir(cfg.cwd.as_ptr()) < 0 {
-            return fail(ChildStep::Cwd);
-        }
-        // PID 1 starts as root with no supplementary groups: skip the
-        // no-op calls for root.
-        if (cfg.uid != 0 || cfg.gid != 0)
-            && (libc::setgroups(0, std::ptr::null()) < 0
-                || libc::setgid(cfg.gid) < 0
-                || libc::setuid(cfg.uid) < 0)
-        {
-            return fail(ChildStep::User);
-        }
+        // Stdio first, then cwd, then the user: the ns stage1's order (and
+        // /dev/null is opened with root's rights).
         let stdin_fd = match cfg.stdin {
             StdinSource::Pipe => stdin_pipe,
             StdinSource::Null => match crate::sys::open(c"/dev/null", libc::O_RDONLY) {
@@ -422,6 +414,20 @@ fn child(
             if fd != 0 && libc::dup2(fd, 0) < 0 {
                 return fail(ChildStep::Stdio);
             }
+        }
+        if libc::chdir(cfg.cwd.as_ptr()) < 0 {
+            return fail(ChildStep::Cwd);
+        }
+        // PID 1 starts as root with no supplementary groups: skip the
+        // no-op calls for root. Raw syscalls: musl's wrappers go through
+        // __synccall (meant for multi-threaded processes), which adds three
+        // rt_sigprocmask calls to each; this child is single-threaded.
+        if (cfg.uid != 0 || cfg.gid != 0)
+            && (libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) < 0
+                || libc::syscall(libc::SYS_setgid, cfg.gid) < 0
+                || libc::syscall(libc::SYS_setuid, cfg.uid) < 0)
+        {
+            return fail(ChildStep::User);
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);

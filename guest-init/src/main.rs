@@ -152,7 +152,7 @@ fn pid1() -> libc::c_int {
         sfd: None,
         root: Root::Initramfs,
     };
-    let status = match boot(&mut st, &ports).and_then(|cfg| run_app(&mut st, &ports, cfg)) {
+    let status = match boot(&mut st, &ports).and_then(|cfg| run_app(&mut st, cfg)) {
         Ok(code) => code,
         Err(f) => {
             console::say(&f.to_string());
@@ -203,7 +203,7 @@ fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, Mode), Fatal> {
 }
 
 /// Steps 4 and 5.
-fn run_app(st: &mut State, _ports: &Ports, (cfg, mode): (AppConfig, Mode)) -> Result<i32, Fatal> {
+fn run_app(st: &mut State, (cfg, mode): (AppConfig, Mode)) -> Result<i32, Fatal> {
     let sfd = reaper::sigchld_fd().map_err(fatal("signals"))?;
     let sfd: &OwnedFd = st.sfd.insert(sfd);
     let started = app::spawn(&cfg).map_err(fatal("app"))?;
