@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create a pod and run a command in it.
-    Run(cli::run::RunArgs),
+    Run(Box<cli::run::RunArgs>),
     /// Run a command inside a running pod.
     Exec(cli::exec::ExecArgs),
     /// Stop a running pod.
@@ -89,7 +89,7 @@ fn main() {
         .init();
     let store = stage0::store::Store::new(&cli.root);
     let result = match cli.cmd {
-        Command::Run(a) => cli::run::run(&store, a),
+        Command::Run(a) => cli::run::run(&store, *a),
         Command::Exec(a) => cli::exec::exec(&store, a),
         Command::Stop(a) => cli::stop::stop(&store, a),
         Command::List(a) => cli::list::list(&store, a),

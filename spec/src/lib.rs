@@ -596,7 +596,8 @@ mod tests {
 
     #[test]
     fn validate_rejects_bad_values() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut PodSpec)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut PodSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("pod name", Box::new(|s| s.name = "-bad".into())),
             ("uuid", Box::new(|s| s.uuid = "nope".into())),
             ("machine_id", Box::new(|s| s.machine_id = "ABC".into())),

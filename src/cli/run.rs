@@ -330,10 +330,14 @@ pub fn run(store: &Store, a: RunArgs) -> Result<i32> {
         .unwrap_or(EXIT_BERTH_FAILED);
     let started = report == "ok";
     if a.rm || !started {
-        // A pod that never started is removed like a failed create.
-        let _ = stage1::command(&stage1, "gc", &new.dir, &[])
-            .stderr(ProcStdio::null())
-            .status();
+        // A pod that never started is removed like a failed create. A stage1
+        // that recorded a status has released everything itself; otherwise
+        // (it was killed) its `gc` verb does.
+        if !new.dir.status_file().exists() {
+            let _ = stage1::command(&stage1, "gc", &new.dir, &[])
+                .stderr(ProcStdio::null())
+                .status();
+        }
     } else {
         new.keep();
     }

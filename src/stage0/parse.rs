@@ -110,7 +110,7 @@ pub fn size(s: &str) -> Result<u64, ParseError> {
 /// `1.5` → 1500 thousandths of a CPU.
 pub fn cpus(s: &str) -> Result<u32, ParseError> {
     let v: f64 = s.parse().map_err(|_| ParseError::Cpus(s.into()))?;
-    if !v.is_finite() || v < 0.001 || v > 4096.0 {
+    if !v.is_finite() || !(0.001..=4096.0).contains(&v) {
         return Err(ParseError::Cpus(s.into()));
     }
     Ok((v * 1000.0).round() as u32)

@@ -88,15 +88,19 @@ fn run(a: &InitArgs) -> Result<i32, InitError> {
     // (getppid() is 0 in a new PID namespace, so a parent that died before
     // this point is detected by the channel's EOF below instead.)
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    match a.chan.recv()? {
-        Some((m, _)) if m == "go" => {}
-        _ => return Err(InitError::ParentGone),
-    }
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(InitError::CgroupNs)?;
+    // The mounts are built while stage1 moves us into the pod's cgroup: on
+    // cgroup v1 that move waits out an RCU grace period (milliseconds), and
+    // nothing here depends on it.
     nix::unistd::sethostname(&a.spec.hostname)
         .map_err(|e| InitError::Hostname(a.spec.hostname.clone(), e))?;
     mounts::build_root(a.spec, a.pod)?;
     mounts::mask_paths()?;
+    match a.chan.recv()? {
+        Some((m, _)) if m == "go" => {}
+        _ => return Err(InitError::ParentGone),
+    }
+    // Now in the pod's cgroup: root the cgroup namespace there.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(InitError::CgroupNs)?;
     // Leave the host's session: terminal-generated signals reach stage1 (and
     // are forwarded once), never the pod directly.
     let _ = nix::unistd::setsid();

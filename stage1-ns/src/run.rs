@@ -35,6 +35,8 @@ pub fn run(pod: &PodDir) -> Result<i32> {
 }
 
 fn start_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
+    let t0 = std::time::Instant::now();
+    let step = |what: &str| log::debug!("stage1-ns: {what} after {:?}", t0.elapsed());
     let spec = PodSpec::load(pod).context("cannot load the pod spec")?;
     let _lock = state::take_life_lock(pod)?;
     let _ = std::fs::remove_file(pod.status_file());
@@ -45,7 +47,9 @@ fn start_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
         .context("cannot block signals for the signalfd")?;
     let sfd = SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("cannot create signalfd")?;
+    step("spec loaded");
     let cgroup = PodCgroup::open(&spec.name)?;
+    step("cgroup manager ready");
 
     let (ours, theirs) = chan::pair()?;
     let mut flags = CloneFlags::CLONE_NEWNS
@@ -75,11 +79,13 @@ fn start_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
     let child = unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) }
         .context("cannot create the pod's namespaces (clone)")?;
     drop(theirs);
+    step("cloned init");
 
     let started = (|| -> Result<Option<nix::unistd::Pid>> {
         state::write_file(&pod.pid_file(), &child.to_string())?;
         cgroup.add(child.as_raw())?;
         cgroup.apply(&spec.resources)?;
+        step("cgroup joined and limited");
         ours.send("go", None)?;
         Ok(Some(child))
     })();
@@ -95,6 +101,7 @@ fn start_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
         match ours.recv()? {
             Some((m, fd)) if m == "tty" => master = fd,
             Some((m, _)) if m == "ok" => {
+                step("app started");
                 ready.send("ok");
                 break;
             }
@@ -121,7 +128,9 @@ fn start_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
         }
     }
     let code = supervise(child, &sfd, master, spec.stdio.interactive);
+    step("pod exited");
     finish(pod, &cgroup, code)?;
+    step("cleaned up");
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&handled), None);
     Ok(code)
 }
