@@ -8,6 +8,8 @@
 //! separate steps: parsing rejects unknown fields and foreign versions, and
 //! `validate` checks the semantic rules (absolute paths, name syntax, limits).
 
+pub mod state;
+
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

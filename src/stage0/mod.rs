@@ -5,10 +5,4 @@ pub mod pod;
 pub mod stage1;
 pub mod store;
 
-/// A pod's name: the last component of its directory.
-pub fn pod_name(pod: &berth_spec::PodDir) -> String {
-    pod.path()
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
+pub use berth_spec::state::pod_name;

@@ -1,7 +1,6 @@
 //! The state root (`--root`, default /var/lib/berth): `pods/<name>/` per pod.
 
 use berth_spec::{PodDir, PodSpec};
-use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -163,15 +162,7 @@ impl Store {
     }
 }
 
-pub fn is_running(pod: &PodDir) -> bool {
-    let Ok(file) = File::open(pod.lock_file()) else {
-        return false;
-    };
-    matches!(
-        Flock::lock(file, FlockArg::LockSharedNonblock),
-        Err((_, nix::Error::EWOULDBLOCK))
-    )
-}
+pub use berth_spec::state::is_running;
 
 pub fn state(pod: &PodDir) -> PodState {
     if is_running(pod) {

@@ -10,7 +10,6 @@ use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::unistd::{ForkResult, Pid};
 use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -225,14 +224,6 @@ pub fn exit_code(status: nix::sys::wait::WaitStatus) -> Option<i32> {
         WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
         _ => None,
     }
-}
-
-/// Keep fds we were handed from leaking into the app.
-pub fn set_cloexec(fd: &impl AsRawFd) {
-    let _ = nix::fcntl::fcntl(
-        fd.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    );
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ mod lifecycle;
 mod mounts;
 mod run;
 mod security;
-mod state;
 mod supervise;
 
 use berth_spec::{PodDir, User, EXIT_BERTH_FAILED};

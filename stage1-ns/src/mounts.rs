@@ -497,14 +497,20 @@ mod tests {
         std::os::unix::fs::symlink(&outside, root.join("abs")).unwrap();
         std::os::unix::fs::symlink("../../outside", root.join("rel")).unwrap();
         let rfd = open_dir(&root).unwrap();
+        // Targets that do not exist inside the root: an error, never an escape.
+        assert!(ensure_dir(&rfd, "/abs/x").is_err());
+        assert!(ensure_dir(&rfd, "/rel/y").is_err());
+        assert!(!outside.join("x").exists() && !outside.join("y").exists());
+        // Once the targets exist inside the root, the links resolve there.
+        let inside = root.join(outside.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        std::fs::create_dir_all(root.join("outside")).unwrap();
         ensure_dir(&rfd, "/abs/x").unwrap();
         ensure_dir(&rfd, "/rel/y").unwrap();
         ensure_file(&rfd, "/abs/f").unwrap();
         assert!(!outside.join("x").exists());
         assert!(!outside.join("y").exists());
         assert!(!outside.join("f").exists());
-        // The absolute link resolves to <root>/<outside path>.
-        let inside = root.join(outside.strip_prefix("/").unwrap());
         assert!(inside.join("x").is_dir());
         assert!(inside.join("f").is_file());
         assert!(root.join("outside").join("y").is_dir());
