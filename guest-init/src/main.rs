@@ -40,6 +40,7 @@ mod reaper;
 mod sys;
 #[cfg(test)]
 mod test_support;
+mod trace;
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -165,6 +166,8 @@ fn pid1() -> libc::c_int {
 /// Steps 2 and 3: from the bare initramfs to the pod's root.
 fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, Mode), Fatal> {
     mounts::apply_initramfs(&mounts::initramfs_plan()).map_err(fatal("/dev"))?;
+    trace::init();
+    trace::mark("/dev mounted");
     let console = Console::open().map_err(fatal("console"))?;
     if let Err(e) = console.make_raw() {
         console::say(&format!("console: cannot set raw mode: {e}"));
@@ -174,6 +177,7 @@ fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, Mode), Fatal> {
         console::say(&format!("port I/O: {p}; falling back to /dev/port"));
     }
     let spec = read_spec(INITRAMFS_SPEC_PATH).map_err(fatal("pod spec"))?;
+    trace::mark("console ready, spec read");
     check_supported(&spec).map_err(fatal("pod spec"))?;
     if spec.network.mode == NetworkMode::Host {
         return Err(fatal("network")(net::NetError::HostUnsupported));
@@ -188,9 +192,18 @@ fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, Mode), Fatal> {
 
     mounts::mount_root().map_err(fatal("root disk"))?;
     st.root = Root::AtNewroot;
-    mounts::apply(&plan).map_err(fatal("mounts"))?;
+    trace::mark("root disk mounted");
+    if trace::enabled() {
+        for step in &plan {
+            mounts::apply_step(step).map_err(fatal("mounts"))?;
+            trace::mark(&format!("{step:?}"));
+        }
+    } else {
+        mounts::apply(&plan).map_err(fatal("mounts"))?;
+    }
     mounts::switch_root().map_err(fatal("switch root"))?;
     st.root = Root::Switched;
+    trace::mark("switched root");
 
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| InitError::Hostname(spec.hostname.clone(), e))
@@ -199,6 +212,7 @@ fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, Mode), Fatal> {
         // Not fatal: a kernel without INET simply has no loopback to offer.
         console::say(&format!("network: {}", console::chain(&e)));
     }
+    trace::mark("hostname and lo set");
     Ok((cfg, mode))
 }
 
@@ -207,6 +221,7 @@ fn run_app(st: &mut State, (cfg, mode): (AppConfig, Mode)) -> Result<i32, Fatal>
     let sfd = reaper::sigchld_fd().map_err(fatal("signals"))?;
     let sfd: &OwnedFd = st.sfd.insert(sfd);
     let started = app::spawn(&cfg).map_err(fatal("app"))?;
+    trace::mark("app started (exec done)");
     if let Some(f) = started.failure {
         console::write_line(&f.message(&cfg));
     }
@@ -220,7 +235,9 @@ fn run_app(st: &mut State, (cfg, mode): (AppConfig, Mode)) -> Result<i32, Fatal>
 
 /// Step 6. Never returns.
 fn power_off(status: i32, st: &State, ports: &mut Ports) -> ! {
+    trace::mark(&format!("app exited, status {status}"));
     reaper::terminate(st.sfd.as_ref().map(|f| f.as_fd()), Scope::All);
+    trace::mark("other processes ended");
     match st.root {
         Root::Switched => {
             if let Err(e) = mounts::remount_root_ro() {
@@ -230,6 +247,7 @@ fn power_off(status: i32, st: &State, ports: &mut Ports) -> ! {
         Root::AtNewroot => nix::unistd::sync(),
         Root::Initramfs => {}
     }
+    trace::mark("root remounted read-only");
     let byte = u8::try_from(status & 0xff).unwrap_or(GUEST_INIT_FAILED);
     if let Err(e) = ports.write(STATUS_PORT, byte) {
         console::say(&format!(
