@@ -1,10 +1,14 @@
 # berth — build, install and test.
 #
 #   make setup   install what berth needs (apt packages, rustup target), build
-#                it, install berth and its stage1s to $(PREFIX)/bin, and build
-#                the cached test image. Idempotent; fast when nothing changed.
+#                it, install berth and its stage1s to $(PREFIX)/bin, the guest
+#                kernel and guest-init to $(PREFIX)/lib/berth, and build the
+#                cached test image. Idempotent; fast when nothing changed (the
+#                kernel is cached under $(BERTH_CACHE), keyed by its inputs).
 #   make test    make setup, then formatting, clippy, unit and end-to-end tests.
 
+SHELL       := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
 PREFIX      ?= /usr/local
 BERTH_CACHE ?= /var/cache/berth
 export BERTH_CACHE
@@ -14,13 +18,16 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 # systemd-container for the benchmark's reference runtimes; hyperfine and jq
 # for the benchmarks; musl-tools for the static guest-init.
 APT_PACKAGES := busybox-static runc crun systemd-container hyperfine jq \
-                musl-tools build-essential pkg-config iproute2 procps
+                musl-tools build-essential pkg-config iproute2 procps e2fsprogs \
+                linux-source-6.1 flex bison bc libelf-dev libssl-dev xz-utils patch
 RUST_TARGETS := x86_64-unknown-linux-musl
 BINARIES     := berth berth-stage1-ns berth-stage1-kvm
+LIBDIR       := $(PREFIX)/lib/berth
+MUSL_INIT    := target/x86_64-unknown-linux-musl/release/berth-guest-init
 
-.PHONY: setup apt rust build install images test check unit e2e clean
+.PHONY: setup apt rust build install kernel images test check unit clean
 
-setup: apt rust build install images
+setup: apt rust build install kernel images
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do \
@@ -36,10 +43,17 @@ rust:
 
 build:
 	cargo build --release --workspace
+	cargo build --release -p berth-guest-init --target x86_64-unknown-linux-musl
 
 install: build
-	install -d $(PREFIX)/bin
+	install -d $(PREFIX)/bin $(LIBDIR)
 	for b in $(BINARIES); do install -m 0755 target/release/$$b $(PREFIX)/bin/$$b; done
+	install -m 0755 -s $(MUSL_INIT) $(LIBDIR)/berth-guest-init
+
+# The guest kernel: built once per input hash (minutes), then cached.
+kernel:
+	@k=$$(bash kernel-config/build.sh | tail -n 1); test -f "$$k"; install -d $(LIBDIR); \
+	if ! cmp -s "$$k" $(LIBDIR)/vmlinux; then install -m 0644 "$$k" $(LIBDIR)/vmlinux; fi
 
 images:
 	@bash images/busybox.sh >/dev/null

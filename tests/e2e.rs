@@ -597,3 +597,50 @@ fn bad_input_is_125_with_one_line_and_leaves_nothing() {
     assert_eq!(o.status.code(), Some(125));
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
 }
+
+/// One boot, many checks: a probe script run on every stage1, whose output
+/// must equal the expected text — and therefore be identical across stage1s.
+#[test]
+fn probe_parity() {
+    let script = r#"
+        echo "args:$0:$1"
+        echo "env:$FOO:$container:$HOME"
+        echo "path:$PATH"
+        echo "cwd:$(pwd)"
+        echo "hostname:$(hostname)"
+        echo "id:$(id -u):$(id -g)"
+        echo data > /tmp/probe && echo "write:$(cat /tmp/probe)"
+        (sh -c 'exit 0' &); sleep 0.3
+        echo "zombies:$(grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l)"
+        echo "proc:$(cat /proc/self/comm)"
+        test -c /dev/null && test -c /dev/zero && test -c /dev/urandom && echo "dev:ok"
+        exit 7
+    "#;
+    let expected = "args:probe:one\n\
+                    env:bar:berth:/\n\
+                    path:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+                    cwd:/tmp\n\
+                    hostname:probe-host\n\
+                    id:1000:1000\n\
+                    write:data\n\
+                    zombies:0\n\
+                    proc:cat\n\
+                    dev:ok\n";
+    each_stage1("probe", |s| {
+        let e = Env::new();
+        let o = e.run(
+            s,
+            &["-e", "FOO=bar", "-w", "/tmp", "--hostname", "probe-host", "-u", "1000:1000"],
+            &["sh", "-c", script, "probe", "one"],
+        );
+        Expect {
+            stdout: expected,
+            stderr: "",
+            stderr_contains: false,
+            code: 7,
+        }
+        .check(&format!("probe on {s}"), &o);
+        // The image is never modified, whatever the pod wrote.
+        assert!(!common::busybox().join("tmp/probe").exists());
+    });
+}

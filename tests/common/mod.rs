@@ -9,14 +9,39 @@ use std::sync::OnceLock;
 
 /// The stage1s every case runs against. A stage1 that cannot pass a case yet
 /// lists it in [`unsupported`] with the reason.
-pub const STAGE1S: &[&str] = &["ns"];
+pub const STAGE1S: &[&str] = &["ns", "kvm"];
 
-/// Cases a stage1 is known not to support yet, with the reason.
+/// Why `stage1` skips `case`, or None when it must pass it.
+///
+/// kvm: stdout and stderr, stdin, exec and the terminal need the vsock control
+/// channel, volumes need virtio-fs (both the next issue); in-guest
+/// confinement is not applied (the VM boundary is the isolation). Cases that
+/// would cost one ~60 s boot per assertion on the PVM CI hosts run on kvm in
+/// their one-boot form, `probe_parity`.
 pub fn unsupported(stage1: &str, case: &str) -> Option<&'static str> {
-    match (stage1, case) {
-        ("kvm", _) => Some("the kvm stage1 is not built yet"),
-        _ => None,
+    if stage1 != "kvm" {
+        return None;
     }
+    Some(match case {
+        "exit-code" => "stdout and stderr share the serial console until the vsock channel",
+        "exec-errors" => "exec failures reach stage0 as the app's status, not a start report, until the vsock channel",
+        "stdin" => "stdin for -i needs the vsock channel (the serial line has no EOF)",
+        "tty" => "-t needs the vsock channel",
+        "volumes" => "volumes need virtio-fs",
+        "lifecycle" => "berth exec needs the vsock channel",
+        "isolation" => "the VM boundary is the isolation; guest-init applies no in-guest confinement",
+        "env-cwd-hostname-user" | "overlay" | "reaper" => "covered in one boot by probe_parity",
+        _ => return None,
+    })
+}
+
+/// Can this host run `stage1` at all? Prints why not.
+pub fn available(stage1: &str) -> bool {
+    if stage1 == "kvm" && !Path::new("/dev/kvm").exists() {
+        eprintln!("skipping stage1 kvm: this host has no /dev/kvm");
+        return false;
+    }
+    true
 }
 
 pub fn berth_bin() -> PathBuf {
@@ -56,12 +81,14 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        let stage1 = berth_bin().with_file_name("berth-stage1-ns");
-        assert!(
-            stage1.exists(),
-            "{} is missing: build the whole workspace first (make test does)",
-            stage1.display()
-        );
+        for s in STAGE1S {
+            let stage1 = berth_bin().with_file_name(format!("berth-stage1-{s}"));
+            assert!(
+                stage1.exists(),
+                "{} is missing: build the whole workspace first (make test does)",
+                stage1.display()
+            );
+        }
         Env {
             root: tempfile::Builder::new()
                 .prefix("berth-e2e-")
@@ -176,6 +203,9 @@ pub fn each_stage1(case: &str, mut f: impl FnMut(&str)) {
         return;
     }
     for s in STAGE1S {
+        if !available(s) {
+            continue;
+        }
         if let Some(why) = unsupported(s, case) {
             eprintln!("{case}: expected-unsupported on stage1 {s}: {why}");
             continue;
