@@ -10,7 +10,7 @@
 set -euo pipefail
 
 cache=${BERTH_CACHE:-/var/cache/berth}
-if ! command -v busybox >/dev/null || ! busybox --help 2>&1 | grep -q 'statically linked\|BusyBox'; then
+if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed'; then
     echo "images/busybox.sh: installing busybox-static" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static >&2
 fi
@@ -19,7 +19,7 @@ if ldd "$bb" >/dev/null 2>&1; then
     echo "images/busybox.sh: $bb is not statically linked (install busybox-static)" >&2
     exit 1
 fi
-version=$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || "$bb" | head -1)
+version=$(dpkg-query -W -f='${Version}' busybox-static)
 key=$( (cat "$0"; echo "$version") | sha256sum | cut -c1-16)
 out="$cache/images/busybox-$key"
 

@@ -48,8 +48,6 @@ fn start_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
     let sfd = SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("cannot create signalfd")?;
     step("spec loaded");
-    let cgroup = PodCgroup::open(&spec.name)?;
-    step("cgroup manager ready");
 
     let (ours, theirs) = chan::pair()?;
     let mut flags = CloneFlags::CLONE_NEWNS
@@ -80,6 +78,14 @@ fn start_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
         .context("cannot create the pod's namespaces (clone)")?;
     drop(theirs);
     step("cloned init");
+    // The cgroup is set up while init builds the pod's mounts.
+    let cgroup = match PodCgroup::open(&spec.name) {
+        Ok(c) => c,
+        Err(e) => {
+            abort_child(child);
+            return Err(e.into());
+        }
+    };
 
     let started = (|| -> Result<Option<nix::unistd::Pid>> {
         state::write_file(&pod.pid_file(), &child.to_string())?;
