@@ -170,6 +170,7 @@ pub fn build_cmdline(extra: &str, mmio_entries: &[String], pvm: bool) -> String 
     parts.extend(mmio_entries.iter().map(String::as_str));
     if pvm {
         parts.push(pvm::PVM_CMDLINE);
+        parts.push(pvm::PVM_SPEED_CMDLINE);
         parts.push(berth_spec::kvm::PVM_SYSCALL_FIX_PARAM);
     }
     let extra = extra.trim();
@@ -282,12 +283,13 @@ impl Vm {
         }
         let pvm = cfg.pvm.unwrap_or_else(pvm::detected);
         if pvm {
-            log::info!("vmm: PVM host detected: enabling PVM quirks (cmdline CPUID avoidance, pvm_syscall_fix, int3/fwait emulation fixups)");
+            log::info!("vmm: PVM host (/sys/module/kvm_pvm): quirks on: clearcpuid, rodata=off, pvm_syscall_fix=1, int3/fwait fixups");
         }
         let mem_size = u64::from(cfg.mem_mib) << 20;
 
         // 1. VM, memory, irqchip, PIT.
         let vm = vm::Vm::new(mem_size).map_err(BuildError::Vm)?;
+        log::debug!("vmm: VM created after {:?}", start.elapsed());
 
         // 2. Kernel and initramfs.
         let entry = load_kernel(&vm.mem, &cfg.kernel)?;
@@ -303,6 +305,11 @@ impl Vm {
                 Some((addr, data.len()))
             }
         };
+
+        log::debug!(
+            "vmm: kernel and initramfs loaded after {:?}",
+            start.elapsed()
+        );
 
         // 3. Devices.
         let exit_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
@@ -331,7 +338,7 @@ impl Vm {
         )
         .map_err(BuildError::Devices)?;
         let (serial_input, serial_handler) =
-            serial_input(serial).map_err(BuildError::SerialInput)?;
+            serial_input(serial, Some(shared.clone())).map_err(BuildError::SerialInput)?;
         let serial_handler = Arc::new(Mutex::new(serial_handler));
 
         let mut subscribers: Vec<Subscriber> = vec![
@@ -384,6 +391,11 @@ impl Vm {
         regs::write_boot_tables(&vm.mem).map_err(BuildError::BootTables)?;
         mptable::setup_mptable(&vm.mem, cfg.vcpus).map_err(BuildError::Mptable)?;
 
+        log::debug!(
+            "vmm: devices and boot tables ready after {:?}",
+            start.elapsed()
+        );
+
         // 5. Event loop.
         let mut event_manager =
             EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
@@ -427,6 +439,7 @@ impl Vm {
             let handle = vcpu.start().map_err(BuildError::Vcpu)?;
             running.vcpus.push(handle);
         }
+        log::debug!("vmm: vCPUs started after {:?}", start.elapsed());
         Ok(running)
     }
 }
@@ -439,7 +452,9 @@ impl RunningVm {
         }
     }
 
-    /// A handle that injects bytes into the guest's serial input.
+    /// A handle that injects bytes into the guest's serial input (COM1 RX).
+    /// Bytes sent before the guest writes BOOT_MARK_PORT are queued and
+    /// delivered once it has (the kernel's 8250 probe would discard them).
     pub fn serial_input(&self) -> SerialInput {
         self.serial_input.clone()
     }
@@ -468,8 +483,9 @@ impl RunningVm {
                 .lock()
                 .map(|h| h.has_pending())
                 .unwrap_or(false);
-            // While input waits for FIFO space, poll every 10 ms.
-            let timeout = if pending { 10 } else { -1 };
+            // While input waits (for FIFO space, or for the guest's boot
+            // mark), poll every 20 ms.
+            let timeout = if pending { 20 } else { -1 };
             self.event_manager
                 .run_with_timeout(timeout)
                 .map_err(BuildError::EventLoop)?;
@@ -552,6 +568,7 @@ mod tests {
         );
         assert!(!c.contains("pvm_syscall_fix"));
         assert!(!c.contains("clearcpuid"));
+        assert!(!c.contains("rodata"));
     }
 
     #[test]
@@ -560,6 +577,7 @@ mod tests {
         assert!(c.starts_with(BASE_CMDLINE));
         assert!(c.contains(" clearcpuid=xsave,"));
         assert!(!c.contains("noxsave"));
+        assert!(c.contains(" rodata=off "));
         assert!(c.contains("clearcpuid="));
         assert!(c.ends_with(berth_spec::kvm::PVM_SYSCALL_FIX_PARAM));
         assert!(c.len() < layout::CMDLINE_MAX_SIZE);

@@ -31,22 +31,11 @@ fn sum_rss(smaps: &str, guest_ranges: &[(usize, usize)]) -> u64 {
                     .unwrap_or(0);
                 total += kib * 1024;
             }
-        } else if line
-            .as_bytes()
-            .first()
-            .is_some_and(|c| c.is_ascii_hexdigit())
-            && line.contains('-')
-            && !line.contains(':')
-            || line
-                .split_whitespace()
-                .next()
-                .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
-        {
-            if let Some((start, end)) = parse_range(line) {
-                skip = guest_ranges
-                    .iter()
-                    .any(|(g, len)| start >= *g && end <= g + len);
-            }
+        } else if let Some((start, end)) = parse_range(line) {
+            // A mapping header ("start-end perms offset dev inode path").
+            skip = guest_ranges
+                .iter()
+                .any(|(g, len)| start >= *g && end <= g + len);
         }
     }
     total

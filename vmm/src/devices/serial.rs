@@ -7,6 +7,10 @@
 //! Host→guest input goes through a [`SerialInput`] handle (usable from any
 //! thread): bytes are queued on a channel, an EventFd wakes the event loop,
 //! which moves them into the UART's receive FIFO as space allows.
+//!
+//! Input is held back until the guest has written BOOT_MARK_PORT (guest-init
+//! is running): the kernel's 8250 driver discards whatever sits in the FIFO
+//! when it probes and opens the port, so earlier bytes would be lost.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -19,7 +23,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::BusDevice;
+use super::{BusDevice, VmShared};
 
 /// COM1 base port.
 pub const COM1_PORT: u16 = 0x3f8;
@@ -120,11 +124,14 @@ pub struct SerialInputHandler {
     evt: Arc<EventFd>,
     pending: VecDeque<u8>,
     serial: Arc<Mutex<SerialDevice>>,
+    gate: Option<Arc<VmShared>>,
 }
 
 /// Creates the input handle and its event-loop subscriber for `serial`.
+/// With `gate`, bytes are delivered only once the guest wrote BOOT_MARK_PORT.
 pub fn serial_input(
     serial: Arc<Mutex<SerialDevice>>,
+    gate: Option<Arc<VmShared>>,
 ) -> Result<(SerialInput, SerialInputHandler), SerialError> {
     let (tx, rx) = channel();
     let evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(SerialError::EventFd)?);
@@ -138,6 +145,7 @@ pub fn serial_input(
             evt,
             pending: VecDeque::new(),
             serial,
+            gate,
         },
     ))
 }
@@ -151,6 +159,11 @@ impl SerialInputHandler {
         }
         if self.pending.is_empty() {
             return;
+        }
+        if let Some(shared) = &self.gate {
+            if shared.boot_mark.get().is_none() {
+                return;
+            }
         }
         if let Ok(mut serial) = self.serial.lock() {
             serial.feed(&mut self.pending);
@@ -203,11 +216,22 @@ mod tests {
         dev.lock().unwrap().write(0, b"h");
         assert_eq!(&*sink.0.lock().unwrap(), b"h");
 
-        let (input, mut handler) = serial_input(dev.clone()).unwrap();
+        let shared = Arc::new(VmShared::new(
+            std::time::Instant::now(),
+            EventFd::new(0).unwrap(),
+        ));
+        let (input, mut handler) = serial_input(dev.clone(), Some(shared.clone())).unwrap();
         // Enable the RX interrupt (IER bit 0).
         dev.lock().unwrap().write(1, &[1]);
         let big = vec![b'x'; 100];
         input.send(&big).unwrap();
+        handler.pump();
+        // Held until the guest marks boot.
+        assert!(handler.has_pending());
+        let mut lsr = [0u8];
+        dev.lock().unwrap().read(5, &mut lsr);
+        assert_eq!(lsr[0] & 1, 0);
+        shared.boot_mark.set(std::time::Instant::now()).unwrap();
         handler.pump();
         assert!(handler.has_pending());
         assert!(irq.read().unwrap() >= 1);

@@ -134,7 +134,15 @@ impl Vcpu {
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                if let Err(e) = self.run_loop() {
+                let result = self.run_loop();
+                if self.int3_fixups + self.fwait_fixups > 0 {
+                    log::debug!(
+                        "vmm: vCPU {id}: PVM emulation fixups: {} int3, {} fwait",
+                        self.int3_fixups,
+                        self.fwait_fixups
+                    );
+                }
+                if let Err(e) = result {
                     log::debug!("vmm: vCPU {id} stopped: {e}");
                     if let Ok(mut slot) = self.shared.error.lock() {
                         if slot.is_none() {

@@ -1,0 +1,61 @@
+//! Boots a real kernel on /dev/kvm. Needs root, /dev/kvm and a kernel built by
+//! kernel-config/build.sh, given as BERTH_VMM_TEST_KERNEL (and optionally an
+//! initramfs as BERTH_VMM_TEST_INITRAMFS). Skipped (with a message) otherwise.
+//! On PVM hosts expect ~25-35 s.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(b);
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn boots_to_kernel_panic_or_init() {
+    let Ok(kernel) = std::env::var("BERTH_VMM_TEST_KERNEL") else {
+        eprintln!("skipped: set BERTH_VMM_TEST_KERNEL=/path/to/vmlinux to run");
+        return;
+    };
+    if !Path::new("/dev/kvm").exists() {
+        eprintln!("skipped: no /dev/kvm");
+        return;
+    }
+    let out = Capture::default();
+    let mut cfg = vmm::VmConfig::new(kernel);
+    cfg.serial_out = Box::new(out.clone());
+    cfg.mem_mib = 128;
+    let with_init = std::env::var("BERTH_VMM_TEST_INITRAMFS").ok();
+    cfg.initramfs = with_init.clone().map(|p| vmm::Initramfs::Path(p.into()));
+    let vm = vmm::Vm::boot(cfg).expect("boot");
+    let rss = vm.rss_excluding_guest().expect("rss");
+    assert!(rss < 16 << 20, "VMM RSS {rss}");
+    let handle = vm.handle();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(240));
+        handle.kill();
+    });
+    let exit = vm.run().expect("run");
+    let text = String::from_utf8_lossy(&out.0.lock().unwrap()).to_string();
+    assert!(text.contains("Linux version"), "{text}");
+    assert_eq!(exit.reason, vmm::ExitReason::Reset, "{text}");
+    assert!(exit.setup_time < Duration::from_secs(1));
+    if with_init.is_some() {
+        assert!(exit.boot_to_init.is_some(), "{text}");
+        assert!(exit.status.is_some(), "{text}");
+    } else {
+        assert!(text.contains("Kernel panic"), "{text}");
+    }
+}
