@@ -109,6 +109,8 @@ impl ControlParser {
                         data.extend_from_slice(&self.held);
                         data.push(b'\n');
                     }
+                    // Empty lines are how a sender resynchronises: silent.
+                    Mode::ControlOnly if is_blank(&self.held) => {}
                     Mode::ControlOnly => out.push(Event::Invalid(show(&self.held, false))),
                 },
             }
@@ -133,13 +135,17 @@ impl ControlParser {
     }
 
     fn end_skipped_line(&mut self, out: &mut Vec<Event>) {
-        if self.mode == Mode::ControlOnly {
+        if self.mode == Mode::ControlOnly && !is_blank(&self.held) {
             out.push(Event::Invalid(show(&self.held, self.truncated)));
         }
         self.held.clear();
         self.skipping = false;
         self.truncated = false;
     }
+}
+
+fn is_blank(line: &[u8]) -> bool {
+    matches!(line, [] | [b'\r'])
 }
 
 fn show(line: &[u8], truncated: bool) -> String {
@@ -272,6 +278,15 @@ mod tests {
         );
         // A partial line produces nothing until its end.
         assert_eq!(run(Mode::ControlOnly, &[b"signal 1"]), vec![]);
+        // A leading newline ends whatever partial line came before (noise
+        // at boot); empty lines are silent.
+        assert_eq!(
+            run(Mode::ControlOnly, &[b"nal 1", b"\n\r\n\nsignal 15\n"]),
+            vec![
+                Event::Invalid("nal 1".into()),
+                Event::Command(Command::Signal(15))
+            ]
+        );
     }
 
     #[test]
