@@ -3,6 +3,7 @@
 //! cargo run -p vmm --example boot -- --kernel VMLINUX [--initramfs FILE]
 //!     [--cmdline "..."] [--mem 256] [--cpus 1] [--disk IMG[:ro]]... [--timeout SECS]
 //!     [--input TEXT]   (bytes sent to the guest's serial RX after boot)
+//!     [--timestamps]   (prefix each console line with host time since Vm::boot)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
     let mut disks = Vec::new();
     let mut timeout = None;
     let mut input: Option<String> = None;
+    let mut timestamps = false;
     while let Some(a) = args.next() {
         let mut val = || args.next();
         match a.as_str() {
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
             },
             "--timeout" => timeout = val().and_then(|v| v.parse::<u64>().ok()),
             "--input" => input = val(),
+            "--timestamps" => timestamps = true,
             _ => return usage(),
         }
     }
@@ -69,6 +72,12 @@ fn main() -> ExitCode {
     cfg.mem_mib = mem;
     cfg.vcpus = cpus;
     cfg.block = disks;
+    if timestamps {
+        cfg.serial_out = Box::new(Stamped {
+            start: Instant::now(),
+            at_line_start: true,
+        });
+    }
 
     let before_boot = t0.elapsed();
     let vm = match vmm::Vm::boot(cfg) {
@@ -116,6 +125,29 @@ fn main() -> ExitCode {
             print_chain(&e);
             ExitCode::from(125)
         }
+    }
+}
+
+/// Console writer prefixing each line with the host time since creation.
+struct Stamped {
+    start: Instant,
+    at_line_start: bool,
+}
+
+impl std::io::Write for Stamped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = std::io::stdout().lock();
+        for b in buf {
+            if self.at_line_start {
+                write!(out, "{{{:8.3}}} ", self.start.elapsed().as_secs_f64())?;
+            }
+            out.write_all(&[*b])?;
+            self.at_line_start = *b == b'\n';
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
     }
 }
 

@@ -285,6 +285,20 @@ impl Vm {
         if pvm {
             log::info!("vmm: PVM host (/sys/module/kvm_pvm): quirks on: clearcpuid, rodata=off, pvm_syscall_fix=1, int3/fwait fixups");
         }
+        // PVM quirk: secondary vCPUs hang during bring-up (after "CPU 1
+        // Converting physical 0 to logical die 1": the guest reads the host's
+        // native CPUID, not ours, so its topology is inconsistent). Measured
+        // with 2 vCPUs: boot never completes. Run PVM guests uniprocessor;
+        // hardware KVM is unaffected.
+        let num_vcpus = if pvm && cfg.vcpus > 1 {
+            log::warn!(
+                "vmm: PVM host: {} vCPUs requested, using 1 (SMP bring-up hangs under PVM)",
+                cfg.vcpus
+            );
+            1
+        } else {
+            cfg.vcpus
+        };
         let mem_size = u64::from(cfg.mem_mib) << 20;
 
         // 1. VM, memory, irqchip, PIT.
@@ -389,7 +403,7 @@ impl Vm {
             .map_err(BuildError::BootParams)?;
         arch::write_boot_params(&vm.mem, &params).map_err(BuildError::BootParams)?;
         regs::write_boot_tables(&vm.mem).map_err(BuildError::BootTables)?;
-        mptable::setup_mptable(&vm.mem, cfg.vcpus).map_err(BuildError::Mptable)?;
+        mptable::setup_mptable(&vm.mem, num_vcpus).map_err(BuildError::Mptable)?;
 
         log::debug!(
             "vmm: devices and boot tables ready after {:?}",
@@ -408,13 +422,13 @@ impl Vm {
             .map_err(BuildError::Signal)?;
         let pio = Arc::new(dm.pio);
         let mmio = Arc::new(dm.mmio);
-        let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
-        for id in 0..cfg.vcpus {
+        let mut vcpus = Vec::with_capacity(usize::from(num_vcpus));
+        for id in 0..num_vcpus {
             let vcpu = Vcpu::new(
                 &vm.fd,
                 &vm.supported_cpuid,
                 id,
-                cfg.vcpus,
+                num_vcpus,
                 entry,
                 pio.clone(),
                 mmio.clone(),
