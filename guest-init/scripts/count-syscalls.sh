@@ -49,25 +49,26 @@ strace -f -o "$trace" \
     -e inject=ioperm:error=EPERM \
     unshare --pid --fork --uts --net \
     setpriv --bounding-set -sys_admin,-sys_boot,-sys_rawio \
-    chroot "$fake" /init >/dev/null 2>&1
+    chroot "$fake" /init </dev/null >/dev/null 2>&1
 rc=$?
 set -e
 echo "guest-init exit status (the app's): $rc"
 
 # guest-init: from its execve to its exit. The app's child: up to its
 # successful execve. Lines marked "diag" exist only because this harness has
-# no tty console and no port access (the ENOTTY/EPERM warnings and the
-# /dev/port fallback); in a VM they are replaced by nothing (TCSETS and the
-# status `out` succeed; the out is a VM exit, not a syscall) plus two
+# no tty console and no port access (the ENOTTY/EPERM warnings, the second
+# TCSETS after the one on fd 0 failed, and the /dev/port fallback); in a VM
+# they are replaced by nothing (the TCSETS on fd 0 and the status `out`
+# succeed; the out is a VM exit, not a syscall) plus two
 # (rt_sigaction for the probe guard armed after a successful ioperm, and
 # musl's one-time rt_sigprocmask on the first handler). The execve of /init
 # is the kernel's and exit_group is never reached in a VM (reboot).
 awk '
     /execve\("\/init"/ && / = 0$/ { init = $1 }
     !init { next }
-    / resumed>/ || /^[0-9]+ (\+\+\+|---)/ { next }
+    / resumed>/ || /^[0-9]+ +(\+\+\+|---)/ { next }
     {
-        diag = ($0 ~ /dev\/port|write\(2,/) ? "diag " : "     "
+        diag = ($0 ~ /dev\/port|write\(2,|ioctl\(3, .*TCSETS/) ? "diag " : "     "
         if (diag != "     ") d++
     }
     $1 == init { print "init  " diag $0; n++; next }

@@ -3,9 +3,10 @@
 //! A linear recipe, like libkrun's init; each guest syscall costs ~3.4 ms on
 //! nested (PVM) KVM, so every step is counted:
 //!
-//! 1. write the boot mark to the VMM's port (first thing after the PID check);
-//! 2. mount devtmpfs on /dev, open /dev/console (raw, no echo), read and
-//!    validate /berth/pod.json;
+//! 1. check that this is PID 1, put the console (fd 0) in raw mode, write
+//!    the boot mark to the VMM's port;
+//! 2. mount devtmpfs on /dev, open /dev/console, read and validate
+//!    /berth/pod.json;
 //! 3. mount the root disk on /newroot and the pod's API filesystems inside
 //!    it, switch root into it, set the hostname, bring up loopback;
 //! 4. fork and exec the app (exec failures reported as 127/126 with a
@@ -136,6 +137,8 @@ struct State {
     console: Option<Console>,
     sfd: Option<OwnedFd>,
     root: Root,
+    /// The console was made raw through fd 0 before the boot mark.
+    early_raw: bool,
 }
 
 fn pid1() -> libc::c_int {
@@ -147,11 +150,18 @@ fn pid1() -> libc::c_int {
         console::say(&InitError::NotPid1(pid).to_string());
         return EXIT_BERTH_FAILED;
     }
+    // Raw mode before the boot mark: the VMM starts delivering host input
+    // at the mark, and the kernel's default line discipline would echo it
+    // into the app's stdout. fd 0 is the console when the initramfs has a
+    // /dev/console node (the kernel opens it for init); else this fails and
+    // the console is made raw once opened.
+    let early_raw = console::make_raw(0).is_ok();
     let mut ports = Ports::boot_mark(BOOT_MARK_PORT, STATUS_PORT);
     let mut st = State {
         console: None,
         sfd: None,
         root: Root::Initramfs,
+        early_raw,
     };
     let status = match boot(&mut st, &ports).and_then(|cfg| run_app(&mut st, cfg)) {
         Ok(code) => code,
@@ -169,8 +179,10 @@ fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, Mode), Fatal> {
     trace::init();
     trace::mark("/dev mounted");
     let console = Console::open().map_err(fatal("console"))?;
-    if let Err(e) = console.make_raw() {
-        console::say(&format!("console: cannot set raw mode: {e}"));
+    if !st.early_raw {
+        if let Err(e) = console.make_raw() {
+            console::say(&format!("console: cannot set raw mode: {e}"));
+        }
     }
     st.console = Some(console);
     if let Some(p) = ports.out_problem() {
