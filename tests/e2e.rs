@@ -360,7 +360,7 @@ fn cgroup_value(v1: (&str, &str), v2: &str, name: &str) -> String {
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(240);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
@@ -456,6 +456,43 @@ fn lifecycle_detach_exec_stop_rm_and_limits() {
 }
 
 #[test]
+fn detached_rm_removes_the_pod_when_it_exits() {
+    each_stage1("detach-rm", |s| {
+        let e = Env::new();
+        let img = common::busybox().to_string_lossy().into_owned();
+        ok("gone\n").check(
+            "run -d --rm",
+            &e.berth(&[
+                "run", "-d", "--rm", "--name", "gone", "--stage1", s, "--rootfs", &img, "--",
+                "true",
+            ]),
+        );
+        wait_for("the pod to remove itself", || e.pods().is_empty());
+    });
+}
+
+/// The pid of the `berth-stage1-* run POD_DIR` process supervising a pod.
+fn stage1_of(pod: &std::path::Path) -> Option<i32> {
+    let want = pod.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            (args.len() >= 3
+                && args[0].contains("berth-stage1-")
+                && args[1] == "run"
+                && args[2] == want)
+                .then_some(pid)
+        })
+}
+
+#[test]
 fn gc_cleans_up_after_a_killed_stage1() {
     each_stage1("gc", |s| {
         let e = Env::new();
@@ -474,24 +511,15 @@ fn gc_cleans_up_after_a_killed_stage1() {
             .trim()
             .parse()
             .unwrap();
-        // The stage1 supervising the pod is the leader's parent.
-        let stat = std::fs::read_to_string(format!("/proc/{leader}/stat")).unwrap();
-        let ppid: i32 = stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
+        let stage1 = stage1_of(&pod).expect("the pod's stage1 process");
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(ppid),
+            nix::unistd::Pid::from_raw(stage1),
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
         wait_for("the pod to die with its stage1", || {
             !std::path::Path::new(&format!("/proc/{leader}")).exists()
+                && !std::path::Path::new(&format!("/proc/{stage1}")).exists()
         });
         let v: serde_json::Value =
             serde_json::from_str(&stdout(&e.berth(&["list", "--format", "json"]))).unwrap();
@@ -630,7 +658,16 @@ fn probe_parity() {
         let e = Env::new();
         let o = e.run(
             s,
-            &["-e", "FOO=bar", "-w", "/tmp", "--hostname", "probe-host", "-u", "1000:1000"],
+            &[
+                "-e",
+                "FOO=bar",
+                "-w",
+                "/tmp",
+                "--hostname",
+                "probe-host",
+                "-u",
+                "1000:1000",
+            ],
             &["sh", "-c", script, "probe", "one"],
         );
         Expect {

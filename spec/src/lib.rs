@@ -472,7 +472,8 @@ pub fn is_uuid(s: &str) -> bool {
 }
 
 /// Paths inside a pod directory. Files written by stage0: `pod.json`, `stage1`.
-/// Files written by stage1: `pid`, `status`, `lock`, `ctl.sock`, `console.log`,
+/// `remove-on-exit`. Files written by stage1: `pid`, `status`, `lock`,
+/// `ctl.sock`, `console.log`,
 /// `app.log` (output of detached pods), and the overlay's `upper/` and `work/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodDir(PathBuf);
@@ -526,6 +527,12 @@ impl PodDir {
     /// stdout+stderr of a detached pod.
     pub fn app_log(&self) -> PathBuf {
         self.0.join("app.log")
+    }
+    /// Present when stage0 asked for the pod to be removed once it exits
+    /// (`run --detach --rm`, where stage0 is gone by then): stage1 removes
+    /// the pod directory after releasing everything else.
+    pub fn remove_on_exit_file(&self) -> PathBuf {
+        self.0.join("remove-on-exit")
     }
 }
 

@@ -174,6 +174,16 @@ pub fn running_leader(pod: &PodDir) -> Result<i32, StateError> {
         })
 }
 
+/// The last step of a stage1's `run`: remove the pod directory if stage0
+/// asked for it (see [`PodDir::remove_on_exit_file`]).
+pub fn remove_if_requested(pod: &PodDir) {
+    if pod.remove_on_exit_file().exists() {
+        if let Err(e) = std::fs::remove_dir_all(pod.path()) {
+            eprintln!("berth: cannot remove {}: {e}", pod.path().display());
+        }
+    }
+}
+
 /// How often `stop` looks whether the pod has gone.
 const STOP_POLL: Duration = Duration::from_millis(10);
 /// How long `stop` waits after SIGKILL before giving up.

@@ -199,6 +199,11 @@ pub fn run(store: &Store, a: RunArgs) -> Result<i32> {
     stage1::pass_fds(&mut cmd, lock.as_raw_fd(), Some(&ready_wr));
 
     if a.detach {
+        if a.rm {
+            std::fs::write(new.dir.remove_on_exit_file(), "").with_context(|| {
+                format!("cannot write {}", new.dir.remove_on_exit_file().display())
+            })?;
+        }
         let log = std::fs::File::create(new.dir.app_log())
             .with_context(|| format!("cannot create {}", new.dir.app_log().display()))?;
         cmd.stdin(ProcStdio::null())

@@ -89,7 +89,11 @@ pub fn build(spec: &PodSpec, pod: &PodDir) -> Result<PathBuf, DiskError> {
         .arg(&image)
         .arg(format!("{size_kib}k"))
         .output()
-        .map_err(DiskError::Spawn)?;
+        .map_err(DiskError::Spawn);
+    // The copy is done: the overlay is not needed while the VM runs, and
+    // leaving it mounted would keep the pod directory busy.
+    let _ = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH);
+    let out = out?;
     if !out.status.success() {
         return Err(DiskError::Mkfs {
             path: image,

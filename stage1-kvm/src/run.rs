@@ -153,5 +153,6 @@ fn boot_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
         }
     };
     state::write_file(&pod.status_file(), &format!("{code}\n"))?;
+    state::remove_if_requested(pod);
     Ok(code)
 }

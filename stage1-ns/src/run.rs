@@ -137,6 +137,7 @@ fn start_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
     step("pod exited");
     finish(pod, &cgroup, code)?;
     step("cleaned up");
+    state::remove_if_requested(pod);
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&handled), None);
     Ok(code)
 }
