@@ -31,6 +31,12 @@ use crate::pvm;
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vm;
 
+/// Development aid: when this environment variable names a file, vCPU 0 is
+/// interrupted every 5 ms and its guest rip recorded there (one hex address
+/// per line) at exit; map them with `nm -n vmlinux`. Costs a VM exit per
+/// sample; off unless set.
+pub const PROFILE_ENV: &str = "BERTH_VMM_PROFILE";
+
 /// Command-line parameters every berth guest gets.
 pub const BASE_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1";
 
@@ -234,6 +240,7 @@ pub struct RunningVm {
     event_manager: EventManager<Subscriber>,
     serial_input: SerialInput,
     serial_handler: Arc<Mutex<SerialInputHandler>>,
+    profiler: Option<JoinHandle<()>>,
     cmdline: String,
     pvm: bool,
 }
@@ -283,7 +290,7 @@ impl Vm {
         }
         let pvm = cfg.pvm.unwrap_or_else(pvm::detected);
         if pvm {
-            log::info!("vmm: PVM host (/sys/module/kvm_pvm): quirks on: clearcpuid, rodata=off, pvm_syscall_fix=1, int3/fwait fixups");
+            log::info!("vmm: PVM host (/sys/module/kvm_pvm): quirks on: clearcpuid, boot-time savers, pvm_syscall_fix=1, int3/fwait fixups, 1 vCPU");
         }
         // PVM quirk: secondary vCPUs hang during bring-up (after "CPU 1
         // Converting physical 0 to logical die 1": the guest reads the host's
@@ -424,7 +431,7 @@ impl Vm {
         let mmio = Arc::new(dm.mmio);
         let mut vcpus = Vec::with_capacity(usize::from(num_vcpus));
         for id in 0..num_vcpus {
-            let vcpu = Vcpu::new(
+            let mut vcpu = Vcpu::new(
                 &vm.fd,
                 &vm.supported_cpuid,
                 id,
@@ -436,6 +443,11 @@ impl Vm {
                 pvm,
             )
             .map_err(BuildError::Vcpu)?;
+            if id == 0 {
+                if let Some(path) = std::env::var_os(PROFILE_ENV) {
+                    vcpu.enable_profiling(path.into());
+                }
+            }
             vcpus.push(vcpu);
         }
         let mut running = RunningVm {
@@ -445,6 +457,7 @@ impl Vm {
             event_manager,
             serial_input,
             serial_handler,
+            profiler: None,
             cmdline: cmdline_str,
             pvm,
         };
@@ -453,8 +466,43 @@ impl Vm {
             let handle = vcpu.start().map_err(BuildError::Vcpu)?;
             running.vcpus.push(handle);
         }
+        if std::env::var_os(PROFILE_ENV).is_some() {
+            if let Some(first) = running.vcpus.first() {
+                running.profiler = start_profile_kicker(first, running.shared.clone());
+            }
+        }
         log::debug!("vmm: vCPUs started after {:?}", start.elapsed());
         Ok(running)
+    }
+}
+
+/// Kicks the vCPU thread out of KVM_RUN every 5 ms so it samples its rip.
+fn start_profile_kicker(vcpu: &JoinHandle<()>, shared: Arc<VmShared>) -> Option<JoinHandle<()>> {
+    use std::os::unix::thread::JoinHandleExt;
+    let tid = vcpu.as_pthread_t();
+    let spawned = std::thread::Builder::new()
+        .name("profile".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(5));
+                if shared.exit_requested() {
+                    break;
+                }
+                // SAFETY: `tid` is a vCPU thread; `stop_vcpus` joins this
+                // thread before joining any vCPU, so it is still alive here.
+                // The signal has a no-op handler installed.
+                let ret = unsafe { libc::pthread_kill(tid, kick_signal()) };
+                if ret != 0 {
+                    break;
+                }
+            }
+        });
+    match spawned {
+        Ok(h) => Some(h),
+        Err(e) => {
+            log::warn!("vmm: starting the profiler: {e}");
+            None
+        }
     }
 }
 
@@ -542,6 +590,9 @@ impl RunningVm {
     fn stop_vcpus(&mut self) {
         use vmm_sys_util::signal::Killable;
         self.shared.request_exit(ExitReason::Killed);
+        if let Some(p) = self.profiler.take() {
+            let _ = p.join();
+        }
         for handle in self.vcpus.drain(..) {
             // A kick can land just before the thread enters KVM_RUN; repeat
             // until the thread has seen the stop flag.
@@ -591,7 +642,7 @@ mod tests {
         assert!(c.starts_with(BASE_CMDLINE));
         assert!(c.contains(" clearcpuid=xsave,"));
         assert!(!c.contains("noxsave"));
-        assert!(c.contains(" rodata=off "));
+        assert!(c.contains(" rodata=off percpu_alloc=page noreplace-smp "));
         assert!(c.contains("clearcpuid="));
         assert!(c.ends_with(berth_spec::kvm::PVM_SYSCALL_FIX_PARAM));
         assert!(c.len() < layout::CMDLINE_MAX_SIZE);

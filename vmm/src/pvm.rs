@@ -26,12 +26,21 @@ pub const PVM_MODULE_PATH: &str = "/sys/module/kvm_pvm";
 pub const PVM_CMDLINE: &str = "clearcpuid=xsave,smap,smep,umip,popcnt,fsgsbase,invpcid,pcid,rdpid,clflushopt,clwb,bmi1,bmi2,rdrand,rdseed,erms,fsrm,sha_ni,aes,pclmulqdq";
 
 /// Boot-time savers applied only on PVM, where guest kernel code is emulated
-/// at ~1-2 M instructions/s. `rodata=off` skips `mark_rodata_ro()`, whose
-/// page-attribute changes over the kernel image took ~5.5 s of a ~27 s boot
-/// (measured). It leaves guest kernel text/rodata writable inside the guest:
-/// a hardening loss for the guest kernel only, not for the host/VM boundary,
-/// and never applied on hardware KVM.
-pub const PVM_SPEED_CMDLINE: &str = "rodata=off";
+/// at ~1-2 M instructions/s. Each was found with the VMM's rip sampler
+/// (`BERTH_VMM_PROFILE`) and measured:
+/// - `rodata=off` skips `mark_rodata_ro()`, whose page-attribute changes over
+///   the kernel image took ~5.5 s. It leaves guest kernel text/rodata
+///   writable inside the guest: a hardening loss for the guest kernel only,
+///   not for the host/VM boundary.
+/// - `percpu_alloc=page` builds the first per-CPU chunk from 4 KiB pages
+///   instead of a 2 MiB unit that is zeroed with an emulated `rep stosb`
+///   (~1.5-2 s).
+/// - `noreplace-smp` keeps the kernel from rewriting every `lock` prefix
+///   through `text_poke()` (a page-table switch per site) when it finds
+///   itself uniprocessor (~1.5 s).
+///
+/// None of these is applied on hardware KVM.
+pub const PVM_SPEED_CMDLINE: &str = "rodata=off percpu_alloc=page noreplace-smp";
 
 /// Whether this host's /dev/kvm is PVM.
 pub fn detected() -> bool {

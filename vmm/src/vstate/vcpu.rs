@@ -84,6 +84,8 @@ pub struct Vcpu {
     pvm: bool,
     int3_fixups: u64,
     fwait_fixups: u64,
+    /// Guest rip samples (development profiling, see [`crate::builder::PROFILE_ENV`]).
+    profile: Option<(std::path::PathBuf, Vec<u64>)>,
 }
 
 /// What to do after an exit.
@@ -125,7 +127,14 @@ impl Vcpu {
             pvm,
             int3_fixups: 0,
             fwait_fixups: 0,
+            profile: None,
         })
+    }
+
+    /// Records guest rip whenever a kick interrupts KVM_RUN and writes the
+    /// samples (one hex address per line) to `out` when the vCPU stops.
+    pub fn enable_profiling(&mut self, out: std::path::PathBuf) {
+        self.profile = Some((out, Vec::new()));
     }
 
     /// Starts the vCPU thread.
@@ -135,6 +144,17 @@ impl Vcpu {
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 let result = self.run_loop();
+                if let Some((path, samples)) = self.profile.take() {
+                    let text: String = samples.iter().map(|r| format!("{r:x}\n")).collect();
+                    match std::fs::write(&path, text) {
+                        Ok(()) => log::info!(
+                            "vmm: vCPU {id}: {} rip samples written to {}",
+                            samples.len(),
+                            path.display()
+                        ),
+                        Err(e) => log::warn!("vmm: writing {}: {e}", path.display()),
+                    }
+                }
                 if self.int3_fixups + self.fwait_fixups > 0 {
                     log::debug!(
                         "vmm: vCPU {id}: PVM emulation fixups: {} int3, {} fwait",
@@ -165,7 +185,14 @@ impl Vcpu {
             }
             let action = match self.fd.run() {
                 Ok(exit) => handle_exit(self.id, exit, &self.pio, &self.mmio),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    if let Some((_, samples)) = self.profile.as_mut() {
+                        if let Ok(regs) = self.fd.get_regs() {
+                            samples.push(regs.rip);
+                        }
+                    }
+                    Action::Continue
+                }
                 Err(e) => Action::Fail(VcpuError::Run(self.id, e)),
             };
             match action {
