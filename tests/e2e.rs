@@ -642,6 +642,7 @@ fn probe_parity() {
         echo "zombies:$(grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l)"
         echo "proc:$(cat /proc/self/comm)"
         test -c /dev/null && test -c /dev/zero && test -c /dev/urandom && echo "dev:ok"
+        echo "net:$(ls /sys/class/net | tr '\n' ' ')lo-up:$(( $(cat /sys/class/net/lo/flags) & 1 ))"
         exit 7
     "#;
     let expected = "args:probe:one\n\
@@ -653,7 +654,8 @@ fn probe_parity() {
                     write:data\n\
                     zombies:0\n\
                     proc:cat\n\
-                    dev:ok\n";
+                    dev:ok\n\
+                    net:lo lo-up:1\n";
     each_stage1("probe", |s| {
         let e = Env::new();
         let o = e.run(
@@ -679,5 +681,36 @@ fn probe_parity() {
         .check(&format!("probe on {s}"), &o);
         // The image is never modified, whatever the pod wrote.
         assert!(!common::busybox().join("tmp/probe").exists());
+    });
+}
+
+#[test]
+fn net_host_shares_the_host_network_with_a_warning() {
+    each_stage1("net-host", |s| {
+        let e = Env::new();
+        let o = e.run(s, &["--net", "host"], &["ls", "/sys/class/net"]);
+        if s == "kvm" {
+            assert_eq!(o.status.code(), Some(125));
+            assert_eq!(
+                stderr(&o),
+                "berth: --net host is impossible with --stage1=kvm: a VM cannot share the host's network namespace\n"
+            );
+            assert!(e.pods().is_empty());
+            return;
+        }
+        let mut host: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        host.sort();
+        let mut seen: Vec<String> = stdout(&o).split_whitespace().map(String::from).collect();
+        seen.sort();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(seen, host);
+        assert!(
+            stderr(&o).starts_with("berth: warning: --net host"),
+            "{}",
+            stderr(&o)
+        );
     });
 }

@@ -62,6 +62,8 @@ enum InitError {
     App(#[from] app::AppError),
     #[error("cannot watch signals")]
     Signalfd(#[source] nix::Error),
+    #[error("cannot bring up the loopback interface")]
+    Loopback(#[source] nix::Error),
 }
 
 /// Entry point of the cloned child. Returns the process exit code.
@@ -95,6 +97,9 @@ fn run(a: &InitArgs) -> Result<i32, InitError> {
         .map_err(|e| InitError::Hostname(a.spec.hostname.clone(), e))?;
     mounts::build_root(a.spec, a.pod)?;
     mounts::mask_paths()?;
+    if a.spec.network.mode == berth_spec::NetworkMode::None {
+        loopback_up().map_err(InitError::Loopback)?;
+    }
     match a.chan.recv()? {
         Some((m, _)) if m == "go" => {}
         _ => return Err(InitError::ParentGone),
@@ -134,6 +139,30 @@ fn run(a: &InitArgs) -> Result<i32, InitError> {
         }
     };
     Ok(reap_until(app_pid, &sfd))
+}
+
+/// A new network namespace starts with `lo` down; `--net none` means
+/// "loopback only", so bring it up (one socket and one SIOCSIFFLAGS).
+fn loopback_up() -> nix::Result<()> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data, all-zero is a valid value; "lo\0"
+    // fits in ifr_name (IFNAMSIZ = 16).
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags =
+        (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads the ifreq we pass, which outlives the call.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &ifr) };
+    nix::errno::Errno::result(r).map(drop)
 }
 
 /// Allocate the pod's pty from its own devpts instance and hand the master to
