@@ -648,3 +648,16 @@ mod tests {
         assert!(c.len() < layout::CMDLINE_MAX_SIZE);
     }
 }
+
+#[cfg(test)]
+mod send_tests {
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn handles_are_send() {
+        assert_send::<super::VmHandle>();
+        assert_send::<super::SerialInput>();
+        assert_send::<super::RunningVm>();
+        assert_send::<super::VmConfig>();
+    }
+}

@@ -21,9 +21,13 @@ pub const PVM_MODULE_PATH: &str = "/sys/module/kvm_pvm";
 ///   `__setup` handler, so the kernel passes it on to init as an argument.
 ///   Clearing XSAVE also clears everything that depends on it (avx, avx2,
 ///   avx512f, xsaveopt, xsavec, xsaves), so those are not listed.
+/// - `cx16` is added: SLUB's `lock cmpxchg16b` is an emulation failure
+///   (seen: `f0 48 0f c7 4e 20` during SLUB init).
+/// - `sha_ni`, `aes`, `pclmulqdq` are dropped: only crypto drivers use them
+///   and berth.config builds none (generic crc32c only).
 /// - 6.1 parses `clearcpuid=` into a 128-byte buffer; anything past that is
-///   silently ignored, so the list must stay short ([`tests`] checks it).
-pub const PVM_CMDLINE: &str = "clearcpuid=xsave,smap,smep,umip,popcnt,fsgsbase,invpcid,pcid,rdpid,clflushopt,clwb,bmi1,bmi2,rdrand,rdseed,erms,fsrm,sha_ni,aes,pclmulqdq";
+///   silently ignored, so the list must stay short (a test checks it).
+pub const PVM_CMDLINE: &str = "clearcpuid=xsave,smap,smep,umip,popcnt,fsgsbase,invpcid,pcid,rdpid,clflushopt,clwb,bmi1,bmi2,rdrand,rdseed,erms,fsrm,cx16";
 
 /// Boot-time savers applied only on PVM, where guest kernel code is emulated
 /// at ~1-2 M instructions/s. Each was found with the VMM's rip sampler

@@ -57,8 +57,10 @@ pub struct Vm {
 impl Vm {
     /// Creates a VM with `mem_size` bytes of RAM, irqchip and PIT.
     pub fn new(mem_size: u64) -> Result<Self, VmError> {
+        let t = std::time::Instant::now();
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        log::trace!("vmm: KVM_CREATE_VM took {:?}", t.elapsed());
         let mem = GuestMemoryMmap::<()>::from_ranges(&arch_memory_regions(mem_size))
             .map_err(|e| VmError::GuestMemory(mem_size >> 20, e))?;
         for (slot, region) in mem.iter().enumerate() {
@@ -74,6 +76,10 @@ impl Vm {
             // hold clones of `mem`), and slots do not overlap.
             unsafe { fd.set_user_memory_region(r) }.map_err(VmError::SetMemoryRegion)?;
         }
+        log::trace!(
+            "vmm: guest memory mapped and registered at {:?}",
+            t.elapsed()
+        );
         fd.set_tss_address(KVM_TSS_ADDRESS.raw_value() as usize)
             .map_err(VmError::SetTssAddress)?;
         fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS.raw_value())
@@ -84,6 +90,7 @@ impl Vm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(VmError::CreatePit)?;
+        log::trace!("vmm: irqchip and PIT created at {:?}", t.elapsed());
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(VmError::SupportedCpuid)?;
