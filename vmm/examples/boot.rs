@@ -107,7 +107,26 @@ fn main() -> ExitCode {
             let _ = tx.send(text.replace("\\n", "\n").as_bytes());
         });
     }
-    match vm.run() {
+    // Peak VMM RSS (excluding guest RAM) while the guest runs, sampled every 50 ms.
+    let sampler = {
+        let h = vm.handle();
+        std::thread::spawn(move || {
+            let mut peak = 0u64;
+            while !h.stopping() {
+                peak = peak.max(h.rss_excluding_guest().unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        })
+    };
+    let result = vm.run();
+    if let Ok(peak) = sampler.join() {
+        eprintln!(
+            "boot: peak VMM RSS excluding guest RAM while running: {:.2} MiB",
+            peak as f64 / (1 << 20) as f64
+        );
+    }
+    match result {
         Ok(exit) => {
             eprintln!(
                 "boot: exit {:?}, status {:?}, setup (Vm::boot -> first KVM_RUN) {:?}, \

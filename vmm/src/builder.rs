@@ -221,9 +221,21 @@ pub struct VmExitInfo {
 #[derive(Clone)]
 pub struct VmHandle {
     shared: Arc<VmShared>,
+    guest_ranges: Arc<Vec<(usize, usize)>>,
 }
 
 impl VmHandle {
+    /// Resident memory of this process outside guest RAM, in bytes (see
+    /// [`crate::metrics::rss_excluding_guest`]); callable while the VM runs.
+    pub fn rss_excluding_guest(&self) -> std::io::Result<u64> {
+        crate::metrics::rss_excluding_guest(&self.guest_ranges)
+    }
+
+    /// Whether the VM has been asked to stop (by the guest or the host).
+    pub fn stopping(&self) -> bool {
+        self.shared.exit_requested()
+    }
+
     /// Stops the VM; `run` then returns with [`ExitReason::Killed`].
     pub fn kill(&self) {
         self.shared.request_exit(ExitReason::Killed);
@@ -511,6 +523,7 @@ impl RunningVm {
     pub fn handle(&self) -> VmHandle {
         VmHandle {
             shared: self.shared.clone(),
+            guest_ranges: Arc::new(self.vm.host_ranges()),
         }
     }
 
