@@ -5,12 +5,33 @@
 //! ```no_run
 //! let mut cfg = vmm::VmConfig::new("/usr/local/lib/berth/vmlinux");
 //! cfg.initramfs = Some(vmm::Initramfs::Path("initramfs.cpio".into()));
+//! cfg.block.push(vmm::BlockConfig { path: "disk.img".into(), read_only: false });
 //! let vm = vmm::Vm::boot(cfg)?;
 //! let killer = vm.handle(); // killer.kill() from another thread stops it
+//! let input = vm.serial_input(); // input.send(b"...") feeds the guest's ttyS0
 //! let exit = vm.run()?;
-//! println!("{:?} status {:?}", exit.reason, exit.status);
+//! println!("{:?} status {:?} boot-to-init {:?}", exit.reason, exit.status, exit.boot_to_init);
 //! # Ok::<(), vmm::BuildError>(())
 //! ```
+//!
+//! The guest gets `console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1`, one
+//! `virtio_mmio.device=` per disk (`/dev/vda`, `/dev/vdb`, … in order), the PVM
+//! parameters when `/sys/module/kvm_pvm` exists ([`pvm`]), then
+//! [`VmConfig::extra_cmdline`]. It reports to the host through the ports in
+//! `berth_spec::kvm`: BOOT_MARK_PORT (first write = [`VmExitInfo::boot_to_init`])
+//! and STATUS_PORT (last byte = [`VmExitInfo::status`]); it powers off with
+//! `reboot(RB_AUTOBOOT)`, which becomes an i8042 reset ([`ExitReason::Reset`]).
+//!
+//! Threads: one per vCPU plus the caller's thread running the device event
+//! loop inside [`RunningVm::run`]. vCPUs are kicked out of KVM_RUN with
+//! `SIGRTMIN` (a no-op handler is installed): callers must not block or
+//! repurpose that signal in threads created before [`Vm::boot`].
+//!
+//! Timing: `setup_time` and `boot_to_init` are measured from the start of
+//! [`Vm::boot`]. [`metrics::rss_excluding_guest`] (also
+//! [`RunningVm::rss_excluding_guest`], [`VmHandle::rss_excluding_guest`])
+//! gives the VMM's own resident memory. Setting `BERTH_VMM_PROFILE=FILE`
+//! samples the guest's rip for boot-time profiling ([`builder::PROFILE_ENV`]).
 #![deny(missing_docs)]
 
 pub mod arch;
