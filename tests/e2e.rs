@@ -326,7 +326,7 @@ fn signals_to_berth_run_reach_the_app() {
             .args([
                 "sh",
                 "-c",
-                "trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 0.05; done",
+                "trap 'echo got TERM; exit 3' TERM; echo ready; sleep 1000 & wait",
             ])
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -712,5 +712,74 @@ fn net_host_shares_the_host_network_with_a_warning() {
             "{}",
             stderr(&o)
         );
+    });
+}
+
+#[test]
+fn stop_is_graceful_then_forced() {
+    each_stage1("stop", |s| {
+        let e = Env::new();
+        let img = common::busybox().to_string_lossy().into_owned();
+        // A well-behaved app: SIGTERM makes it exit 0.
+        let name = format!("stop-{s}");
+        ok(&format!("{name}\n")).check(
+            "run -d",
+            &e.berth(&[
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--stage1",
+                s,
+                "--rootfs",
+                &img,
+                "--",
+                "sh",
+                "-c",
+                "trap 'echo stopping; exit 0' TERM; echo up; sleep 1000 & wait",
+            ]),
+        );
+        let log = e.root.path().join("pods").join(&name).join("app.log");
+        wait_for("the app to start", || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("up\n"))
+        });
+        ok("").check("stop", &e.berth(&["stop", "--timeout", "120", &name]));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("up\nstopping\n"), "app.log: {text:?}");
+        let v: serde_json::Value =
+            serde_json::from_str(&stdout(&e.berth(&["list", "--format", "json"]))).unwrap();
+        assert_eq!(
+            (v[0]["state"].as_str(), v[0]["exit_code"].as_i64()),
+            (Some("exited"), Some(0))
+        );
+        // An app that ignores SIGTERM is killed after the timeout.
+        let stubborn = format!("stubborn-{s}");
+        ok(&format!("{stubborn}\n")).check(
+            "run -d stubborn",
+            &e.berth(&[
+                "run",
+                "-d",
+                "--name",
+                &stubborn,
+                "--stage1",
+                s,
+                "--rootfs",
+                &img,
+                "--",
+                "sh",
+                "-c",
+                "trap '' TERM; echo up; sleep 1000 & while :; do wait; done",
+            ]),
+        );
+        let log = e.root.path().join("pods").join(&stubborn).join("app.log");
+        wait_for("the stubborn app to start", || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("up\n"))
+        });
+        ok("").check(
+            "stop stubborn",
+            &e.berth(&["stop", "--timeout", "1", &stubborn]),
+        );
+        let list = stdout(&e.berth(&["list"]));
+        assert!(!list.contains("running"), "{list}");
     });
 }

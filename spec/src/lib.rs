@@ -8,6 +8,8 @@
 //! separate steps: parsing rejects unknown fields and foreign versions, and
 //! `validate` checks the semantic rules (absolute paths, name syntax, limits).
 
+#[cfg(feature = "stage1-cli")]
+pub mod stage1_cli;
 pub mod state;
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +27,18 @@ pub const ENV_LOCK_FD: &str = "BERTH_LOCK_FD";
 /// it once the app has been started (`ok <pid>`) or failed to start
 /// (`error <message>`), then closes it. Used by `berth run --detach`.
 pub const ENV_READY_FD: &str = "BERTH_READY_FD";
+
+/// Signals a stage1 passes on to the app (and stage0 to its stage1): the
+/// ones a supervisor (a terminal, systemd, `kill`) uses to ask for a stop or
+/// a reload. SIGKILL and SIGSTOP cannot be caught.
+pub const FORWARDED_SIGNALS: &[i32] = &[
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
 
 /// Exit code: berth (stage0 or stage1) itself failed.
 pub const EXIT_BERTH_FAILED: i32 = 125;

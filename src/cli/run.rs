@@ -249,17 +249,12 @@ pub fn run(store: &Store, a: RunArgs) -> Result<i32> {
     // stage1. Terminal-generated signals already reach stage1 directly, as it
     // is in our process group, so those are not forwarded a second time.
     let mut mask = SigSet::empty();
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGCHLD,
-    ] {
-        mask.add(s);
+    for s in berth_spec::FORWARDED_SIGNALS {
+        if let Ok(sig) = Signal::try_from(*s) {
+            mask.add(sig);
+        }
     }
+    mask.add(Signal::SIGCHLD);
     mask.thread_block().context("cannot block signals")?;
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("cannot create signalfd")?;

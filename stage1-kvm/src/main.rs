@@ -10,61 +10,13 @@ mod initramfs;
 mod run;
 
 use anyhow::{bail, Result};
+use berth_spec::stage1_cli::{self, Verb};
 use berth_spec::state::{self, StateError};
-use berth_spec::{PodDir, EXIT_BERTH_FAILED};
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use berth_spec::PodDir;
 use std::time::Duration;
 
-#[derive(Parser)]
-#[command(
-    name = "berth-stage1-kvm",
-    version,
-    about = "berth stage1: KVM microVM"
-)]
-struct Cli {
-    #[command(subcommand)]
-    verb: Verb,
-}
-
-#[derive(Subcommand)]
-enum Verb {
-    /// Run the pod in the foreground; exit with the app's status.
-    Run { pod_dir: PathBuf },
-    /// Run a command in a running pod (not supported yet).
-    Exec {
-        pod_dir: PathBuf,
-        #[arg(short, long)]
-        interactive: bool,
-        #[arg(short, long)]
-        tty: bool,
-        #[arg(short, long = "env")]
-        env: Vec<String>,
-        #[arg(short, long = "workdir")]
-        workdir: Option<String>,
-        #[arg(short, long)]
-        user: Option<String>,
-        #[arg(last = true, required = true)]
-        cmd: Vec<String>,
-    },
-    /// Stop a running pod: the app gets SIGTERM, the VM is killed after the timeout.
-    Stop {
-        pod_dir: PathBuf,
-        #[arg(long)]
-        force: bool,
-        #[arg(long, default_value_t = 10)]
-        timeout: u64,
-    },
-    /// Release host resources of a dead pod.
-    Gc { pod_dir: PathBuf },
-}
-
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::new().filter_or("BERTH_LOG", "warn"))
-        .format_timestamp(None)
-        .init();
-    let cli = Cli::parse();
-    let result = match cli.verb {
+    let result = match stage1_cli::parse().verb {
         Verb::Run { pod_dir } => run::run(&PodDir::new(pod_dir)),
         Verb::Exec { .. } => Err(anyhow::anyhow!(
             "exec is not supported by the kvm stage1 yet (it needs the vsock control channel)"
@@ -78,14 +30,7 @@ fn main() {
             .map_err(Into::into),
         Verb::Gc { pod_dir } => gc(&PodDir::new(pod_dir)).map(|()| 0),
     };
-    match result {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("berth: {}", chain.join(": "));
-            std::process::exit(EXIT_BERTH_FAILED);
-        }
-    }
+    stage1_cli::exit_with(result)
 }
 
 /// A kvm pod holds nothing on the host outside its directory (its overlay

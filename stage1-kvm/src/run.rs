@@ -11,16 +11,6 @@ use nix::sys::signal::{SigSet, Signal};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-/// Signals passed on to the app.
-const FORWARDED: &[Signal] = &[
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-];
-
 /// Until app output moves to its own channel (vsock), the app shares the one
 /// serial line with the kernel, so the kernel prints nothing there (even
 /// its KERN_EMERG "reboot: Restarting system"). Everything the guest prints
@@ -95,8 +85,10 @@ fn boot_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
     // Block the forwarded signals before any VMM thread exists, so only our
     // signal thread receives them.
     let mut mask = SigSet::empty();
-    for s in FORWARDED {
-        mask.add(*s);
+    for s in berth_spec::FORWARDED_SIGNALS {
+        if let Ok(sig) = Signal::try_from(*s) {
+            mask.add(sig);
+        }
     }
     mask.thread_block().context("cannot block signals")?;
 
@@ -108,6 +100,12 @@ fn boot_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
     let mut cfg = vmm::VmConfig::new(kernel);
     cfg.initramfs = Some(vmm::Initramfs::Bytes(cpio));
     cfg.extra_cmdline = QUIET_CMDLINE.to_string();
+    // Debugging aid: extra guest kernel parameters (e.g. `loglevel=7` to see
+    // kernel messages on the console again).
+    if let Ok(extra) = std::env::var("BERTH_KVM_CMDLINE") {
+        cfg.extra_cmdline.push(' ');
+        cfg.extra_cmdline.push_str(&extra);
+    }
     cfg.mem_mib = kvm.memory_mib;
     cfg.vcpus = u8::try_from(kvm.vcpus).context("too many vCPUs")?;
     cfg.block = vec![vmm::BlockConfig {

@@ -53,18 +53,14 @@ pub enum Started {
 
 /// Fork and exec. The caller must reap the returned pid.
 pub fn launch(l: &Launch<'_>) -> Result<Started, AppError> {
-    let argv = l
-        .argv
-        .iter()
-        .map(|a| CString::new(a.as_str()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| AppError::Nul)?;
-    let env = l
-        .env
-        .iter()
-        .map(|a| CString::new(a.as_str()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| AppError::Nul)?;
+    let cstrings = |v: &[String]| {
+        v.iter()
+            .map(|a| CString::new(a.as_str()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| AppError::Nul)
+    };
+    let argv = cstrings(&l.argv)?;
+    let env = cstrings(&l.env)?;
     let path = l
         .env
         .iter()

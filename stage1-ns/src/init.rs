@@ -16,26 +16,29 @@ use nix::unistd::Pid;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
-/// Signals stage1 blocks (before cloning init) and handles via signalfd.
+/// Signals stage1 blocks (before cloning init) and handles via signalfd:
+/// the forwarded ones, SIGCHLD and SIGWINCH.
 pub fn handled_signals() -> nix::sys::signal::SigSet {
     let mut s = nix::sys::signal::SigSet::empty();
-    for sig in FORWARDED {
-        s.add(*sig);
+    for sig in forwarded() {
+        s.add(sig);
     }
     s.add(Signal::SIGCHLD);
     s.add(Signal::SIGWINCH);
     s
 }
 
-/// Signals passed on to the app.
-pub const FORWARDED: &[Signal] = &[
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-];
+/// `berth_spec::FORWARDED_SIGNALS` as nix signals.
+pub fn forwarded() -> impl Iterator<Item = Signal> {
+    berth_spec::FORWARDED_SIGNALS
+        .iter()
+        .filter_map(|s| Signal::try_from(*s).ok())
+}
+
+/// Is `sig` one the app should receive?
+pub fn is_forwarded(sig: Signal) -> bool {
+    berth_spec::FORWARDED_SIGNALS.contains(&(sig as i32))
+}
 
 pub struct InitArgs<'a> {
     pub spec: &'a PodSpec,
@@ -212,7 +215,7 @@ fn reap_until(app: Pid, sfd: &SignalFd) -> i32 {
                 }
             }
         } else if let Ok(s) = Signal::try_from(signo) {
-            if FORWARDED.contains(&s) {
+            if is_forwarded(s) {
                 let _ = kill(app, s);
             }
         }

@@ -3,7 +3,7 @@
 //! and return its exit status once it has been reaped.
 
 use crate::app;
-use crate::init::FORWARDED;
+use crate::init::is_forwarded;
 use berth_spec::EXIT_BERTH_FAILED;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
@@ -146,7 +146,7 @@ fn handle_signals(child: Pid, sfd: &SignalFd, master: Option<&OwnedFd>) -> Optio
                     sync_winsize(m.as_fd());
                 }
             }
-            Ok(s) if FORWARDED.contains(&s) => {
+            Ok(s) if is_forwarded(s) => {
                 let _ = kill(child, s);
             }
             _ => {}

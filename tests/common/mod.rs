@@ -133,7 +133,20 @@ impl Env {
         args.extend_from_slice(opts);
         args.push("--");
         args.extend_from_slice(cmd);
-        self.berth(&args)
+        let mut out = self.berth(&args);
+        // Known defect of the nested PVM hosts (README, "kvm on PVM hosts"):
+        // now and then a guest process runs with a wrong FS base and dies on
+        // its first TLS access; its shell reports "Segmentation fault". Only
+        // there, and only for that signature, a kvm run is repeated (twice at
+        // most, announced). ns runs and real KVM hosts are never retried.
+        for attempt in 1..=2 {
+            if !(stage1 == "kvm" && on_pvm() && shows_pvm_fs_base_flake(&out)) {
+                break;
+            }
+            eprintln!("kvm run hit the PVM FS-base flake; retry {attempt} of 2: {args:?}");
+            out = self.berth(&args);
+        }
+        out
     }
 
     pub fn pods(&self) -> Vec<String> {
@@ -212,4 +225,18 @@ pub fn each_stage1(case: &str, mut f: impl FnMut(&str)) {
         }
         f(s);
     }
+}
+
+/// Is /dev/kvm provided by the nested PVM hypervisor (the CI hosts)?
+pub fn on_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// The trace of the PVM FS-base defect: a guest process killed by SIGSEGV
+/// (busybox sh prints "Segmentation fault" for a crashed child; a crashed
+/// app itself exits 139).
+pub fn shows_pvm_fs_base_flake(o: &Output) -> bool {
+    stdout(o).contains("Segmentation fault")
+        || stderr(o).contains("Segmentation fault")
+        || o.status.code() == Some(139)
 }

@@ -1,0 +1,80 @@
+//! The command line every stage1 executable accepts (the verbs of the stage
+//! contract in DESIGN.md), and how a stage1 reports a failure: one line
+//! `berth: <error chain>` on stderr and exit code 125.
+
+use crate::EXIT_BERTH_FAILED;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A berth stage1: runs the pod described by POD_DIR/pod.json"
+)]
+pub struct Stage1Cli {
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+#[derive(Subcommand)]
+pub enum Verb {
+    /// Run the pod in the foreground; exit with the app's status.
+    Run { pod_dir: PathBuf },
+    /// Run a command in a running pod; exit with its status.
+    Exec {
+        pod_dir: PathBuf,
+        #[arg(short, long)]
+        interactive: bool,
+        #[arg(short, long)]
+        tty: bool,
+        #[arg(short, long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        #[arg(short, long = "workdir", value_name = "DIR")]
+        workdir: Option<String>,
+        #[arg(short, long, value_name = "UID:GID")]
+        user: Option<String>,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Stop a running pod (SIGTERM to the app, SIGKILL after the timeout).
+    Stop {
+        pod_dir: PathBuf,
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Release host resources of a dead pod.
+    Gc { pod_dir: PathBuf },
+}
+
+/// Parse the command line and set up logging (`BERTH_LOG`, set by stage0
+/// from `--log-level`).
+pub fn parse() -> Stage1Cli {
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("BERTH_LOG", "warn"))
+        .format_timestamp(None)
+        .init();
+    Stage1Cli::parse()
+}
+
+/// Exit with the verb's status, or print the error chain and exit 125.
+pub fn exit_with(result: anyhow::Result<i32>) -> ! {
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("berth: {}", chain.join(": "));
+            std::process::exit(EXIT_BERTH_FAILED);
+        }
+    }
+}
+
+/// `UID:GID` (numeric, as stage0 passes it) for `exec --user`.
+pub fn parse_user(s: Option<&str>) -> anyhow::Result<Option<crate::User>> {
+    let Some(s) = s else { return Ok(None) };
+    let (u, g) = s.split_once(':').unwrap_or((s, s));
+    match (u.parse(), g.parse()) {
+        (Ok(uid), Ok(gid)) => Ok(Some(crate::User { uid, gid })),
+        _ => anyhow::bail!("user {s:?} is not UID:GID"),
+    }
+}
