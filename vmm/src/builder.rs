@@ -115,6 +115,9 @@ pub enum BuildError {
     /// Placing the initramfs failed.
     #[error("placing the initramfs")]
     PlaceInitramfs(#[source] arch::ArchError),
+    /// The kernel-loading thread panicked.
+    #[error("the kernel loader thread panicked")]
+    LoaderPanicked,
     /// Writing the initramfs failed.
     #[error("writing the initramfs to guest memory")]
     WriteInitramfs(#[source] vm_memory::GuestMemoryError),
@@ -290,6 +293,28 @@ fn load_kernel(
     Ok(res.kernel_load)
 }
 
+/// Copies the kernel and the initramfs into guest memory; returns the
+/// kernel entry point and the initramfs placement.
+fn load_images(
+    mem: &vm_memory::GuestMemoryMmap<()>,
+    kernel: &Path,
+    initramfs: Option<&Initramfs>,
+) -> Result<(GuestAddress, Option<(GuestAddress, usize)>), BuildError> {
+    let entry = load_kernel(mem, kernel)?;
+    let initrd = match initramfs {
+        None => None,
+        Some(src) => {
+            let data = read_initramfs(src)?;
+            let addr =
+                arch::initrd_load_addr(mem, data.len()).map_err(BuildError::PlaceInitramfs)?;
+            mem.write_slice(&data, addr)
+                .map_err(BuildError::WriteInitramfs)?;
+            Some((addr, data.len()))
+        }
+    };
+    Ok((entry, initrd))
+}
+
 impl Vm {
     /// Boots a VM from `cfg` and starts its vCPUs.
     pub fn boot(cfg: VmConfig) -> Result<RunningVm, BuildError> {
@@ -320,27 +345,29 @@ impl Vm {
         };
         let mem_size = u64::from(cfg.mem_mib) << 20;
 
-        // 1. VM, memory, irqchip, PIT.
-        let vm = vm::Vm::new(mem_size).map_err(BuildError::Vm)?;
-        log::debug!("vmm: VM created after {:?}", start.elapsed());
-
-        // 2. Kernel and initramfs.
-        let entry = load_kernel(&vm.mem, &cfg.kernel)?;
-        let initrd = match &cfg.initramfs {
-            None => None,
-            Some(src) => {
-                let data = read_initramfs(src)?;
-                let addr = arch::initrd_load_addr(&vm.mem, data.len())
-                    .map_err(BuildError::PlaceInitramfs)?;
-                vm.mem
-                    .write_slice(&data, addr)
-                    .map_err(BuildError::WriteInitramfs)?;
-                Some((addr, data.len()))
-            }
-        };
-
+        // 1+2. Guest RAM; then, concurrently, the KVM VM (irqchip, PIT) on
+        // this thread and the kernel + initramfs copy on another: both take
+        // milliseconds on nested hosts, mostly in page faults.
+        let mem = vm::guest_memory(mem_size).map_err(BuildError::Vm)?;
+        let (vm, loaded) = std::thread::scope(|s| {
+            let loader = std::thread::Builder::new()
+                .name("vmm-loader".into())
+                // Small stack: glibc caches thread stacks, so every touched
+                // page would stay in the VMM's RSS.
+                .stack_size(128 << 10)
+                .spawn_scoped(s, || load_images(&mem, &cfg.kernel, cfg.initramfs.as_ref()));
+            let vm = vm::Vm::new(mem.clone());
+            let loaded = match loader {
+                Ok(h) => h.join().unwrap_or(Err(BuildError::LoaderPanicked)),
+                // No thread: load on this one.
+                Err(_) => load_images(&mem, &cfg.kernel, cfg.initramfs.as_ref()),
+            };
+            (vm, loaded)
+        });
+        let vm = vm.map_err(BuildError::Vm)?;
+        let (entry, initrd) = loaded?;
         log::debug!(
-            "vmm: kernel and initramfs loaded after {:?}",
+            "vmm: VM created, kernel and initramfs loaded after {:?}",
             start.elapsed()
         );
 

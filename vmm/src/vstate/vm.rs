@@ -42,6 +42,12 @@ pub enum VmError {
     SupportedCpuid(#[source] kvm_ioctls::Error),
 }
 
+/// Maps `mem_size` bytes of guest RAM (anonymous, not yet touched).
+pub fn guest_memory(mem_size: u64) -> Result<GuestMemoryMmap<()>, VmError> {
+    GuestMemoryMmap::<()>::from_ranges(&arch_memory_regions(mem_size))
+        .map_err(|e| VmError::GuestMemory(mem_size >> 20, e))
+}
+
 /// A created VM with its memory.
 pub struct Vm {
     /// /dev/kvm.
@@ -55,14 +61,12 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Creates a VM with `mem_size` bytes of RAM, irqchip and PIT.
-    pub fn new(mem_size: u64) -> Result<Self, VmError> {
+    /// Creates a VM over `mem` (from [`guest_memory`]), with irqchip and PIT.
+    pub fn new(mem: GuestMemoryMmap<()>) -> Result<Self, VmError> {
         let t = std::time::Instant::now();
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
         log::trace!("vmm: KVM_CREATE_VM took {:?}", t.elapsed());
-        let mem = GuestMemoryMmap::<()>::from_ranges(&arch_memory_regions(mem_size))
-            .map_err(|e| VmError::GuestMemory(mem_size >> 20, e))?;
         for (slot, region) in mem.iter().enumerate() {
             let r = kvm_userspace_memory_region {
                 slot: slot as u32,
