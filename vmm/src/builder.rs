@@ -300,7 +300,9 @@ fn load_images(
     kernel: &Path,
     initramfs: Option<&Initramfs>,
 ) -> Result<(GuestAddress, Option<(GuestAddress, usize)>), BuildError> {
+    let t = Instant::now();
     let entry = load_kernel(mem, kernel)?;
+    log::trace!("vmm: kernel loaded in {:?}", t.elapsed());
     let initrd = match initramfs {
         None => None,
         Some(src) => {
