@@ -434,6 +434,40 @@ fn lifecycle_detach_exec_stop_rm_and_limits() {
             code: 127,
         }
         .check("exec not found", &e.berth(&["exec", &name, "--", "nope"]));
+        ok("1000 1000 /tmp\n").check(
+            "exec -u -w",
+            &e.berth(&[
+                "exec",
+                "-u",
+                "1000",
+                "-w",
+                "/tmp",
+                &name,
+                "--",
+                "sh",
+                "-c",
+                "echo $(id -u) $(id -g) $(pwd)",
+            ]),
+        );
+        ok("via stdin\n").check(
+            "exec -i",
+            &e.berth_input(&["exec", "-i", &name, "--", "sh"], "echo via stdin\n"),
+        );
+        let o = e.berth(&[
+            "exec",
+            "-t",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "test -t 0 && echo tty",
+        ]);
+        assert_eq!(
+            (o.status.code(), stdout(&o)),
+            (Some(0), "tty\r\n".to_string()),
+            "exec -t: {}",
+            stderr(&o)
+        );
         let o = e.berth(&["rm", &name]);
         assert_eq!(o.status.code(), Some(125));
         assert!(stderr(&o).contains("is running"), "{}", stderr(&o));
