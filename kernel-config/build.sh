@@ -79,7 +79,9 @@ ensure_packages
 
 mkdir -p "$cache_root"
 work=$(mktemp -d "$cache_root/.build.XXXXXX")
-trap 'rm -rf "$work"' EXIT INT TERM
+trap 'rm -rf "$work"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 log "extracting $tarball into $work"
 tar -xJf "$tarball" -C "$work"
