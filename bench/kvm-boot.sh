@@ -59,6 +59,6 @@ med() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { m = (NR % 2) ? 
 printf '\n| %-38s | %10s | %10s |\n' "metric" "berth" "target"
 printf '|-%-38s-|-%10s-|-%10s-|\n' "--------------------------------------" "----------" "----------"
 printf '| %-38s | %10s | %10s |\n' "(a) set-up to first KVM_RUN, ms" "$(med "${setup[@]}")" "<= 5"
-printf '| %-38s | %10s | %10s |\n' "(b) boot-to-init, s" "$(med "${boot[@]}")" "<= 30"
+printf '| %-38s | %10.1f | %10s |\n' "(b) boot-to-init, s" "$(med "${boot[@]}")" "<= 30"
 printf '| %-38s | %10s | %10s |\n' "(b) run --rm -- /bin/true, total ms" "$(med "${total[@]}")" "-"
 printf '| %-38s | %10s | %10s |\n' "(c) VMM RSS excluding guest RAM, MiB" "$(awk -v k="$rss_kib" 'BEGIN { printf "%.2f", k / 1024 }')" "<= 5"
