@@ -574,65 +574,59 @@ fn bad_input_is_125_with_one_line_and_leaves_nothing() {
     }
     let e = Env::new();
     let img = common::busybox().to_string_lossy().into_owned();
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    // Arguments split on spaces; IMG is the busybox image.
+    let cases: &[(&str, &str)] = &[
         (
-            vec!["run", "--rootfs", "/nonexistent", "--", "true"],
+            "run --rootfs /nonexistent -- true",
             "rootfs /nonexistent does not exist",
         ),
         (
-            vec!["run", "--rootfs", &img, "-v", "/nope:/x", "--", "true"],
+            "run --rootfs IMG -v /nope:/x -- true",
             "invalid volume \"/nope:/x\"",
         ),
         (
-            vec!["run", "--rootfs", &img, "-v", "/tmp", "--", "true"],
+            "run --rootfs IMG -v /tmp -- true",
             "invalid volume \"/tmp\"",
         ),
         (
-            vec!["run", "--rootfs", &img, "-v", "/tmp:rel", "--", "true"],
+            "run --rootfs IMG -v /tmp:rel -- true",
             "invalid volume \"/tmp:rel\"",
         ),
         (
-            vec!["run", "--stage1", "bogus", "--rootfs", &img, "--", "true"],
+            "run --stage1 bogus --rootfs IMG -- true",
             "unknown stage1 \"bogus\"",
         ),
         (
-            vec!["run", "--rootfs", &img, "--memory", "lots", "--", "true"],
+            "run --rootfs IMG --memory lots -- true",
             "invalid size \"lots\"",
         ),
+        ("run --rootfs IMG --cpus -1 -- true", "invalid cpus \"-1\""),
+        ("run --rootfs IMG -u bob -- true", "invalid user \"bob\""),
         (
-            vec!["run", "--rootfs", &img, "--cpus", "-1", "--", "true"],
-            "invalid cpus \"-1\"",
-        ),
-        (
-            vec!["run", "--rootfs", &img, "-u", "bob", "--", "true"],
-            "invalid user \"bob\"",
-        ),
-        (
-            vec!["run", "--rootfs", &img, "--name", "a/b", "--", "true"],
+            "run --rootfs IMG --name a/b -- true",
             "invalid pod name \"a/b\"",
         ),
         (
-            vec!["run", "--rootfs", &img, "--net", "wifi", "--", "true"],
+            "run --rootfs IMG --net wifi -- true",
             "invalid --net \"wifi\"",
         ),
+        ("run --rootfs IMG -w tmp -- true", "invalid workdir \"tmp\""),
+        ("exec ghost -- true", "no such pod: ghost"),
+        ("stop ghost", "no such pod: ghost"),
+        ("rm ghost", "no such pod: ghost"),
+        ("list --format xml", "invalid --format \"xml\""),
         (
-            vec!["run", "--rootfs", &img, "-w", "tmp", "--", "true"],
-            "invalid workdir \"tmp\"",
-        ),
-        (vec!["exec", "ghost", "--", "true"], "no such pod: ghost"),
-        (vec!["stop", "ghost"], "no such pod: ghost"),
-        (vec!["rm", "ghost"], "no such pod: ghost"),
-        (vec!["list", "--format", "xml"], "invalid --format \"xml\""),
-        (
-            vec!["run", "--rootfs", &img, "--cap-add", "frob", "--", "true"],
+            "run --rootfs IMG --cap-add frob -- true",
             "invalid capability \"frob\"",
         ),
-        (
-            vec!["run", "--rootfs", &img, "--bogus-flag", "--", "true"],
-            "--bogus-flag",
-        ),
+        ("run --rootfs IMG --bogus-flag -- true", "--bogus-flag"),
     ];
     for (args, msg) in cases {
+        let args: Vec<&str> = args
+            .split(' ')
+            .map(|a| if a == "IMG" { img.as_str() } else { a })
+            .collect();
+        let msg = *msg;
         let o = e.berth(&args);
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(125), "{args:?}: {err}");
