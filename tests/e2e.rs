@@ -811,3 +811,36 @@ fn stop_is_graceful_then_forced() {
         assert!(!list.contains("running"), "{list}");
     });
 }
+
+#[test]
+fn pvm_flake_retry_only_on_its_signature() {
+    // Re-run when the failure shows the signature, then succeed.
+    let mut calls = 0;
+    common::retrying_pvm_flake("self-test", || {
+        calls += 1;
+        if calls == 1 {
+            panic!("stdout: ...\nSegmentation fault\n...");
+        }
+    });
+    assert_eq!(calls, 2);
+    // Any other failure propagates at once.
+    let mut calls = 0;
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        common::retrying_pvm_flake("self-test", || {
+            calls += 1;
+            panic!("exit code of x: left: Some(1) right: Some(0)");
+        })
+    }));
+    assert!(r.is_err());
+    assert_eq!(calls, 1);
+    // At most two re-runs.
+    let mut calls = 0;
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        common::retrying_pvm_flake("self-test", || {
+            calls += 1;
+            panic!("left: Some(139)");
+        })
+    }));
+    assert!(r.is_err());
+    assert_eq!(calls, 3);
+}
