@@ -219,7 +219,8 @@ pub fn each_stage1(case: &str, mut f: impl FnMut(&str)) {
 }
 
 /// Known defect of the nested PVM hosts (README, "kvm on PVM hosts"): now
-/// and then a guest process runs with a wrong FS base and dies on its first
+/// and then a fresh guest process gets a corrupted static-TLS block (see
+/// docs/pvm-tls-corruption.md) and dies on its first
 /// TLS access. Only there, and only when a kvm case fails with that
 /// signature in its message, the case is run again from scratch (twice at
 /// most, announced). ns cases and real KVM hosts are never retried.
@@ -232,10 +233,10 @@ pub fn retrying_pvm_flake(case: &str, mut f: impl FnMut()) {
             .map(String::as_str)
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or("");
-        if attempt == 3 || !shows_pvm_fs_base_flake(msg) {
+        if attempt == 3 || !shows_pvm_tls_flake(msg) {
             std::panic::resume_unwind(payload);
         }
-        eprintln!("{case}: kvm hit the PVM FS-base flake (above); running the case again ({attempt} of 2)");
+        eprintln!("{case}: kvm hit the PVM static-TLS flake (above); running the case again ({attempt} of 2)");
     }
 }
 
@@ -244,9 +245,9 @@ pub fn on_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
 
-/// The trace of the PVM FS-base defect in a failure message: a guest process
+/// The trace of the PVM static-TLS defect in a failure message: a guest process
 /// killed by SIGSEGV (busybox sh prints "Segmentation fault" for a crashed
 /// child; a crashed app itself exits 139).
-pub fn shows_pvm_fs_base_flake(failure: &str) -> bool {
+pub fn shows_pvm_tls_flake(failure: &str) -> bool {
     failure.contains("Segmentation fault") || failure.contains("Some(139)")
 }
