@@ -96,12 +96,5 @@ fn main() {
         Command::Rm(a) => cli::rm::rm(&store, a),
         Command::Gc => cli::gc::gc(&store),
     };
-    match result {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("berth: {}", chain.join(": "));
-            std::process::exit(EXIT_BERTH_FAILED);
-        }
-    }
+    berth_spec::exit_with(result)
 }

@@ -743,34 +743,36 @@ fn net_host_shares_the_host_network_with_a_warning() {
     });
 }
 
+/// `berth run -d --name NAME -- sh -c SCRIPT`, then wait until the app has
+/// printed "up"; returns the pod's app.log path.
+fn start_detached(e: &Env, stage1: &str, name: &str, script: &str) -> std::path::PathBuf {
+    let img = common::busybox().to_string_lossy().into_owned();
+    ok(&format!("{name}\n")).check(
+        &format!("run -d {name}"),
+        &e.berth(&[
+            "run", "-d", "--name", name, "--stage1", stage1, "--rootfs", &img, "--", "sh", "-c",
+            script,
+        ]),
+    );
+    let log = e.root.path().join("pods").join(name).join("app.log");
+    wait_for(&format!("{name} to start"), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("up\n"))
+    });
+    log
+}
+
 #[test]
 fn stop_is_graceful_then_forced() {
     each_stage1("stop", |s| {
         let e = Env::new();
-        let img = common::busybox().to_string_lossy().into_owned();
         // A well-behaved app: SIGTERM makes it exit 0.
         let name = format!("stop-{s}");
-        ok(&format!("{name}\n")).check(
-            "run -d",
-            &e.berth(&[
-                "run",
-                "-d",
-                "--name",
-                &name,
-                "--stage1",
-                s,
-                "--rootfs",
-                &img,
-                "--",
-                "sh",
-                "-c",
-                "trap 'echo stopping; exit 0' TERM; echo up; sleep 1000 & wait",
-            ]),
+        let log = start_detached(
+            &e,
+            s,
+            &name,
+            "trap 'echo stopping; exit 0' TERM; echo up; sleep 1000 & wait",
         );
-        let log = e.root.path().join("pods").join(&name).join("app.log");
-        wait_for("the app to start", || {
-            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("up\n"))
-        });
         ok("").check("stop", &e.berth(&["stop", "--timeout", "120", &name]));
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("up\nstopping\n"), "app.log: {text:?}");
@@ -782,27 +784,12 @@ fn stop_is_graceful_then_forced() {
         );
         // An app that ignores SIGTERM is killed after the timeout.
         let stubborn = format!("stubborn-{s}");
-        ok(&format!("{stubborn}\n")).check(
-            "run -d stubborn",
-            &e.berth(&[
-                "run",
-                "-d",
-                "--name",
-                &stubborn,
-                "--stage1",
-                s,
-                "--rootfs",
-                &img,
-                "--",
-                "sh",
-                "-c",
-                "trap '' TERM; echo up; sleep 1000 & while :; do wait; done",
-            ]),
+        start_detached(
+            &e,
+            s,
+            &stubborn,
+            "trap '' TERM; echo up; sleep 1000 & while :; do wait; done",
         );
-        let log = e.root.path().join("pods").join(&stubborn).join("app.log");
-        wait_for("the stubborn app to start", || {
-            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("up\n"))
-        });
         ok("").check(
             "stop stubborn",
             &e.berth(&["stop", "--timeout", "1", &stubborn]),

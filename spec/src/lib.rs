@@ -8,8 +8,10 @@
 //! separate steps: parsing rejects unknown fields and foreign versions, and
 //! `validate` checks the semantic rules (absolute paths, name syntax, limits).
 
-#[cfg(feature = "stage1-cli")]
+#[cfg(feature = "cli")]
 pub mod stage1_cli;
+#[cfg(feature = "cli")]
+pub use stage1_cli::exit_with;
 pub mod state;
 
 use serde::{Deserialize, Serialize};

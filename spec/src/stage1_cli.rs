@@ -57,7 +57,8 @@ pub fn parse() -> Stage1Cli {
     Stage1Cli::parse()
 }
 
-/// Exit with the verb's status, or print the error chain and exit 125.
+/// Exit with the status, or print the error chain on one line and exit 125
+/// (every berth binary reports failures this way).
 pub fn exit_with(result: anyhow::Result<i32>) -> ! {
     match result {
         Ok(code) => std::process::exit(code),
