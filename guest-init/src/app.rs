@@ -11,6 +11,7 @@ use std::cell::UnsafeCell;
 use std::ffi::{c_void, CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
+use berth_spec::control::Process;
 use berth_spec::{PodSpec, EXIT_BERTH_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -21,21 +22,26 @@ pub enum AppError {
     Nul { what: &'static str },
     #[error("cannot create the exec-status pipe")]
     Pipe(#[source] Errno),
-    #[error("cannot create the stdin pipe")]
-    StdinPipe(#[source] Errno),
+    #[error("cannot create the stdio pipes")]
+    StdioPipe(#[source] Errno),
+    #[error("cannot create a pseudo-terminal")]
+    Pty(#[source] Errno),
     #[error("cannot fork")]
     Fork(#[source] Errno),
     #[error("cannot read the exec status of the app")]
     ReadStatus(#[source] Errno),
 }
 
-/// Where the app's stdin comes from.
+/// How the process' standard streams are connected. Output always goes to
+/// pipes (or the terminal) that guest-init relays to the host as separate
+/// control-protocol streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StdinSource {
-    /// /dev/null (non-interactive pods).
-    Null,
-    /// A pipe the caller feeds (interactive pods: console input minus control lines).
-    Pipe,
+pub enum StdioSetup {
+    /// stdout and stderr are pipes; stdin is a pipe the caller feeds when
+    /// `stdin`, else /dev/null.
+    Pipes { stdin: bool },
+    /// A new pseudo-terminal is the controlling terminal and fds 0-2.
+    Tty,
 }
 
 /// Everything the child needs, prepared before fork.
@@ -51,7 +57,7 @@ pub struct AppConfig {
     pub uid: u32,
     pub gid: u32,
     pub no_new_privs: bool,
-    pub stdin: StdinSource,
+    pub stdio: StdioSetup,
     /// Port range to drop from the inherited I/O permission bitmap (set when
     /// guest-init holds ioperm and the app is not root).
     pub drop_ioperm: Option<(u16, u16)>,
@@ -62,18 +68,53 @@ fn cstring(s: &str, what: &'static str) -> Result<CString, AppError> {
 }
 
 impl AppConfig {
-    pub fn from_spec(spec: &PodSpec, stdin: StdinSource) -> Result<AppConfig, AppError> {
-        let env_strings = spec.effective_env();
+    /// The pod's app.
+    pub fn from_spec(spec: &PodSpec) -> Result<AppConfig, AppError> {
+        let stdio = if spec.stdio.tty {
+            StdioSetup::Tty
+        } else {
+            StdioSetup::Pipes {
+                stdin: spec.stdio.interactive,
+            }
+        };
+        let p = &spec.app;
+        Self::new(
+            &p.argv,
+            &spec.effective_env(),
+            &p.cwd,
+            p.user,
+            spec.security.no_new_privileges,
+            stdio,
+        )
+    }
+
+    /// A process started by `berth exec` (its environment is already merged
+    /// by the host).
+    pub fn from_process(p: &Process, no_new_privs: bool) -> Result<AppConfig, AppError> {
+        let stdio = if p.tty {
+            StdioSetup::Tty
+        } else {
+            StdioSetup::Pipes { stdin: p.stdin }
+        };
+        Self::new(&p.argv, &p.env, &p.cwd, p.user, no_new_privs, stdio)
+    }
+
+    fn new(
+        argv: &[String],
+        env_strings: &[String],
+        cwd: &str,
+        user: berth_spec::User,
+        no_new_privs: bool,
+        stdio: StdioSetup,
+    ) -> Result<AppConfig, AppError> {
         let path = env_strings
             .iter()
             .rev()
             .find_map(|e| e.strip_prefix("PATH="))
             .unwrap_or(berth_spec::DEFAULT_PATH)
             .to_string();
-        let command = spec.app.argv.first().cloned().unwrap_or_default();
-        let argv = spec
-            .app
-            .argv
+        let command = argv.first().cloned().unwrap_or_default();
+        let argv = argv
             .iter()
             .map(|a| cstring(a, "app.argv"))
             .collect::<Result<Vec<_>, _>>()?;
@@ -90,11 +131,11 @@ impl AppConfig {
             argv,
             env,
             candidates,
-            cwd: cstring(&spec.app.cwd, "app.cwd")?,
-            uid: spec.app.user.uid,
-            gid: spec.app.user.gid,
-            no_new_privs: spec.security.no_new_privileges,
-            stdin,
+            cwd: cstring(cwd, "app.cwd")?,
+            uid: user.uid,
+            gid: user.gid,
+            no_new_privs,
+            stdio,
             drop_ioperm: None,
         })
     }
@@ -231,17 +272,23 @@ impl StartFailure {
             ),
             ChildStep::Session => format!("berth: setsid: {desc}\n"),
             ChildStep::NoNewPrivs => format!("berth: cannot set no_new_privs: {desc}\n"),
-            ChildStep::Stdio => format!("berth: cannot set up stdin: {desc}\n"),
+            ChildStep::Stdio => format!("berth: cannot set up stdio: {desc}\n"),
         }
     }
 }
 
-/// A started app.
+/// A started process and the parent's ends of its standard streams.
 #[derive(Debug)]
 pub struct Started {
     pub pid: Pid,
-    /// Write end of the stdin pipe ([`StdinSource::Pipe`]).
+    /// Write end of the stdin pipe (`Pipes { stdin: true }`), non-blocking.
     pub stdin: Option<OwnedFd>,
+    /// Read ends of the stdout and stderr pipes, non-blocking.
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+    /// The pseudo-terminal's master (tty mode), non-blocking: output is read
+    /// from it and input written to it.
+    pub tty: Option<OwnedFd>,
     /// Set when the child could not exec; it exits with `failure.status()`.
     pub failure: Option<StartFailure>,
 }
@@ -252,6 +299,28 @@ fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), Errno> {
     Errno::result(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
     // SAFETY: both fds were just created and are owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn set_nonblocking(fd: &OwnedFd) {
+    // SAFETY: F_SETFL on an fd we own.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+}
+
+/// A new pseudo-terminal: (master, slave), both close-on-exec; the slave is
+/// opened without becoming our controlling terminal.
+fn open_pty() -> Result<(OwnedFd, OwnedFd), Errno> {
+    let master = crate::sys::open(c"/dev/ptmx", libc::O_RDWR | libc::O_NOCTTY)?;
+    let mut unlock: libc::c_int = 0;
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCSPTLCK reads an int, TIOCGPTN writes an unsigned int; both
+    // point to live locals.
+    unsafe {
+        Errno::result(libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &mut unlock))?;
+        Errno::result(libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n))?;
+    }
+    let path = CString::new(format!("/dev/pts/{n}")).map_err(|_| Errno::EINVAL)?;
+    let slave = crate::sys::open(&path, libc::O_RDWR | libc::O_NOCTTY)?;
+    Ok((master, slave))
 }
 
 /// Stack for the vfork-style child (see [`spawn`]); only touched pages cost.
@@ -266,12 +335,22 @@ unsafe impl Sync for ChildStack {}
 
 static CHILD_STACK: ChildStack = ChildStack(UnsafeCell::new([0; CHILD_STACK_SIZE]));
 
+/// The child's ends of its standard streams (raw: they are only borrowed).
+struct ChildFds {
+    /// None: open /dev/null.
+    stdin: Option<RawFd>,
+    stdout: RawFd,
+    stderr: RawFd,
+    /// The slave is also made the controlling terminal.
+    tty: bool,
+}
+
 /// What the child needs, passed through clone's argument pointer.
 struct ChildArgs<'a> {
     cfg: &'a AppConfig,
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
-    stdin_pipe: Option<RawFd>,
+    fds: ChildFds,
     status_w: RawFd,
 }
 
@@ -279,7 +358,7 @@ extern "C" fn child_main(arg: *mut c_void) -> libc::c_int {
     // SAFETY: `arg` points to the ChildArgs on the parent's stack, which
     // stays alive and untouched while the parent is suspended (CLONE_VFORK).
     let a = unsafe { &*(arg as *const ChildArgs<'_>) };
-    let failure = child(a.cfg, a.argv, a.envp, a.stdin_pipe);
+    let failure = child(a.cfg, a.argv, a.envp, &a.fds);
     let rec = failure.encode();
     // SAFETY: write the record to the close-on-exec pipe and leave with
     // exit_group (this child is its own thread group) without running any
@@ -290,20 +369,49 @@ extern "C" fn child_main(arg: *mut c_void) -> libc::c_int {
     }
 }
 
-/// Start the app. The caller has blocked the signals it waits for (the
+/// Start a process. The caller has blocked the signals it waits for (the
 /// child unblocks all of them).
 ///
 /// `clone(CLONE_VM | CLONE_VFORK)` on a separate stack, like posix_spawn,
 /// rather than fork: no page tables to copy and no copy-on-write faults,
 /// which on nested KVM are emulated guest-kernel work; and no hidden
 /// sigprocmask calls (musl's fork adds four). The parent sleeps until the
-/// child has exec-ed or exited. Happy path in the parent: pipe2, clone,
-/// close, read, close (+ pipe2 and fcntl for an interactive stdin).
+/// child has exec-ed or exited. Happy path in the parent: pipe2 ×3 (status,
+/// stdout, stderr), clone, closes, one read.
 pub fn spawn(cfg: &AppConfig) -> Result<Started, AppError> {
     let (status_r, status_w) = pipe_cloexec().map_err(AppError::Pipe)?;
-    let stdin_pipe = match cfg.stdin {
-        StdinSource::Pipe => Some(pipe_cloexec().map_err(AppError::StdinPipe)?),
-        _ => None,
+    // (parent end, child end) pairs.
+    let mut stdin_pipe = None;
+    let mut out_pipes = None;
+    let mut pty = None;
+    let fds = match cfg.stdio {
+        StdioSetup::Tty => {
+            let (m, s) = open_pty().map_err(AppError::Pty)?;
+            let raw = s.as_raw_fd();
+            pty = Some((m, s));
+            ChildFds {
+                stdin: Some(raw),
+                stdout: raw,
+                stderr: raw,
+                tty: true,
+            }
+        }
+        StdioSetup::Pipes { stdin } => {
+            if stdin {
+                let (r, w) = pipe_cloexec().map_err(AppError::StdioPipe)?;
+                stdin_pipe = Some((w, r));
+            }
+            let (or, ow) = pipe_cloexec().map_err(AppError::StdioPipe)?;
+            let (er, ew) = pipe_cloexec().map_err(AppError::StdioPipe)?;
+            let f = ChildFds {
+                stdin: stdin_pipe.as_ref().map(|(_, r): &(OwnedFd, OwnedFd)| r.as_raw_fd()),
+                stdout: ow.as_raw_fd(),
+                stderr: ew.as_raw_fd(),
+                tty: false,
+            };
+            out_pipes = Some(((or, ow), (er, ew)));
+            f
+        }
     };
     let argv: Vec<*const libc::c_char> = cfg
         .argv
@@ -321,7 +429,7 @@ pub fn spawn(cfg: &AppConfig) -> Result<Started, AppError> {
         cfg,
         argv: &argv,
         envp: &envp,
-        stdin_pipe: stdin_pipe.as_ref().map(|(r, _)| r.as_raw_fd()),
+        fds,
         status_w: status_w.as_raw_fd(),
     };
     // The stack grows down from the (16-byte aligned) end of the buffer.
@@ -347,16 +455,17 @@ pub fn spawn(cfg: &AppConfig) -> Result<Started, AppError> {
         return Err(AppError::Fork(Errno::last()));
     }
     drop(status_w);
-    let stdin = match stdin_pipe {
-        Some((r, w)) => {
-            drop(r);
-            // Never let a full pipe block PID 1: excess input is dropped.
-            // SAFETY: F_SETFL on an fd we own.
-            unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-            Some(w)
-        }
-        None => None,
+    // Drop the child's ends; keep ours, non-blocking: PID 1 never blocks on
+    // a process' streams.
+    let stdin = stdin_pipe.map(|(w, _)| w);
+    let (stdout, stderr) = match out_pipes {
+        Some(((or, _), (er, _))) => (Some(or), Some(er)),
+        None => (None, None),
     };
+    let tty = pty.map(|(m, _)| m);
+    for fd in [&stdin, &stdout, &stderr, &tty].into_iter().flatten() {
+        set_nonblocking(fd);
+    }
     let mut buf = [0u8; 8];
     let n = loop {
         // SAFETY: reads into a live buffer of the given length.
@@ -371,6 +480,9 @@ pub fn spawn(cfg: &AppConfig) -> Result<Started, AppError> {
     Ok(Started {
         pid: Pid::from_raw(pid),
         stdin,
+        stdout,
+        stderr,
+        tty,
         failure,
     })
 }
@@ -380,7 +492,7 @@ fn child(
     cfg: &AppConfig,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
-    stdin_pipe: Option<RawFd>,
+    fds: &ChildFds,
 ) -> StartFailure {
     let fail = |step| StartFailure {
         step,
@@ -393,6 +505,9 @@ fn child(
         if libc::setsid() < 0 {
             return fail(ChildStep::Session);
         }
+        if fds.tty && libc::ioctl(fds.stdout, libc::TIOCSCTTY, 0) < 0 {
+            return fail(ChildStep::Stdio);
+        }
         if let Some((first, count)) = cfg.drop_ioperm {
             libc::ioperm(libc::c_ulong::from(first), libc::c_ulong::from(count), 0);
         }
@@ -401,17 +516,20 @@ fn child(
         }
         // Stdio first, then cwd, then the user: the ns stage1's order (and
         // /dev/null is opened with root's rights).
-        let stdin_fd = match cfg.stdin {
-            StdinSource::Pipe => stdin_pipe,
-            StdinSource::Null => match crate::sys::open(c"/dev/null", libc::O_RDONLY) {
+        let stdin_fd = match fds.stdin {
+            Some(fd) => fd,
+            None => match crate::sys::open(c"/dev/null", libc::O_RDONLY) {
                 // Close-on-exec: the copy dup2-ed to 0 is what stays.
-                Ok(fd) => Some(fd.into_raw_fd()),
+                Ok(fd) => fd.into_raw_fd(),
                 Err(_) => return fail(ChildStep::Stdio),
             },
         };
-        if let Some(fd) = stdin_fd {
-            // dup2 clears close-on-exec on fd 0.
-            if fd != 0 && libc::dup2(fd, 0) < 0 {
+        // dup2 clears close-on-exec on the copies. The parent's ends are
+        // all above 2 (0-2 are the console in the VM, the control socket or
+        // the test's streams in supervise mode), so no source is clobbered
+        // before it is copied.
+        for (fd, to) in [(stdin_fd, 0), (fds.stdout, 1), (fds.stderr, 2)] {
+            if fd != to && libc::dup2(fd, to) < 0 {
                 return fail(ChildStep::Stdio);
             }
         }
@@ -601,7 +719,7 @@ mod tests {
         assert_eq!(StartFailure::decode(&[]), None);
         assert_eq!(StartFailure::decode(&[9, 0, 0, 0, 0]), None);
         let spec = crate::test_support::spec();
-        let cfg = AppConfig::from_spec(&spec, StdinSource::Null).expect("cfg");
+        let cfg = AppConfig::from_spec(&spec).expect("cfg");
         let mut cfg = cfg;
         cfg.command = "foo".into();
         assert_eq!(f.message(&cfg), "berth: exec \"foo\": command not found\n");
@@ -628,7 +746,7 @@ mod tests {
         let mut spec = crate::test_support::spec();
         spec.app.argv = vec!["sh".into(), "-c".into(), "x".into()];
         spec.app.env = vec!["PATH=/opt/bin:/bin".into(), "A=1".into()];
-        let cfg = AppConfig::from_spec(&spec, StdinSource::Null).expect("cfg");
+        let cfg = AppConfig::from_spec(&spec).expect("cfg");
         assert_eq!(
             cfg.candidates,
             [c"/opt/bin/sh".to_owned(), c"/bin/sh".to_owned()]
@@ -636,7 +754,7 @@ mod tests {
         assert!(cfg.env.iter().any(|e| e.as_bytes() == b"container=berth"));
         assert!(cfg.env.iter().any(|e| e.as_bytes() == b"A=1"));
         spec.app.env.clear();
-        let cfg = AppConfig::from_spec(&spec, StdinSource::Null).expect("cfg");
+        let cfg = AppConfig::from_spec(&spec).expect("cfg");
         assert_eq!(
             cfg.candidates.len(),
             berth_spec::DEFAULT_PATH.split(':').count()

@@ -3,7 +3,7 @@
 //! Every message is formatted first and written with a single `write(2)` to
 //! fd 2 (each guest syscall is expensive, and one write keeps lines whole).
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 
@@ -76,18 +76,8 @@ impl Console {
         Ok(Console { fd: owned })
     }
 
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.fd.as_fd()
-    }
-
     pub fn raw(&self) -> RawFd {
         self.fd.as_raw_fd()
-    }
-
-    /// Put the console in raw mode (see [`make_raw`]).
-    pub fn make_raw(&self) -> Result<(), Errno> {
-        make_raw(self.raw())
     }
 
     /// Wait until everything written to the console has been sent, so that
@@ -98,23 +88,3 @@ impl Console {
     }
 }
 
-/// Raw mode, no echo, on the tty behind `fd`: the host's control bytes are
-/// neither echoed back nor interpreted (no ^C signals, no CR/NL mapping), and
-/// the app's output goes out byte for byte (no `\n` → `\r\n`), so the host
-/// sees the same stdout as with the ns stage1.
-///
-/// One `TCSETS` with a termios built from scratch instead of
-/// tcgetattr+cfmakeraw+tcsetattr: saves a guest syscall. The baud rate is
-/// meaningless on the emulated UART.
-pub fn make_raw(fd: RawFd) -> Result<(), Errno> {
-    // SAFETY: termios is plain old data; all-zero is valid and means "every
-    // flag off", which is raw mode apart from the fields set below.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    t.c_cflag = libc::CS8 | libc::CREAD | libc::CLOCAL | libc::B115200;
-    t.c_cc[libc::VMIN] = 1;
-    t.c_cc[libc::VTIME] = 0;
-    // SAFETY: TCSETS reads one termios from a live pointer; a bad fd only
-    // makes it fail.
-    let r = unsafe { libc::ioctl(fd, libc::TCSETS, &t as *const libc::termios) };
-    Errno::result(r).map(drop)
-}

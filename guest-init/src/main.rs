@@ -33,28 +33,30 @@
 mod app;
 mod arena;
 mod console;
-mod control;
 mod mounts;
 mod net;
 mod ports;
 mod reaper;
+mod session;
 mod sys;
 #[cfg(test)]
 mod test_support;
 mod trace;
+mod vsock;
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
+use berth_spec::control;
 use berth_spec::kvm::{BOOT_MARK_PORT, GUEST_INIT_FAILED, INITRAMFS_SPEC_PATH, STATUS_PORT};
 use berth_spec::{NetworkMode, PodSpec, SpecError, EXIT_BERTH_FAILED};
 use nix::errno::Errno;
 
-use crate::app::{AppConfig, StdinSource};
+use crate::app::AppConfig;
 use crate::console::Console;
-use crate::control::Mode;
 use crate::ports::Ports;
 use crate::reaper::Scope;
+use crate::session::{Conn, ExecPolicy};
 
 /// Memory without syscalls: see arena.rs.
 #[cfg(not(test))]
@@ -65,7 +67,7 @@ static ALLOC: arena::Arena = arena::Arena::new();
 enum InitError {
     #[error("guest-init must run as PID 1 of a berth VM (this is pid {0}); tests use --supervise POD_JSON")]
     NotPid1(i32),
-    #[error("usage: berth-guest-init [--supervise POD_JSON]")]
+    #[error("usage: berth-guest-init [--supervise POD_JSON [EXEC_SOCKET]]")]
     Usage,
     #[error("cannot open {0}")]
     OpenSpec(String, #[source] Errno),
@@ -75,8 +77,6 @@ enum InitError {
     SpecUtf8(String),
     #[error(transparent)]
     Spec(#[from] SpecError),
-    #[error("pseudo-terminals (--tty) are not supported by the kvm stage1 yet")]
-    TtyUnsupported,
     #[error("cannot set the hostname to {0:?}")]
     Hostname(String, #[source] Errno),
     #[error("cannot become a child subreaper")]
@@ -118,7 +118,7 @@ extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc:
         })
         .collect();
     match args.get(1).map(|a| a.to_bytes()) {
-        Some(b"--supervise") => supervise_mode(args.get(2).copied()),
+        Some(b"--supervise") => supervise_mode(args.get(2).copied(), args.get(3).copied()),
         _ => pid1(),
     }
 }
@@ -137,8 +137,6 @@ struct State {
     console: Option<Console>,
     sfd: Option<OwnedFd>,
     root: Root,
-    /// The console was made raw through fd 0 before the boot mark.
-    early_raw: bool,
 }
 
 fn pid1() -> libc::c_int {
@@ -150,18 +148,11 @@ fn pid1() -> libc::c_int {
         console::say(&InitError::NotPid1(pid).to_string());
         return EXIT_BERTH_FAILED;
     }
-    // Raw mode before the boot mark: the VMM starts delivering host input
-    // at the mark, and the kernel's default line discipline would echo it
-    // into the app's stdout. fd 0 is the console when the initramfs has a
-    // /dev/console node (the kernel opens it for init); else this fails and
-    // the console is made raw once opened.
-    let early_raw = console::make_raw(0).is_ok();
     let mut ports = Ports::boot_mark(BOOT_MARK_PORT, STATUS_PORT);
     let mut st = State {
         console: None,
         sfd: None,
         root: Root::Initramfs,
-        early_raw,
     };
     let status = match boot(&mut st, &ports).and_then(|cfg| run_app(&mut st, cfg)) {
         Ok(code) => code,
@@ -174,37 +165,37 @@ fn pid1() -> libc::c_int {
 }
 
 /// Steps 2 and 3: from the bare initramfs to the pod's root.
-fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, Mode), Fatal> {
+fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, ExecPolicy), Fatal> {
     mounts::apply_initramfs(&mounts::initramfs_plan()).map_err(fatal("/dev"))?;
     trace::init();
     trace::mark("/dev mounted");
     let console = Console::open().map_err(fatal("console"))?;
-    if !st.early_raw {
-        if let Err(e) = console.make_raw() {
-            console::say(&format!("console: cannot set raw mode: {e}"));
-        }
-    }
     st.console = Some(console);
     if let Some(p) = ports.out_problem() {
         console::say(&format!("port I/O: {p}; falling back to /dev/port"));
     }
     let spec = read_spec(INITRAMFS_SPEC_PATH).map_err(fatal("pod spec"))?;
     trace::mark("console ready, spec read");
-    check_supported(&spec).map_err(fatal("pod spec"))?;
     if spec.network.mode == NetworkMode::Host {
         return Err(fatal("network")(net::NetError::HostUnsupported));
     }
     // Everything that can be refused is refused before touching the disk.
     let plan = mounts::pod_plan(&spec, mounts::NEWROOT).map_err(fatal("mounts"))?;
-    let (stdin, mode) = stdin_for(&spec);
-    let mut cfg = AppConfig::from_spec(&spec, stdin).map_err(fatal("app"))?;
-    if ports.out_works() && spec.app.user.uid != 0 {
-        cfg.drop_ioperm = Some((BOOT_MARK_PORT.min(STATUS_PORT), 2));
+    let mut cfg = AppConfig::from_spec(&spec).map_err(fatal("app"))?;
+    let mut policy = ExecPolicy {
+        no_new_privs: spec.security.no_new_privileges,
+        drop_ioperm: None,
+    };
+    if ports.out_works() {
+        policy.drop_ioperm = Some((BOOT_MARK_PORT.min(STATUS_PORT), 2));
+        if spec.app.user.uid != 0 {
+            cfg.drop_ioperm = policy.drop_ioperm;
+        }
     }
 
-    mounts::mount_root().map_err(fatal("root disk"))?;
+    mounts::mount_root().map_err(fatal("root filesystem"))?;
     st.root = Root::AtNewroot;
-    trace::mark("root disk mounted");
+    trace::mark("root filesystem mounted");
     if trace::enabled() {
         for step in &plan {
             mounts::apply_step(step).map_err(fatal("mounts"))?;
@@ -225,24 +216,20 @@ fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, Mode), Fatal> {
         console::say(&format!("network: {}", console::chain(&e)));
     }
     trace::mark("hostname and lo set");
-    Ok((cfg, mode))
+    Ok((cfg, policy))
 }
 
-/// Steps 4 and 5.
-fn run_app(st: &mut State, (cfg, mode): (AppConfig, Mode)) -> Result<i32, Fatal> {
+/// Steps 4 and 5: connect the control channel, start the app, serve it
+/// and exec sessions until it exits.
+fn run_app(st: &mut State, (cfg, policy): (AppConfig, ExecPolicy)) -> Result<i32, Fatal> {
     let sfd = reaper::sigchld_fd().map_err(fatal("signals"))?;
     let sfd: &OwnedFd = st.sfd.insert(sfd);
-    let started = app::spawn(&cfg).map_err(fatal("app"))?;
+    let conn = vsock::connect_host(control::MAIN_PORT).map_err(fatal("control channel"))?;
+    let listener = vsock::listen(control::EXEC_PORT).map_err(fatal("control channel"))?;
+    trace::mark("control channel connected");
+    let main = session::start_main(Conn::new(conn), &cfg).map_err(fatal("app"))?;
     trace::mark("app started (exec done)");
-    if let Some(f) = started.failure {
-        console::write_line(&f.message(&cfg));
-    }
-    let io = reaper::Io {
-        console: st.console.as_ref().map(Console::fd),
-        mode,
-        stdin: started.stdin,
-    };
-    reaper::supervise(sfd.as_fd(), started.pid, io).map_err(fatal("supervision"))
+    session::run(sfd.as_fd(), main, Some(listener.as_fd()), policy).map_err(fatal("supervision"))
 }
 
 /// Step 6. Never returns.
@@ -281,8 +268,8 @@ fn power_off(status: i32, st: &State, ports: &mut Ports) -> ! {
 
 // ----------------------------------------------------------- supervise --
 
-fn supervise_mode(spec_path: Option<&CStr>) -> libc::c_int {
-    match supervised(spec_path) {
+fn supervise_mode(spec_path: Option<&CStr>, exec_socket: Option<&CStr>) -> libc::c_int {
+    match supervised(spec_path, exec_socket) {
         Ok(code) => code,
         Err(f) => {
             console::say(&f.to_string());
@@ -291,56 +278,52 @@ fn supervise_mode(spec_path: Option<&CStr>) -> libc::c_int {
     }
 }
 
-/// Steps 4-5 in the current root: the spec's app, reaped as a subreaper,
-/// control lines from stdin, exit status as the process' own.
-fn supervised(spec_path: Option<&CStr>) -> Result<i32, Fatal> {
+/// Steps 4-5 in the current root, for tests: fd 0 is the main control
+/// connection (a socket), exec connections are accepted on the unix socket
+/// EXEC_SOCKET when given; children are reaped as a subreaper; the exit
+/// status is the app's.
+fn supervised(spec_path: Option<&CStr>, exec_socket: Option<&CStr>) -> Result<i32, Fatal> {
     let path = spec_path
         .ok_or(InitError::Usage)
         .map_err(fatal("arguments"))?
         .to_string_lossy()
         .into_owned();
     let spec = read_spec(&path).map_err(fatal("pod spec"))?;
-    check_supported(&spec).map_err(fatal("pod spec"))?;
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only changes how orphans of
     // this process are reparented.
     Errno::result(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })
         .map_err(InitError::Subreaper)
         .map_err(fatal("supervise"))?;
-    let (stdin, mode) = stdin_for(&spec);
-    let cfg = AppConfig::from_spec(&spec, stdin).map_err(fatal("app"))?;
-    let sfd = reaper::sigchld_fd().map_err(fatal("signals"))?;
-    let started = app::spawn(&cfg).map_err(fatal("app"))?;
-    if let Some(f) = started.failure {
-        console::write_line(&f.message(&cfg));
-    }
-    // SAFETY: fd 0 stays open for the life of the process.
-    let control = unsafe { BorrowedFd::borrow_raw(0) };
-    let io = reaper::Io {
-        console: Some(control),
-        mode,
-        stdin: started.stdin,
+    let cfg = AppConfig::from_spec(&spec).map_err(fatal("app"))?;
+    let listener = match exec_socket {
+        Some(p) => Some(
+            std::os::unix::net::UnixListener::bind(p.to_string_lossy().as_ref())
+                .map_err(fatal("exec socket"))?,
+        ),
+        None => None,
     };
-    let code = reaper::supervise(sfd.as_fd(), started.pid, io).map_err(fatal("supervision"))?;
-    reaper::terminate(Some(sfd.as_fd()), Scope::Group(started.pid));
+    let sfd = reaper::sigchld_fd().map_err(fatal("signals"))?;
+    // SAFETY: fd 0 is the control socket the test handed us; from here on
+    // it is owned by the session.
+    let conn = Conn::new(unsafe { OwnedFd::from_raw_fd(0) });
+    let main = session::start_main(conn, &cfg).map_err(fatal("app"))?;
+    let app_pid = main.pid();
+    let policy = ExecPolicy {
+        no_new_privs: spec.security.no_new_privileges,
+        drop_ioperm: None,
+    };
+    let code = session::run(
+        sfd.as_fd(),
+        main,
+        listener.as_ref().map(|l| l.as_fd()),
+        policy,
+    )
+    .map_err(fatal("supervision"))?;
+    reaper::terminate(Some(sfd.as_fd()), Scope::Group(app_pid));
     Ok(code)
 }
 
 // -------------------------------------------------------------- common --
-
-fn stdin_for(spec: &PodSpec) -> (StdinSource, Mode) {
-    if spec.stdio.interactive {
-        (StdinSource::Pipe, Mode::Interactive)
-    } else {
-        (StdinSource::Null, Mode::ControlOnly)
-    }
-}
-
-fn check_supported(spec: &PodSpec) -> Result<(), InitError> {
-    if spec.stdio.tty {
-        return Err(InitError::TtyUnsupported);
-    }
-    Ok(())
-}
 
 /// Read, parse and validate the spec: open + one read (+ more only if the
 /// file fills the buffer). A short read of a regular file is its end; the fd
@@ -399,29 +382,20 @@ mod tests {
 
     #[test]
     fn fatal_lines_name_the_step_and_cause() {
-        let f = fatal("root disk")(mounts::MountError::NoRootDevice { waited_ms: 3000 });
+        let f = fatal("root filesystem")(mounts::MountError::Mount {
+            fstype: "virtiofs".into(),
+            source_path: "rootfs".into(),
+            target: "/newroot".into(),
+            source: Errno::ENODEV,
+        });
         assert_eq!(
             f.to_string(),
-            "root disk: root disk /dev/vda did not appear within 3000 ms"
+            "root filesystem: cannot mount virtiofs rootfs on /newroot: ENODEV: No such device"
         );
         let f = fatal("console")(console::ConsoleError::Open(Errno::ENOENT));
         assert_eq!(
             f.to_string(),
             "console: cannot open /dev/console: ENOENT: No such file or directory"
         );
-    }
-
-    #[test]
-    fn tty_is_refused() {
-        let mut spec = test_support::spec();
-        spec.stdio.tty = true;
-        assert!(matches!(
-            check_supported(&spec),
-            Err(InitError::TtyUnsupported)
-        ));
-        spec.stdio.tty = false;
-        spec.stdio.interactive = true;
-        assert!(check_supported(&spec).is_ok());
-        assert_eq!(stdin_for(&spec), (StdinSource::Pipe, Mode::Interactive));
     }
 }

@@ -6,30 +6,20 @@
 //! directories never exist ([`MkDir::First`]).
 
 use std::ffi::{CStr, CString};
-use std::time::{Duration, Instant};
 
 use berth_spec::PodSpec;
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::Mode;
 
-/// The virtio-blk disk holding the pod's root filesystem (the first and, in
-/// this part, only disk the VMM attaches).
-pub const ROOT_DEVICE: &str = "/dev/vda";
-pub const ROOT_FSTYPE: &str = "ext4";
+/// The pod's root filesystem: the virtio-fs share of the host's pod
+/// rootfs (the overlay), so changes are seen on both sides.
+pub const ROOT_FSTYPE: &str = "virtiofs";
 /// Where the pod's root is mounted inside the initramfs before switching.
 pub const NEWROOT: &str = "/newroot";
-/// How long to wait for the root disk's device node to appear.
-pub const ROOT_DEVICE_WAIT: Duration = Duration::from_secs(3);
-const ROOT_DEVICE_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error(
-        "volumes are not supported by the kvm stage1 yet ({count} requested, first at {first}); \
-         they arrive with virtio-fs"
-    )]
-    VolumesUnsupported { count: usize, first: String },
     #[error("cannot mount {fstype} {source_path} on {target}")]
     Mount {
         fstype: String,
@@ -58,8 +48,6 @@ pub enum MountError {
         #[source]
         source: Errno,
     },
-    #[error("root disk {ROOT_DEVICE} did not appear within {waited_ms} ms")]
-    NoRootDevice { waited_ms: u128 },
     #[error("cannot switch root to {NEWROOT}: {step} failed")]
     SwitchRoot {
         step: &'static str,
@@ -77,13 +65,15 @@ pub enum MkDir {
     IfMissing,
     /// Create the directory first (it cannot exist yet).
     First,
+    /// Like `IfMissing`, creating missing parents too (volume mount points).
+    Parents,
 }
 
 /// One step of a mount plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     Mount {
-        source: &'static str,
+        source: String,
         target: String,
         fstype: &'static str,
         flags: MsFlags,
@@ -123,7 +113,7 @@ const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
 /// root disk's node and /dev/console. (/proc and /sys are not needed there.)
 pub fn initramfs_plan() -> Vec<Step> {
     vec![Step::Mount {
-        source: "devtmpfs",
+        source: "devtmpfs".into(),
         target: "/dev".into(),
         fstype: "devtmpfs",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
@@ -136,18 +126,14 @@ pub fn initramfs_plan() -> Vec<Step> {
 /// stage1's: proc, sys (read-only), the initramfs' devtmpfs moved to /dev,
 /// a private devpts, /dev/shm, the /dev/fd and /dev/std* links, and /tmp and
 /// /run directories (not tmpfs, as in the ns stage1).
-/// Volumes (`spec.mounts`) are refused in this part.
+/// Then each volume (`spec.mounts[i]`): the virtio-fs share tagged
+/// `vol<i>` at its destination (missing directories created), read-only
+/// when asked (the host's server refuses writes to it too).
 pub fn pod_plan(spec: &PodSpec, root: &str) -> Result<Vec<Step>, MountError> {
-    if let Some(first) = spec.mounts.first() {
-        return Err(MountError::VolumesUnsupported {
-            count: spec.mounts.len(),
-            first: first.destination.clone(),
-        });
-    }
     let at = |p: &str| format!("{}{p}", root.trim_end_matches('/'));
     let mut plan = vec![
         Step::Mount {
-            source: "proc",
+            source: "proc".into(),
             target: at("/proc"),
             fstype: "proc",
             flags: NOSUID_NODEV_NOEXEC,
@@ -155,7 +141,7 @@ pub fn pod_plan(spec: &PodSpec, root: &str) -> Result<Vec<Step>, MountError> {
             mkdir: MkDir::IfMissing,
         },
         Step::Mount {
-            source: "sysfs",
+            source: "sysfs".into(),
             target: at("/sys"),
             fstype: "sysfs",
             flags: NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY,
@@ -168,7 +154,7 @@ pub fn pod_plan(spec: &PodSpec, root: &str) -> Result<Vec<Step>, MountError> {
             mkdir: MkDir::IfMissing,
         },
         Step::Mount {
-            source: "devpts",
+            source: "devpts".into(),
             target: at("/dev/pts"),
             fstype: "devpts",
             flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
@@ -176,7 +162,7 @@ pub fn pod_plan(spec: &PodSpec, root: &str) -> Result<Vec<Step>, MountError> {
             mkdir: MkDir::First,
         },
         Step::Mount {
-            source: "tmpfs",
+            source: "tmpfs".into(),
             target: at("/dev/shm"),
             fstype: "tmpfs",
             flags: NOSUID_NODEV_NOEXEC,
@@ -197,6 +183,20 @@ pub fn pod_plan(spec: &PodSpec, root: &str) -> Result<Vec<Step>, MountError> {
         plan.push(Step::Symlink {
             target,
             link: at(link),
+        });
+    }
+    for (i, m) in spec.mounts.iter().enumerate() {
+        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if m.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        plan.push(Step::Mount {
+            source: berth_spec::kvm::volume_tag(i),
+            target: at(&m.destination),
+            fstype: ROOT_FSTYPE,
+            flags,
+            data: None,
+            mkdir: MkDir::Parents,
         });
     }
     Ok(plan)
@@ -232,6 +232,15 @@ fn with_mountpoint(
             mkdir(&c, path)?;
             Ok(op())
         }
+        Err(Errno::ENOENT) if policy == MkDir::Parents => {
+            let mut prefix = String::new();
+            for part in path.split('/').filter(|p| !p.is_empty()) {
+                prefix.push('/');
+                prefix.push_str(part);
+                mkdir(&cstr(&prefix)?, &prefix)?;
+            }
+            Ok(op())
+        }
         r => Ok(r),
     }
 }
@@ -248,7 +257,13 @@ pub fn apply_step(step: &Step) -> Result<(), MountError> {
             mkdir,
         } => {
             let r = with_mountpoint(target, *mkdir, || {
-                mount(Some(*source), target.as_str(), Some(*fstype), *flags, *data)
+                mount(
+                    Some(source.as_str()),
+                    target.as_str(),
+                    Some(*fstype),
+                    *flags,
+                    *data,
+                )
             })?;
             r.map_err(|e| MountError::Mount {
                 fstype: fstype.to_string(),
@@ -307,46 +322,17 @@ pub fn apply_initramfs(plan: &[Step]) -> Result<(), MountError> {
     Ok(())
 }
 
-/// Mount the root disk on [`NEWROOT`], waiting briefly for its device node
-/// (virtio probing normally finishes before /init runs, so the first try
-/// usually succeeds: one syscall).
+/// Mount the pod's root share on [`NEWROOT`] (the virtio device was probed
+/// before /init ran; 1 syscall, +1 if /newroot is missing).
 pub fn mount_root() -> Result<(), MountError> {
-    let start = Instant::now();
-    let mut created = false;
-    loop {
-        let r = mount(
-            Some(ROOT_DEVICE),
-            NEWROOT,
-            Some(ROOT_FSTYPE),
-            MsFlags::empty(),
-            None::<&str>,
-        );
-        match r {
-            Ok(()) => return Ok(()),
-            Err(Errno::ENOENT) if !created => {
-                // Either /newroot or the device node is missing; creating
-                // the mount point settles the first case.
-                mkdir(&cstr(NEWROOT)?, NEWROOT)?;
-                created = true;
-            }
-            Err(Errno::ENOENT | Errno::ENXIO) => {
-                if start.elapsed() >= ROOT_DEVICE_WAIT {
-                    return Err(MountError::NoRootDevice {
-                        waited_ms: start.elapsed().as_millis(),
-                    });
-                }
-                std::thread::sleep(ROOT_DEVICE_POLL);
-            }
-            Err(e) => {
-                return Err(MountError::Mount {
-                    fstype: ROOT_FSTYPE.into(),
-                    source_path: ROOT_DEVICE.into(),
-                    target: NEWROOT.into(),
-                    source: e,
-                })
-            }
-        }
-    }
+    apply_step(&Step::Mount {
+        source: berth_spec::kvm::ROOT_FS_TAG.into(),
+        target: NEWROOT.into(),
+        fstype: ROOT_FSTYPE,
+        flags: MsFlags::empty(),
+        data: None,
+        mkdir: MkDir::IfMissing,
+    })
 }
 
 /// Make [`NEWROOT`] the root, the switch_root way: the initramfs cannot be
@@ -453,17 +439,59 @@ mod tests {
     }
 
     #[test]
-    fn volumes_are_refused_clearly() {
+    fn volumes_are_virtiofs_shares_by_index() {
         let mut s = spec();
-        s.mounts.push(Mount {
-            source: "/srv".into(),
-            destination: "/data".into(),
-            read_only: false,
-        });
-        let err = pod_plan(&s, NEWROOT).expect_err("volumes");
-        let msg = err.to_string();
-        assert!(msg.contains("volumes are not supported"), "{msg}");
-        assert!(msg.contains("/data"), "{msg}");
+        for (dst, ro) in [("/data", false), ("/a/b/c", true)] {
+            s.mounts.push(Mount {
+                source: "/srv".into(),
+                destination: dst.into(),
+                read_only: ro,
+            });
+        }
+        let plan = pod_plan(&s, NEWROOT).unwrap();
+        let vols: Vec<_> = plan
+            .iter()
+            .filter_map(|st| match st {
+                Step::Mount {
+                    source,
+                    target,
+                    fstype: "virtiofs",
+                    flags,
+                    mkdir: MkDir::Parents,
+                    ..
+                } => Some((
+                    source.as_str(),
+                    target.as_str(),
+                    flags.contains(MsFlags::MS_RDONLY),
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            vols,
+            [
+                ("vol0", "/newroot/data", false),
+                ("vol1", "/newroot/a/b/c", true)
+            ]
+        );
+    }
+
+    #[test]
+    fn parents_of_a_mount_point_are_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = format!("{}/x/y/z", dir.path().display());
+        let mut calls = 0;
+        let r = with_mountpoint(&target, MkDir::Parents, || {
+            calls += 1;
+            if std::path::Path::new(&target).is_dir() {
+                Ok(())
+            } else {
+                Err(Errno::ENOENT)
+            }
+        })
+        .unwrap();
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, 2);
     }
 
     #[test]

@@ -1,9 +1,6 @@
-//! PID 1's loop: reap every child (orphans too), forward control commands
-//! to the app, and, once the app has exited, end everything else.
-//!
-//! One blocking `poll` over a signalfd (SIGCHLD) and the console: no busy
-//! loop and no timer while the app runs. A timeout is used only during the
-//! final grace period.
+//! SIGCHLD as a signalfd, and the end of a pod: once the app has exited,
+//! end everything else (SIGTERM, a grace period, SIGKILL), reaping. The
+//! loop that serves the app while it runs is session.rs.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -13,9 +10,6 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::app::encode_status;
-use crate::console;
-use crate::control::{Command, ControlParser, Event, Mode};
 
 /// How long the remaining processes get between SIGTERM and SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(2);
@@ -32,8 +26,6 @@ pub enum ReaperError {
     Poll(#[source] Errno),
     #[error("waitpid failed")]
     Wait(#[source] Errno),
-    #[error("the app (pid {0}) is not a child of guest-init any more")]
-    AppLost(Pid),
 }
 
 /// Block SIGCHLD (to read it from a signalfd) and SIGPIPE (a write to a
@@ -71,125 +63,15 @@ fn drain(sfd: BorrowedFd<'_>) {
     let _ = unsafe { libc::read(sfd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
 }
 
-/// Reap exited children without blocking. Returns the app's status if the
-/// app was among them (and stops there: the rest is reaped at shutdown),
-/// and whether no children are left at all.
-fn reap(app: Option<Pid>) -> Result<(Option<i32>, bool), ReaperError> {
+/// Reap exited children without blocking; true when none are left.
+fn reap_all() -> Result<bool, ReaperError> {
     loop {
         match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => return Ok((None, false)),
-            Ok(ws) => {
-                if ws.pid().is_some() && ws.pid() == app {
-                    if let Some(code) = encode_status(ws) {
-                        return Ok((Some(code), false));
-                    }
-                }
-            }
-            Err(Errno::EINTR) => {}
-            Err(Errno::ECHILD) => return Ok((None, true)),
+            Ok(WaitStatus::StillAlive) => return Ok(false),
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(Errno::ECHILD) => return Ok(true),
             Err(e) => return Err(ReaperError::Wait(e)),
         }
-    }
-}
-
-/// Where the host's control lines come from and where app input goes.
-pub struct Io<'a> {
-    /// Console input (None: no control channel).
-    pub console: Option<BorrowedFd<'a>>,
-    pub mode: Mode,
-    /// Write end of the app's stdin pipe (interactive).
-    pub stdin: Option<OwnedFd>,
-}
-
-/// Run until the app exits; return its status (exit code or 128+signal).
-pub fn supervise(sfd: BorrowedFd<'_>, app: Pid, mut io: Io<'_>) -> Result<i32, ReaperError> {
-    let mut parser = ControlParser::new(io.mode);
-    let mut events = Vec::new();
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let mut fds = vec![PollFd::new(sfd, PollFlags::POLLIN)];
-        if let Some(c) = io.console {
-            fds.push(PollFd::new(c, PollFlags::POLLIN));
-        }
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(ReaperError::Poll(e)),
-        }
-        let ready = |i: usize| {
-            fds.get(i)
-                .and_then(|f| f.revents())
-                .unwrap_or(PollFlags::empty())
-        };
-        let (sig, con) = (ready(0), ready(1));
-        drop(fds);
-        if !sig.is_empty() {
-            drain(sfd);
-            match reap(Some(app))? {
-                (Some(code), _) => return Ok(code),
-                (None, true) => return Err(ReaperError::AppLost(app)),
-                (None, false) => {}
-            }
-        }
-        if let Some(c) = io.console {
-            if con.contains(PollFlags::POLLIN) {
-                // SAFETY: reads into a live buffer of the given length.
-                let n = unsafe { libc::read(c.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                match Errno::result(n) {
-                    Ok(0) => io.console = None,
-                    Ok(n) => {
-                        let got = buf.get(..usize::try_from(n).unwrap_or(0)).unwrap_or(&[]);
-                        parser.feed(got, &mut events);
-                        for ev in events.drain(..) {
-                            handle(ev, app, &mut io.stdin);
-                        }
-                    }
-                    Err(Errno::EINTR | Errno::EAGAIN) => {}
-                    Err(e) => {
-                        console::say(&format!("console input stopped: {}", e.desc()));
-                        io.console = None;
-                    }
-                }
-            } else if con.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
-            {
-                io.console = None;
-            }
-        }
-    }
-}
-
-fn handle(ev: Event, app: Pid, stdin: &mut Option<OwnedFd>) {
-    match ev {
-        Event::Command(Command::Signal(n)) => {
-            // SAFETY: kill(2) with a pid we forked and a signal number the
-            // parser bounded to 1..=64.
-            let r = unsafe { libc::kill(app.as_raw(), n) };
-            if r < 0 && Errno::last() != Errno::ESRCH {
-                console::say(&format!(
-                    "cannot send signal {n} to the app: {}",
-                    Errno::last().desc()
-                ));
-            }
-        }
-        Event::Data(bytes) => {
-            let Some(fd) = stdin.as_ref() else { return };
-            // SAFETY: writes from a live buffer to the non-blocking pipe.
-            let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
-            match Errno::result(n) {
-                Ok(n) if usize::try_from(n).unwrap_or(0) == bytes.len() => {}
-                Ok(n) => console::say(&format!(
-                    "app stdin is full: dropped {} bytes",
-                    bytes.len() - usize::try_from(n).unwrap_or(0)
-                )),
-                Err(Errno::EAGAIN) => {
-                    console::say(&format!("app stdin is full: dropped {} bytes", bytes.len()))
-                }
-                // The app closed its stdin: stop feeding it.
-                Err(_) => *stdin = None,
-            }
-        }
-        Event::Invalid(line) => console::say(&format!(
-            "ignoring console input {line:?} (expected \"signal N\")"
-        )),
     }
 }
 
@@ -214,7 +96,7 @@ fn send(scope: Scope, sig: libc::c_int) -> Result<(), Errno> {
 /// Wait (reaping) until no children are left or `deadline` passes.
 fn wait_all(sfd: BorrowedFd<'_>, deadline: Instant) -> Result<bool, ReaperError> {
     loop {
-        if reap(None)?.1 {
+        if reap_all()? {
             return Ok(true);
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -246,7 +128,7 @@ pub fn terminate(sfd: Option<BorrowedFd<'_>>, scope: Scope) -> bool {
     }
     if let Err(Errno::ESRCH) = send(scope, libc::SIGKILL) {
         // Nothing left in scope; whatever remains are unrelated children.
-        return reap(None).map(|r| r.1).unwrap_or(false);
+        return reap_all().unwrap_or(false);
     }
     wait_all(sfd, Instant::now() + KILL_WAIT).unwrap_or(false)
 }

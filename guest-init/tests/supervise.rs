@@ -1,15 +1,18 @@
 //! End-to-end tests of the real guest-init binary without a VM: its
-//! `--supervise POD_JSON` mode runs the same app start, PID-1-style reaping
-//! (as a child subreaper), control-line handling and status encoding as
-//! inside the VM, in the current root, with control lines on stdin and the
-//! app's status as its exit code. The VM-only steps (mounts, switch root,
-//! ports, reboot) are not exercised here.
+//! `--supervise POD_JSON [EXEC_SOCKET]` mode runs the same app start,
+//! PID-1-style reaping (as a child subreaper), control-protocol sessions
+//! (`berth_spec::control`: the main connection on fd 0, exec connections on
+//! a unix socket) and status encoding as inside the VM, in the current root.
+//! The VM-only steps (mounts, switch root, vsock, ports, reboot) are not
+//! exercised here.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_spec::control::{io, Decoder, Message, Process, VERSION};
 use berth_spec::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth-guest-init");
@@ -62,6 +65,8 @@ fn fix_user(s: &mut PodSpec) {
 struct Run {
     _dir: tempfile::TempDir,
     child: Child,
+    conn: UnixStream,
+    exec_socket: std::path::PathBuf,
 }
 
 fn start(mut s: PodSpec) -> Run {
@@ -69,31 +74,113 @@ fn start(mut s: PodSpec) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("pod.json");
     std::fs::write(&p, s.to_json()).unwrap();
+    let exec_socket = dir.path().join("exec.sock");
+    let (mut conn, theirs) = UnixStream::pair().unwrap();
     let child = Command::new(BIN)
         .arg("--supervise")
         .arg(&p)
-        .stdin(Stdio::piped())
+        .arg(&exec_socket)
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    Run { _dir: dir, child }
+    io::send(&mut conn, &Message::Hello { version: VERSION }).unwrap();
+    Run {
+        _dir: dir,
+        child,
+        conn,
+        exec_socket,
+    }
+}
+
+/// What a control connection delivered.
+#[derive(Debug, Default)]
+struct Streams {
+    started: Option<bool>,
+    stdout: String,
+    /// Stderr frames, plus the Failed message and a newline (as the host
+    /// prints it).
+    stderr: String,
+    exit: Option<i32>,
+    /// Messages in arrival order, data frames as (kind, text).
+    order: Vec<(u8, String)>,
+}
+
+/// Read a connection to its end (or the Exit frame), with a deadline.
+fn collect(conn: &mut UnixStream) -> Streams {
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut dec = Decoder::new();
+    let mut st = Streams::default();
+    while let Ok(Some(m)) = io::recv(conn, &mut dec) {
+        match m {
+            Message::Hello { version } => assert_eq!(version, VERSION),
+            Message::Started => st.started = Some(true),
+            Message::Failed { message, .. } => {
+                st.started = Some(false);
+                st.stderr.push_str("berth: ");
+                st.stderr.push_str(&message);
+                st.stderr.push('\n');
+            }
+            Message::Stdout(d) => {
+                let t = String::from_utf8_lossy(&d).into_owned();
+                st.stdout.push_str(&t);
+                st.order.push((6, t));
+            }
+            Message::Stderr(d) => {
+                let t = String::from_utf8_lossy(&d).into_owned();
+                st.stderr.push_str(&t);
+                st.order.push((7, t));
+            }
+            Message::Exit(code) => {
+                st.exit = Some(code);
+                break;
+            }
+            other => panic!("unexpected {other:?} from guest-init"),
+        }
+    }
+    st
 }
 
 struct Outcome {
     code: i32,
     stdout: String,
     stderr: String,
+    /// guest-init's own diagnostics.
+    diag: String,
+    streams: Streams,
     took: Duration,
 }
 
 impl Run {
     fn send(&mut self, bytes: &[u8]) {
-        self.child.stdin.as_mut().unwrap().write_all(bytes).unwrap();
+        io::send(&mut self.conn, &Message::Stdin(bytes.to_vec())).unwrap();
+    }
+
+    fn signal(&mut self, n: i32) {
+        io::send(&mut self.conn, &Message::Signal(n)).unwrap();
+    }
+
+    /// Start `argv` through the exec socket; returns the connection.
+    fn exec(&self, p: Process) -> UnixStream {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut c = loop {
+            match UnixStream::connect(&self.exec_socket) {
+                Ok(c) => break c,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("exec socket: {e}"),
+            }
+        };
+        io::send(&mut c, &Message::Hello { version: VERSION }).unwrap();
+        io::send(&mut c, &Message::Exec(p)).unwrap();
+        c
     }
 
     fn finish(mut self) -> Outcome {
         let t0 = Instant::now();
+        let streams = collect(&mut self.conn);
         let deadline = t0 + Duration::from_secs(30);
         let status = loop {
             if let Some(st) = self.child.try_wait().unwrap() {
@@ -106,33 +193,47 @@ impl Run {
             std::thread::sleep(Duration::from_millis(10));
         };
         let took = t0.elapsed();
-        let mut stdout = String::new();
-        let mut stderr = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut stdout)
-            .unwrap();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        let mut diag = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut diag).unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut self.child.stdout.take().unwrap(), &mut out).unwrap();
+        assert_eq!(out, "", "nothing may reach guest-init's own stdout");
+        let code = status.code().unwrap_or(-1);
+        assert_eq!(streams.exit, Some(code), "Exit frame vs status; {diag}");
         Outcome {
-            code: status.code().unwrap_or(-1),
-            stdout,
-            stderr,
+            code,
+            stdout: streams.stdout.clone(),
+            stderr: format!("{}{diag}", streams.stderr),
+            diag,
+            streams,
             took,
         }
     }
 }
 
 fn run(s: PodSpec) -> Outcome {
-    let mut r = start(s);
-    drop(r.child.stdin.take());
-    r.finish()
+    start(s).finish()
+}
+
+fn process(argv: &[&str]) -> Process {
+    Process {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PATH=/usr/bin:/bin".into(), "X=exec".into()],
+        cwd: "/".into(),
+        user: if is_root() {
+            User { uid: 0, gid: 0 }
+        } else {
+            // SAFETY: getuid/getgid have no preconditions.
+            unsafe {
+                User {
+                    uid: libc::getuid(),
+                    gid: libc::getgid(),
+                }
+            }
+        },
+        tty: false,
+        stdin: false,
+    }
 }
 
 #[test]
@@ -150,20 +251,20 @@ fn death_by_signal_is_128_plus_n() {
 }
 
 #[test]
-fn signal_line_is_forwarded() {
+fn signal_frame_is_forwarded() {
     let mut r = start(spec(&["/bin/sleep", "100"]));
     std::thread::sleep(Duration::from_millis(200));
-    // Junk is reported and ignored; the command may be split across writes.
-    r.send(b"hello\nsig");
-    std::thread::sleep(Duration::from_millis(50));
-    r.send(b"nal 15\n");
+    // Out-of-range numbers are reported and ignored.
+    r.signal(0);
+    r.signal(15);
     let o = r.finish();
     assert_eq!(o.code, 143, "{}", o.stderr);
+    assert_eq!(o.streams.started, Some(true));
     assert!(
-        o.stderr
-            .contains("berth-guest-init: ignoring console input \"hello\""),
+        o.diag
+            .contains("berth-guest-init: ignoring signal 0 from the host"),
         "{}",
-        o.stderr
+        o.diag
     );
     assert!(o.took < Duration::from_secs(10));
 }
@@ -172,6 +273,7 @@ fn signal_line_is_forwarded() {
 fn command_not_found_is_127() {
     let o = run(spec(&["no-such-command-xyz"]));
     assert_eq!(o.code, 127);
+    assert_eq!(o.streams.started, Some(false));
     assert_eq!(
         o.stderr,
         "berth: exec \"no-such-command-xyz\": command not found\n"
@@ -254,16 +356,94 @@ fn orphans_are_reaped_while_the_app_runs() {
 }
 
 #[test]
-fn interactive_stdin_is_fed_from_the_console() {
-    let mut s = spec(&["/bin/cat"]);
+fn interactive_stdin_is_fed_and_closed() {
+    let mut s = spec(&["/bin/sh", "-c", "cat; echo eof"]);
     s.stdio.interactive = true;
     let mut r = start(s);
-    r.send(b"hello\nsignal x\n");
-    std::thread::sleep(Duration::from_millis(300));
-    r.send(b"signal 15\n");
+    r.send(b"hello\n");
+    r.send(b"world\n");
+    r.send(b"");
+    let o = r.finish();
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout, "hello\nworld\neof\n");
+}
+
+#[test]
+fn stdout_and_stderr_are_separate_streams_in_order() {
+    let o = run(spec(&[
+        "/bin/sh",
+        "-c",
+        "for i in 1 2 3; do echo out$i; echo err$i >&2; done; exit 2",
+    ]));
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert_eq!(o.stdout, "out1\nout2\nout3\n");
+    assert_eq!(o.stderr, "err1\nerr2\nerr3\n");
+}
+
+#[test]
+fn large_output_arrives_intact() {
+    let o = run(spec(&["/bin/sh", "-c", "seq 1 200000"]));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let want: String = (1..=200000).map(|i| format!("{i}\n")).collect();
+    assert!(o.stdout == want, "stdout differs ({} bytes)", o.stdout.len());
+}
+
+#[test]
+fn tty_mode_gives_a_terminal() {
+    let mut s = spec(&["/bin/sh", "-c", "test -t 0 && test -t 1 && echo tty; stty size"]);
+    s.stdio.tty = true;
+    s.stdio.interactive = true;
+    let mut r = start(s);
+    io::send(&mut r.conn, &Message::Resize { rows: 33, cols: 101 }).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let o = r.finish();
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // The terminal's line discipline turns \n into \r\n; stderr shares it.
+    assert!(o.stdout.starts_with("tty\r\n"), "{:?}", o.stdout);
+    assert_eq!(o.streams.order.iter().filter(|(k, _)| *k == 7).count(), 0);
+}
+
+#[test]
+fn exec_runs_a_second_process_with_its_own_streams_and_status() {
+    let r = start(spec(&["/bin/sleep", "100"]));
+    let mut c = r.exec(process(&["sh", "-c", "echo $X; echo e >&2; exit 9"]));
+    let st = collect(&mut c);
+    assert_eq!(st.started, Some(true));
+    assert_eq!((st.stdout.as_str(), st.stderr.as_str()), ("exec\n", "e\n"));
+    assert_eq!(st.exit, Some(9));
+    // Not found: Failed with the ns wording, then Exit 127.
+    let mut c = r.exec(process(&["no-such-cmd-q"]));
+    let st = collect(&mut c);
+    assert_eq!(st.started, Some(false));
+    assert_eq!(st.stderr, "berth: exec \"no-such-cmd-q\": command not found\n");
+    assert_eq!(st.exit, Some(127));
+    // stdin and signals reach the exec'd process; the app is untouched.
+    let mut p = process(&["cat"]);
+    p.stdin = true;
+    let mut c = r.exec(p);
+    io::send(&mut c, &Message::Stdin(b"in\n".to_vec())).unwrap();
+    io::send(&mut c, &Message::Stdin(vec![])).unwrap();
+    let st = collect(&mut c);
+    assert_eq!((st.stdout.as_str(), st.exit), ("in\n", Some(0)));
+    let mut c = r.exec(process(&["sleep", "100"]));
+    std::thread::sleep(Duration::from_millis(200));
+    io::send(&mut c, &Message::Signal(9)).unwrap();
+    assert_eq!(collect(&mut c).exit, Some(137));
+    // A host that hangs up kills its process (and nothing else).
+    let c = r.exec(process(&["sleep", "100"]));
+    std::thread::sleep(Duration::from_millis(200));
+    drop(c);
+    // Junk on the exec socket is refused without harm.
+    let mut j = UnixStream::connect(&r.exec_socket).unwrap();
+    j.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut dec = Decoder::new();
+    j.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(matches!(io::recv(&mut j, &mut dec), Ok(None) | Err(_)));
+    let mut r = r;
+    r.signal(15);
     let o = r.finish();
     assert_eq!(o.code, 143, "{}", o.stderr);
-    assert_eq!(o.stdout, "hello\nsignal x\n");
+    assert!(o.diag.contains("exec connection refused"), "{}", o.diag);
 }
 
 #[test]
@@ -298,11 +478,6 @@ fn bad_spec_is_a_berth_failure() {
         err.starts_with("berth-guest-init: pod spec: pod.json is not valid: "),
         "{err}"
     );
-    let mut s = spec(&["/bin/true"]);
-    s.stdio.tty = true;
-    let o = run(s);
-    assert_eq!(o.code, 125);
-    assert!(o.stderr.contains("--tty"), "{}", o.stderr);
 }
 
 #[test]

@@ -12,6 +12,7 @@
 pub mod stage1_cli;
 #[cfg(feature = "cli")]
 pub use stage1_cli::exit_with;
+pub mod control;
 pub mod state;
 
 use serde::{Deserialize, Serialize};
@@ -713,4 +714,11 @@ pub mod kvm {
     pub const PVM_SYSCALL_FIX_PARAM: &str = "pvm_syscall_fix=1";
     /// Exit status guest-init reports when it failed itself (not the app).
     pub const GUEST_INIT_FAILED: u8 = 125;
+    /// virtio-fs tag of the pod's root filesystem.
+    pub const ROOT_FS_TAG: &str = "rootfs";
+
+    /// virtio-fs tag of the pod's `index`-th volume (`spec.mounts[index]`).
+    pub fn volume_tag(index: usize) -> String {
+        format!("vol{index}")
+    }
 }

@@ -79,3 +79,50 @@ pub fn parse_user(s: Option<&str>) -> anyhow::Result<Option<crate::User>> {
         _ => anyhow::bail!("user {s:?} is not UID:GID"),
     }
 }
+
+/// Puts the host terminal (stdin) in raw mode for a `-t` session; restores
+/// it on drop. Shared by both stage1s.
+pub struct RawMode {
+    saved: libc::termios,
+}
+
+impl RawMode {
+    /// Raw mode on stdin if it is a terminal; `None` otherwise.
+    pub fn enter() -> Option<RawMode> {
+        // SAFETY: termios is plain data filled by tcgetattr; cfmakeraw and
+        // tcsetattr read the local copy. A non-terminal stdin makes
+        // tcgetattr fail and nothing is changed.
+        unsafe {
+            let mut saved: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut saved) != 0 {
+                return None;
+            }
+            let mut raw = saved;
+            libc::cfmakeraw(&mut raw);
+            if libc::tcsetattr(0, libc::TCSANOW, &raw) != 0 {
+                return None;
+            }
+            Some(RawMode { saved })
+        }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read in `enter` on the same fd.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &self.saved) };
+    }
+}
+
+/// The host terminal's window size (rows, cols), if stdin is a terminal.
+pub fn host_winsize() -> Option<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass; it fails
+    // harmlessly when fd 0 is not a terminal.
+    (unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } == 0).then_some((ws.ws_row, ws.ws_col))
+}

@@ -1,12 +1,14 @@
 //! berth-stage1-kvm: runs a berth pod in a KVM microVM on berth's own VMM.
 //!
 //! Verbs (the stage1 contract in DESIGN.md): `run POD_DIR`, `exec POD_DIR --
-//! CMD...` (needs the vsock control channel: not yet), `stop POD_DIR
-//! [--force] [--timeout S]`, `gc POD_DIR`.
+//! CMD...` (over the vsock control channel), `stop POD_DIR [--force]
+//! [--timeout S]`, `gc POD_DIR`.
 
 mod assets;
-mod disk;
+mod control;
+mod exec;
 mod initramfs;
+mod rootfs;
 mod run;
 
 use anyhow::{bail, Result};
@@ -18,9 +20,27 @@ use std::time::Duration;
 fn main() {
     let result = match stage1_cli::parse().verb {
         Verb::Run { pod_dir } => run::run(&PodDir::new(pod_dir)),
-        Verb::Exec { .. } => Err(anyhow::anyhow!(
-            "exec is not supported by the kvm stage1 yet (it needs the vsock control channel)"
-        )),
+        Verb::Exec {
+            pod_dir,
+            interactive,
+            tty,
+            env,
+            workdir,
+            user,
+            cmd,
+        } => stage1_cli::parse_user(user.as_deref()).and_then(|user| {
+            exec::exec(
+                &PodDir::new(pod_dir),
+                exec::ExecOptions {
+                    argv: cmd,
+                    env,
+                    cwd: workdir,
+                    user,
+                    interactive,
+                    tty,
+                },
+            )
+        }),
         Verb::Stop {
             pod_dir,
             force,
@@ -34,11 +54,20 @@ fn main() {
 }
 
 /// A kvm pod holds nothing on the host outside its directory (its overlay
-/// mount lived in the dead stage1's mount namespace), so gc only checks that
-/// the pod is not running.
+/// mount lived in the dead stage1's mount namespace), so gc checks that the
+/// pod is not running and removes the dead VMM's sockets.
 fn gc(pod: &PodDir) -> Result<()> {
     match state::take_life_lock(pod) {
-        Ok(_) | Err(StateError::Open { .. }) => Ok(()),
+        Ok(_) | Err(StateError::Open { .. }) => {
+            let ctl = pod.ctl_socket();
+            for p in [
+                run::host_port_socket(&ctl, berth_spec::control::MAIN_PORT),
+                ctl,
+            ] {
+                let _ = std::fs::remove_file(p);
+            }
+            Ok(())
+        }
         Err(StateError::Busy(name)) => bail!("pod {name} is running"),
         Err(e) => Err(e.into()),
     }

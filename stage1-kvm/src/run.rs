@@ -1,96 +1,95 @@
-//! `berth-stage1-kvm run POD_DIR`: build the rootfs disk and the initramfs,
-//! boot the VM, pass signals to the app (as `signal N` control lines on the
-//! serial console, which guest-init reads), and exit with the app's status
-//! as guest-init reported it on the status port.
+//! `berth-stage1-kvm run POD_DIR`: share the pod's rootfs and volumes over
+//! virtio-fs, build the initramfs, listen for guest-init's control
+//! connection, boot the VM, relay the app's streams and our signals over the
+//! control protocol, and exit with the app's status.
+//!
+//! Threads: the VMM's own (vCPUs, device event loop), a relay thread that
+//! serves the main control connection, and this one, which runs the VM and
+//! collects the outcome. The app's status comes from its `Exit` frame; the
+//! status port guest-init writes before powering off is the fallback when
+//! the control channel never came up (a guest-init failure), and its
+//! message is then taken from the console log.
 
-use crate::{assets, disk, initramfs};
+use crate::control::{relayed_signals, Session, Start};
+use crate::{assets, initramfs, rootfs};
 use anyhow::{Context, Result};
+use berth_spec::control::{GUEST_CID, MAIN_PORT};
+use berth_spec::stage1_cli::RawMode;
 use berth_spec::state::{self, Ready};
 use berth_spec::{PodDir, PodSpec, EXIT_BERTH_FAILED};
-use nix::sys::signal::{SigSet, Signal};
-use std::io::Write;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// Until app output moves to its own channel (vsock), the app shares the one
-/// serial line with the kernel, so the kernel prints nothing there (even
-/// its KERN_EMERG "reboot: Restarting system"). Everything the guest prints
-/// is also kept in the pod's console.log.
+/// The kernel prints nothing on the console (saved to console.log, where
+/// guest-init's own diagnostics go): every printk costs time on the
+/// emulated UART.
 const QUIET_CMDLINE: &str = "quiet loglevel=0";
 
-/// Copies serial output to our stdout and to console.log.
-struct Tee {
-    log: Option<std::fs::File>,
-}
+/// After the VM stopped, how long the relay may take to hand over the last
+/// output and the Exit frame already in the socket.
+const RELAY_DRAIN: Duration = Duration::from_secs(5);
 
-impl Write for Tee {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Some(l) = &mut self.log {
-            let _ = l.write_all(buf);
-        }
-        let mut out = std::io::stdout().lock();
-        out.write_all(buf)?;
-        out.flush()?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stdout().flush()
+/// The start report, sent once by whichever thread learns the outcome first.
+type SharedReady = Arc<Mutex<Ready>>;
+
+fn report(ready: &SharedReady, line: &str) {
+    if let Ok(mut r) = ready.lock() {
+        r.send(line);
     }
 }
 
 pub fn run(pod: &PodDir) -> Result<i32> {
-    let mut ready = Ready::from_env();
-    match boot_and_wait(pod, &mut ready) {
+    let ready: SharedReady = Arc::new(Mutex::new(Ready::from_env()));
+    match boot_and_wait(pod, &ready) {
         Ok(code) => Ok(code),
         Err(e) => {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            ready.send(&format!("error {EXIT_BERTH_FAILED} {}", chain.join(": ")));
+            report(
+                &ready,
+                &format!("error {EXIT_BERTH_FAILED} {}", chain.join(": ")),
+            );
             Err(e)
         }
     }
 }
 
-fn refuse_unsupported(spec: &PodSpec) -> Result<()> {
-    if !spec.mounts.is_empty() {
-        anyhow::bail!(
-            "volumes are not supported by the kvm stage1 yet (they arrive with virtio-fs)"
-        );
-    }
-    if spec.stdio.tty {
-        anyhow::bail!("--tty is not supported by the kvm stage1 yet (it arrives with the vsock control channel)");
-    }
-    if spec.network.mode == berth_spec::NetworkMode::Host {
-        anyhow::bail!("--net host is impossible with --stage1=kvm: a VM cannot share the host's network namespace");
-    }
-    Ok(())
+/// `<ctl.sock>_<port>`: where the VMM's vsock device connects guest
+/// connections to host port `port`.
+pub fn host_port_socket(ctl: &Path, port: u32) -> PathBuf {
+    let mut s = ctl.as_os_str().to_owned();
+    s.push(format!("_{port}"));
+    PathBuf::from(s)
 }
 
-fn boot_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
+fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
     let t0 = std::time::Instant::now();
     let spec = PodSpec::load(pod).context("cannot load the pod spec")?;
     let _lock = state::take_life_lock(pod)?;
     let _ = std::fs::remove_file(pod.status_file());
-    refuse_unsupported(&spec)?;
+    if spec.network.mode == berth_spec::NetworkMode::Host {
+        anyhow::bail!("--net host is impossible with --stage1=kvm: a VM cannot share the host's network namespace");
+    }
     let kernel = assets::kernel(&spec)?;
     let init_path = assets::guest_init()?;
     let init = std::fs::read(&init_path)
         .with_context(|| format!("cannot read {}", init_path.display()))?;
     let cpio =
         initramfs::build(&init, spec.to_json().as_bytes()).context("cannot build the initramfs")?;
-    let disk = disk::build(&spec, pod)?;
-    log::debug!(
-        "stage1-kvm: disk and initramfs ready after {:?}",
-        t0.elapsed()
-    );
+    let shares = rootfs::prepare(&spec, pod)?;
+    let ctl = pod.ctl_socket();
+    let main_path = host_port_socket(&ctl, MAIN_PORT);
+    let _ = std::fs::remove_file(&main_path);
+    let listener = UnixListener::bind(&main_path)
+        .with_context(|| format!("cannot listen on {}", main_path.display()))?;
+    log::debug!("stage1-kvm: shares and initramfs ready after {:?}", t0.elapsed());
 
-    // Block the forwarded signals before any VMM thread exists, so only our
-    // signal thread receives them.
-    let mut mask = SigSet::empty();
-    for s in berth_spec::FORWARDED_SIGNALS {
-        if let Ok(sig) = Signal::try_from(*s) {
-            mask.add(sig);
-        }
-    }
-    mask.thread_block().context("cannot block signals")?;
+    // Block the relayed signals before any other thread exists, so that
+    // they wait for the relay's signalfd.
+    let sigs = relayed_signals();
+    sigs.thread_block().context("cannot block signals")?;
 
     let kvm = spec.kvm.clone().unwrap_or(berth_spec::KvmSettings {
         kernel: None,
@@ -101,35 +100,46 @@ fn boot_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
     cfg.initramfs = Some(vmm::Initramfs::Bytes(cpio));
     cfg.extra_cmdline = QUIET_CMDLINE.to_string();
     // Debugging aid: extra guest kernel parameters (e.g. `loglevel=7` to see
-    // kernel messages on the console again).
+    // kernel messages in console.log).
     if let Ok(extra) = std::env::var("BERTH_KVM_CMDLINE") {
         cfg.extra_cmdline.push(' ');
         cfg.extra_cmdline.push_str(&extra);
     }
     cfg.mem_mib = kvm.memory_mib;
     cfg.vcpus = u8::try_from(kvm.vcpus).context("too many vCPUs")?;
-    cfg.block = vec![vmm::BlockConfig {
-        path: disk,
-        read_only: false,
-    }];
-    let log = std::fs::File::create(pod.console_log()).ok();
-    cfg.serial_out = Box::new(Tee { log });
+    cfg.fs = shares
+        .into_iter()
+        .map(|s| vmm::FsConfig {
+            tag: s.tag,
+            path: s.path,
+            read_only: s.read_only,
+        })
+        .collect();
+    cfg.vsock = Some(vmm::VsockConfig {
+        guest_cid: GUEST_CID,
+        uds_path: ctl.clone(),
+    });
+    let log = std::fs::File::create(pod.console_log())
+        .with_context(|| format!("cannot create {}", pod.console_log().display()))?;
+    cfg.serial_out = Box::new(log);
     let vm = vmm::Vm::boot(cfg).context("cannot boot the VM")?;
     state::write_file(&pod.pid_file(), &std::process::id().to_string())?;
-    ready.send("ok");
 
-    let input = Arc::new(Mutex::new(vm.serial_input()));
+    let _raw = if spec.stdio.tty {
+        RawMode::enter()
+    } else {
+        None
+    };
+    let (tx, rx) = mpsc::channel();
     {
-        let input = Arc::clone(&input);
+        let ready = Arc::clone(ready);
+        let (stdin, tty) = (spec.stdio.interactive, spec.stdio.tty);
         std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || loop {
-                let Ok(sig) = mask.wait() else { return };
-                if let Ok(i) = input.lock() {
-                    let _ = i.send(format!("signal {}\n", sig as i32).as_bytes());
-                }
+            .name("control".into())
+            .spawn(move || {
+                let _ = tx.send(serve_main(&listener, &ready, stdin, tty, &sigs));
             })
-            .context("cannot start the signal thread")?;
+            .context("cannot start the control thread")?;
     }
     let exit = vm.run().context("the VM failed")?;
     log::debug!(
@@ -139,18 +149,94 @@ fn boot_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
         exit.total,
         exit.reason
     );
-    let code = match exit.status {
-        Some(s) => i32::from(s),
-        None => {
-            eprintln!(
-                "berth: the VM stopped ({:?}) without reporting the app's status; see {}",
-                exit.reason,
-                pod.console_log().display()
-            );
-            EXIT_BERTH_FAILED
+    let relayed = rx.recv_timeout(RELAY_DRAIN);
+    let code = match relayed {
+        Ok(Ok(Some(code))) => code,
+        other => {
+            if let Ok(Err(e)) = other {
+                log::warn!("stage1-kvm: control channel: {e:#}");
+            }
+            let why = guest_diagnosis(pod);
+            let code = exit.status.map_or(EXIT_BERTH_FAILED, i32::from);
+            match &why {
+                Some(line) => {
+                    report(ready, &format!("error {code} {line}"));
+                    eprintln!("berth: {line}");
+                }
+                None if exit.status.is_none() => {
+                    let line = format!(
+                        "the VM stopped ({:?}) without reporting the app's status; see {}",
+                        exit.reason,
+                        pod.console_log().display()
+                    );
+                    report(ready, &format!("error {EXIT_BERTH_FAILED} {line}"));
+                    eprintln!("berth: {line}");
+                }
+                None => {}
+            }
+            code
         }
     };
+    let _ = std::fs::remove_file(&main_path);
+    let _ = std::fs::remove_file(&ctl);
     state::write_file(&pod.status_file(), &format!("{code}\n"))?;
     state::remove_if_requested(pod);
     Ok(code)
+}
+
+/// The relay thread: accept guest-init's connection, report the start, relay.
+fn serve_main(
+    listener: &UnixListener,
+    ready: &SharedReady,
+    stdin: bool,
+    tty: bool,
+    sigs: &nix::sys::signal::SigSet,
+) -> Result<Option<i32>> {
+    let mut s = Session::accept_main(listener)?;
+    match s.start()? {
+        Start::Started => report(ready, "ok"),
+        Start::Failed { status, message } => {
+            report(ready, &format!("error {status} {message}"));
+            eprintln!("berth: {message}");
+        }
+    }
+    s.relay(stdin, tty, sigs)
+}
+
+/// guest-init's own failure line from the console log, if it printed one.
+fn guest_diagnosis(pod: &PodDir) -> Option<String> {
+    let log = std::fs::read_to_string(pod.console_log()).ok()?;
+    log.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("berth-guest-init: "))
+        .map(|l| format!("guest-init: {l}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_socket_appends_the_port() {
+        assert_eq!(
+            host_port_socket(Path::new("/p/ctl.sock"), 1024),
+            PathBuf::from("/p/ctl.sock_1024")
+        );
+    }
+
+    #[test]
+    fn guest_diagnosis_takes_the_last_guest_init_line() {
+        let d = tempfile::tempdir().unwrap();
+        let pod = PodDir::new(d.path());
+        assert_eq!(guest_diagnosis(&pod), None);
+        std::fs::write(
+            pod.console_log(),
+            "noise\nberth-guest-init: first\r\nberth-guest-init: mounts: cannot mount virtiofs vol0 on /newroot/x: ENOENT\r\nmore\n",
+        )
+        .unwrap();
+        assert_eq!(
+            guest_diagnosis(&pod).as_deref(),
+            Some("guest-init: mounts: cannot mount virtiofs vol0 on /newroot/x: ENOENT")
+        );
+    }
 }
