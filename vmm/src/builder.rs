@@ -748,6 +748,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fs_config_validation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = |tag: &str, path: &Path, read_only| FsConfig {
+            tag: tag.into(),
+            path: path.to_path_buf(),
+            read_only,
+        };
+        validate_fs(&[]).unwrap();
+        validate_fs(&[share("a", tmp.path(), false), share("b", tmp.path(), true)]).unwrap();
+        let e = validate_fs(&[share("a", tmp.path(), false), share("a", tmp.path(), true)])
+            .unwrap_err();
+        assert!(matches!(e, BuildError::DuplicateFsTag(ref t) if t == "a"));
+        let long = "t".repeat(37);
+        let e = validate_fs(&[share(&long, tmp.path(), false)]).unwrap_err();
+        assert!(format!("{e}").contains(&long));
+        let e = validate_fs(&[share("", tmp.path(), false)]).unwrap_err();
+        assert!(matches!(e, BuildError::Fs(..)));
+        let file = tmp.path().join("f");
+        std::fs::write(&file, b"").unwrap();
+        let e = validate_fs(&[share("x", &file, false)]).unwrap_err();
+        let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+        assert!(chain.contains(&file.display().to_string()), "{chain}");
+
+        let mut cfg = VmConfig::new("/vmlinux");
+        assert!(cfg.fs.is_empty());
+        assert!(cfg.fs_capabilities().is_empty());
+        cfg.fs.push(share("ro", tmp.path(), true));
+        assert_eq!(cfg.fs_capabilities(), [caps::Capability::CAP_DAC_OVERRIDE]);
+    }
+
+    #[test]
     fn cmdline_without_pvm() {
         let c = build_cmdline(
             "  init=/init quiet ",

@@ -93,3 +93,30 @@ pub fn required_capabilities(read_only: impl IntoIterator<Item = bool>) -> Vec<C
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_by_share_kind() {
+        assert!(required_capabilities([]).is_empty());
+        assert_eq!(
+            required_capabilities([true, true]),
+            [Capability::CAP_DAC_OVERRIDE]
+        );
+        let rw = required_capabilities([true, false, false]);
+        assert_eq!(rw.len(), FS_CAPS_READ_WRITE.len());
+        for c in FS_CAPS_READ_WRITE {
+            assert!(rw.contains(c));
+        }
+        for c in [
+            Capability::CAP_SYS_ADMIN,
+            Capability::CAP_DAC_READ_SEARCH,
+            Capability::CAP_SETFCAP,
+            Capability::CAP_NET_ADMIN,
+        ] {
+            assert!(!rw.contains(&c));
+        }
+    }
+}

@@ -627,3 +627,170 @@ impl<F: FileSystem> FileSystem for ShareFs<F> {
         self.inner.id_remap(ctx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fuse_backend_rs::abi::fuse_abi::ROOT_ID;
+    use fuse_backend_rs::common::file_traits::FileReadWriteVolatile;
+    use fuse_backend_rs::passthrough::PassthroughFs;
+    use std::ffi::CString;
+
+    /// A request body that must never be read.
+    struct NoData;
+    impl io::Read for NoData {
+        fn read(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
+            panic!("a refused write read its data")
+        }
+    }
+    impl ZeroCopyReader for NoData {
+        fn read_to(
+            &mut self,
+            _f: &mut dyn FileReadWriteVolatile,
+            _count: usize,
+            _off: u64,
+        ) -> io::Result<usize> {
+            panic!("a refused write read its data")
+        }
+    }
+
+    fn c(s: &str) -> CString {
+        CString::new(s).unwrap()
+    }
+
+    fn share(read_only: bool) -> (tempfile::TempDir, ShareFs<PassthroughFs>) {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("file"), b"data").unwrap();
+        std::fs::create_dir(tmp.path().join("dir")).unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let cfg = passthrough_config(root_str(&root).unwrap());
+        let fs = ShareFs::new(PassthroughFs::new(cfg).unwrap(), read_only);
+        fs.init(FsOptions::empty()).unwrap();
+        (tmp, fs)
+    }
+
+    fn errno<T>(r: io::Result<T>) -> Option<i32> {
+        r.err().and_then(|e| e.raw_os_error())
+    }
+
+    #[test]
+    fn read_only_refuses_every_mutation() {
+        let (tmp, fs) = share(true);
+        let ctx = Context::default();
+        let file = fs.lookup(&ctx, ROOT_ID, &c("file")).unwrap().inode;
+        let dir = fs.lookup(&ctx, ROOT_ID, &c("dir")).unwrap().inode;
+        let (fh, _, _) = fs.open(&ctx, file, libc::O_RDONLY as u32, 0).unwrap();
+        let fh = fh.unwrap();
+        let rofs = Some(libc::EROFS);
+        let args = CreateIn {
+            flags: (libc::O_CREAT | libc::O_WRONLY) as u32,
+            mode: 0o644,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        assert_eq!(errno(fs.create(&ctx, ROOT_ID, &c("new"), args)), rofs);
+        assert_eq!(
+            errno(fs.mknod(&ctx, ROOT_ID, &c("fifo"), libc::S_IFIFO | 0o644, 0, 0)),
+            rofs
+        );
+        assert_eq!(errno(fs.mkdir(&ctx, ROOT_ID, &c("d2"), 0o755, 0)), rofs);
+        assert_eq!(errno(fs.symlink(&ctx, &c("/etc"), ROOT_ID, &c("l"))), rofs);
+        assert_eq!(errno(fs.link(&ctx, file, ROOT_ID, &c("hard"))), rofs);
+        assert_eq!(errno(fs.unlink(&ctx, ROOT_ID, &c("file"))), rofs);
+        assert_eq!(errno(fs.rmdir(&ctx, ROOT_ID, &c("dir"))), rofs);
+        assert_eq!(
+            errno(fs.rename(&ctx, ROOT_ID, &c("file"), dir, &c("moved"), 0)),
+            rofs
+        );
+        // SAFETY: stat64 is plain data; all-zero is a valid value.
+        let attr: stat64 = unsafe { std::mem::zeroed() };
+        assert_eq!(
+            errno(fs.setattr(&ctx, file, attr, None, SetattrValid::SIZE)),
+            rofs
+        );
+        assert_eq!(
+            errno(fs.setattr(&ctx, file, attr, None, SetattrValid::MODE)),
+            rofs
+        );
+        assert_eq!(
+            errno(fs.write(&ctx, file, fh, &mut NoData, 4, 0, None, false, 0, 0)),
+            rofs
+        );
+        assert_eq!(errno(fs.fallocate(&ctx, file, fh, 0, 0, 1 << 20)), rofs);
+        assert_eq!(errno(fs.setxattr(&ctx, file, &c("user.x"), b"1", 0)), rofs);
+        assert_eq!(errno(fs.removexattr(&ctx, file, &c("user.x"))), rofs);
+        for flags in [
+            libc::O_WRONLY,
+            libc::O_RDWR,
+            libc::O_RDONLY | libc::O_TRUNC,
+            libc::O_WRONLY | libc::O_APPEND,
+            libc::O_ACCMODE,
+        ] {
+            assert_eq!(
+                errno(fs.open(&ctx, file, flags as u32, 0)),
+                rofs,
+                "{flags:#o}"
+            );
+        }
+        assert_eq!(errno(fs.access(&ctx, file, libc::W_OK as u32)), rofs);
+        assert_eq!(
+            errno(fs.ioctl(&ctx, file, fh, 0, 0x4004_6602, IoctlData::default(), 0)),
+            rofs
+        );
+        // Reads still work.
+        fs.access(&ctx, file, libc::R_OK as u32).unwrap();
+        fs.getattr(&ctx, file, None).unwrap();
+        fs.opendir(&ctx, dir, libc::O_RDONLY as u32).unwrap();
+        fs.release(&ctx, file, 0, fh, false, false, None).unwrap();
+        // Nothing changed on the host.
+        let mut names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["dir", "file"]);
+        assert_eq!(std::fs::read(tmp.path().join("file")).unwrap(), b"data");
+    }
+
+    #[test]
+    fn names_must_be_one_component() {
+        let (tmp, fs) = share(false);
+        let ctx = Context::default();
+        let einval = Some(libc::EINVAL);
+        for name in ["", "a/b", "/", "../x", "dir/"] {
+            assert_eq!(
+                errno(fs.lookup(&ctx, ROOT_ID, &c(name))),
+                einval,
+                "{name:?}"
+            );
+        }
+        for name in ["", ".", "..", "a/b", "../escape"] {
+            assert_eq!(errno(fs.mkdir(&ctx, ROOT_ID, &c(name), 0o755, 0)), einval);
+            assert_eq!(errno(fs.unlink(&ctx, ROOT_ID, &c(name))), einval);
+            assert_eq!(errno(fs.symlink(&ctx, &c("x"), ROOT_ID, &c(name))), einval);
+            assert_eq!(
+                errno(fs.rename(&ctx, ROOT_ID, &c("file"), ROOT_ID, &c(name), 0)),
+                einval
+            );
+        }
+        assert!(!tmp.path().parent().unwrap().join("escape").exists());
+        // A plain name works on a writable share.
+        fs.mkdir(&ctx, ROOT_ID, &c("ok"), 0o755, 0).unwrap();
+        assert!(tmp.path().join("ok").is_dir());
+        // No DAX.
+        assert!(!fs.read_only());
+    }
+
+    #[test]
+    fn config_is_page_cache_without_writeback() {
+        let cfg = passthrough_config("/srv");
+        assert_eq!(cfg.cache_policy, CachePolicy::Auto);
+        assert!(!cfg.writeback);
+        assert!(!cfg.xattr);
+        assert!(cfg.dax_file_size.is_none());
+        assert!(cfg.do_import);
+        assert!(!cfg.inode_file_handles);
+        assert_eq!(cfg.root_dir, "/srv");
+        assert!(root_str(Path::new("relative")).is_none());
+    }
+}
