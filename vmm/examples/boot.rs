@@ -2,6 +2,7 @@
 //!
 //! cargo run -p vmm --example boot -- --kernel VMLINUX [--initramfs FILE]
 //!     [--cmdline "..."] [--mem 256] [--cpus 1] [--disk IMG[:ro]]... [--timeout SECS]
+//!     [--fs TAG=DIR[:ro]]... (virtio-fs share; guest: mount -t virtiofs TAG /mnt)
 //!     [--input TEXT]   (bytes sent to the guest's serial RX after boot)
 //!     [--timestamps]   (prefix each console line with host time since Vm::boot)
 
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 fn usage() -> ExitCode {
     eprintln!(
         "usage: boot --kernel VMLINUX [--initramfs FILE] [--cmdline ARGS] [--mem MIB] \
-         [--cpus N] [--disk IMG[:ro]]... [--timeout SECS] [--input TEXT]"
+         [--cpus N] [--disk IMG[:ro]]... [--fs TAG=DIR[:ro]]... [--timeout SECS] [--input TEXT]"
     );
     ExitCode::from(2)
 }
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
     let mut mem = 256u32;
     let mut cpus = 1u8;
     let mut disks = Vec::new();
+    let mut shares = Vec::new();
     let mut timeout = None;
     let mut input: Option<String> = None;
     let mut timestamps = false;
@@ -57,6 +59,10 @@ fn main() -> ExitCode {
                 }
                 None => return usage(),
             },
+            "--fs" => match val().as_deref().and_then(parse_share) {
+                Some(share) => shares.push(share),
+                None => return usage(),
+            },
             "--timeout" => timeout = val().and_then(|v| v.parse::<u64>().ok()),
             "--input" => input = val(),
             "--timestamps" => timestamps = true,
@@ -72,6 +78,7 @@ fn main() -> ExitCode {
     cfg.mem_mib = mem;
     cfg.vcpus = cpus;
     cfg.block = disks;
+    cfg.fs = shares;
     if timestamps {
         cfg.serial_out = Box::new(Stamped {
             start: Instant::now(),
@@ -145,6 +152,23 @@ fn main() -> ExitCode {
             ExitCode::from(125)
         }
     }
+}
+
+/// Parses `TAG=DIR[:ro]`.
+fn parse_share(arg: &str) -> Option<vmm::FsConfig> {
+    let (tag, rest) = arg.split_once('=')?;
+    let (path, read_only) = match rest.strip_suffix(":ro") {
+        Some(p) => (p, true),
+        None => (rest, false),
+    };
+    if tag.is_empty() || path.is_empty() {
+        return None;
+    }
+    Some(vmm::FsConfig {
+        tag: tag.to_string(),
+        path: path.into(),
+        read_only,
+    })
 }
 
 /// Console writer prefixing each line with the host time since creation.

@@ -24,6 +24,7 @@ use crate::devices::serial::{
     COM1_PORT_COUNT,
 };
 use crate::devices::virtio::block::{Block, BlockError, BlockEventHandler};
+use crate::devices::virtio::fs::{Fs, FsError, FsEventHandler};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport};
 use crate::devices::virtio::Interrupt;
 use crate::devices::{ExitReason, VmShared};
@@ -49,6 +50,27 @@ pub struct BlockConfig {
     pub read_only: bool,
 }
 
+/// A virtio-fs share: host directory `path`, mounted in the guest with
+/// `mount -t virtiofs TAG DIR`.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Mount tag: 1 to 36 bytes, no control characters, unique per VM.
+    pub tag: String,
+    /// Host directory to share (symlinks in the path are resolved once, at boot).
+    pub path: PathBuf,
+    /// Refuse every mutating request with EROFS, host side.
+    pub read_only: bool,
+}
+
+impl FsConfig {
+    /// Checks the tag and that `path` is a directory.
+    pub fn validate(&self) -> Result<(), FsError> {
+        crate::devices::virtio::fs::tag_bytes(&self.tag)?;
+        crate::devices::virtio::fs::resolve_share(&self.path)?;
+        Ok(())
+    }
+}
+
 /// Initramfs source.
 #[derive(Debug, Clone)]
 pub enum Initramfs {
@@ -72,6 +94,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// virtio-blk disks, in order (`/dev/vda`, `/dev/vdb`, …).
     pub block: Vec<BlockConfig>,
+    /// virtio-fs shares, placed after the disks.
+    pub fs: Vec<FsConfig>,
     /// Where guest serial output goes.
     pub serial_out: SerialOut,
     /// Override PVM detection (None = detect).
@@ -79,7 +103,14 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
-    /// A config with defaults: 256 MiB, 1 vCPU, no disks, console to stdout.
+    /// The capabilities the VMM process needs for this config's virtio-fs
+    /// shares (see [`crate::devices::virtio::fs::required_capabilities`]);
+    /// empty without shares.
+    pub fn fs_capabilities(&self) -> Vec<caps::Capability> {
+        crate::devices::virtio::fs::required_capabilities(self.fs.iter().map(|s| s.read_only))
+    }
+
+    /// A config with defaults: 256 MiB, 1 vCPU, no disks, no shares, console to stdout.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         VmConfig {
             kernel: kernel.into(),
@@ -88,6 +119,7 @@ impl VmConfig {
             mem_mib: 256,
             vcpus: 1,
             block: Vec::new(),
+            fs: Vec::new(),
             serial_out: Box::new(std::io::stdout()),
             pvm: None,
         }
@@ -151,6 +183,12 @@ pub enum BuildError {
     /// Creating a block device failed.
     #[error("creating block device {0}")]
     Block(PathBuf, #[source] BlockError),
+    /// Two virtio-fs shares use the same tag.
+    #[error("virtio-fs tag {0:?} is used twice")]
+    DuplicateFsTag(String),
+    /// A virtio-fs share is invalid or its server could not be set up.
+    #[error("creating virtio-fs share {0:?}")]
+    Fs(String, #[source] FsError),
     /// Creating a virtio-mmio transport failed.
     #[error("creating a virtio-mmio transport")]
     Mmio(#[source] MmioError),
@@ -187,6 +225,19 @@ pub fn build_cmdline(extra: &str, mmio_entries: &[String], pvm: bool) -> String 
         parts.push(extra);
     }
     parts.join(" ")
+}
+
+/// Checks every share (tag, directory) and that tags are unique.
+pub fn validate_fs(shares: &[FsConfig]) -> Result<(), BuildError> {
+    for (i, share) in shares.iter().enumerate() {
+        share
+            .validate()
+            .map_err(|e| BuildError::Fs(share.tag.clone(), e))?;
+        if shares[..i].iter().any(|s| s.tag == share.tag) {
+            return Err(BuildError::DuplicateFsTag(share.tag.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Wakes the event loop when the VM must stop.
@@ -327,6 +378,7 @@ impl Vm {
         if cfg.mem_mib < 32 {
             return Err(BuildError::InvalidConfig("mem_mib must be at least 32"));
         }
+        validate_fs(&cfg.fs)?;
         let pvm = cfg.pvm.unwrap_or_else(pvm::detected);
         if pvm {
             log::info!("vmm: PVM host (/sys/module/kvm_pvm): quirks on: clearcpuid, boot-time savers, pvm_syscall_fix=1, int3/fwait fixups, 1 vCPU");
@@ -437,6 +489,39 @@ impl Vm {
             .map_err(BuildError::Devices)?;
             subscribers.push(Arc::new(Mutex::new(
                 BlockEventHandler::new(block).map_err(BuildError::EventFd)?,
+            )));
+        }
+        for share in &cfg.fs {
+            let slot = dm.allocate_mmio().map_err(BuildError::Devices)?;
+            let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+            let interrupt = Interrupt::new(irq_evt.try_clone().map_err(BuildError::EventFd)?);
+            let fs = Fs::new(&share.tag, &share.path, share.read_only, interrupt.clone())
+                .map_err(|e| BuildError::Fs(share.tag.clone(), e))?;
+            let queue_evts = fs
+                .queue_evts()
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(BuildError::EventFd)?;
+            let fs = Arc::new(Mutex::new(fs));
+            let transport_evts = queue_evts
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(BuildError::EventFd)?;
+            let transport =
+                MmioTransport::new(vm.mem.clone(), fs.clone(), interrupt, transport_evts)
+                    .map_err(BuildError::Mmio)?;
+            dm.add_virtio_mmio(
+                &vm.fd,
+                slot,
+                Arc::new(Mutex::new(transport)),
+                &irq_evt,
+                &queue_evts,
+            )
+            .map_err(BuildError::Devices)?;
+            subscribers.push(Arc::new(Mutex::new(
+                FsEventHandler::new(fs).map_err(BuildError::EventFd)?,
             )));
         }
 
@@ -661,6 +746,37 @@ impl Drop for RunningVm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fs_config_validation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = |tag: &str, path: &Path, read_only| FsConfig {
+            tag: tag.into(),
+            path: path.to_path_buf(),
+            read_only,
+        };
+        validate_fs(&[]).unwrap();
+        validate_fs(&[share("a", tmp.path(), false), share("b", tmp.path(), true)]).unwrap();
+        let e = validate_fs(&[share("a", tmp.path(), false), share("a", tmp.path(), true)])
+            .unwrap_err();
+        assert!(matches!(e, BuildError::DuplicateFsTag(ref t) if t == "a"));
+        let long = "t".repeat(37);
+        let e = validate_fs(&[share(&long, tmp.path(), false)]).unwrap_err();
+        assert!(format!("{e}").contains(&long));
+        let e = validate_fs(&[share("", tmp.path(), false)]).unwrap_err();
+        assert!(matches!(e, BuildError::Fs(..)));
+        let file = tmp.path().join("f");
+        std::fs::write(&file, b"").unwrap();
+        let e = validate_fs(&[share("x", &file, false)]).unwrap_err();
+        let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+        assert!(chain.contains(&file.display().to_string()), "{chain}");
+
+        let mut cfg = VmConfig::new("/vmlinux");
+        assert!(cfg.fs.is_empty());
+        assert!(cfg.fs_capabilities().is_empty());
+        cfg.fs.push(share("ro", tmp.path(), true));
+        assert_eq!(cfg.fs_capabilities(), [caps::Capability::CAP_DAC_OVERRIDE]);
+    }
 
     #[test]
     fn cmdline_without_pvm() {

@@ -6,6 +6,7 @@
 //! let mut cfg = vmm::VmConfig::new("/usr/local/lib/berth/vmlinux");
 //! cfg.initramfs = Some(vmm::Initramfs::Path("initramfs.cpio".into()));
 //! cfg.block.push(vmm::BlockConfig { path: "disk.img".into(), read_only: false });
+//! cfg.fs.push(vmm::FsConfig { tag: "data".into(), path: "/srv/data".into(), read_only: true });
 //! let vm = vmm::Vm::boot(cfg)?;
 //! let killer = vm.handle(); // killer.kill() from another thread stops it
 //! let input = vm.serial_input(); // input.send(b"...") feeds the guest's ttyS0
@@ -15,7 +16,9 @@
 //! ```
 //!
 //! The guest gets `console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1`, one
-//! `virtio_mmio.device=` per disk (`/dev/vda`, `/dev/vdb`, … in order), the PVM
+//! `virtio_mmio.device=` per disk (`/dev/vda`, `/dev/vdb`, … in order) then per
+//! virtio-fs share (`mount -t virtiofs TAG DIR`; the VMM must run as root with
+//! [`devices::virtio::fs::required_capabilities`]), the PVM
 //! parameters when `/sys/module/kvm_pvm` exists ([`pvm`]), then
 //! [`VmConfig::extra_cmdline`]. It reports to the host through the ports in
 //! `berth_spec::kvm`: BOOT_MARK_PORT (first write = [`VmExitInfo::boot_to_init`])
@@ -43,8 +46,8 @@ pub mod pvm;
 pub mod vstate;
 
 pub use builder::{
-    build_cmdline, BlockConfig, BuildError, Initramfs, RunningVm, Vm, VmConfig, VmExitInfo,
-    VmHandle,
+    build_cmdline, validate_fs, BlockConfig, BuildError, FsConfig, Initramfs, RunningVm, Vm,
+    VmConfig, VmExitInfo, VmHandle,
 };
 pub use devices::serial::SerialInput;
 pub use devices::ExitReason;

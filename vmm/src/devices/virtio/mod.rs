@@ -1,6 +1,7 @@
 //! virtio devices over the virtio-mmio transport.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -67,7 +68,7 @@ impl Interrupt {
 
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
-    /// virtio device id (2 = block).
+    /// virtio device id (2 = block, 26 = fs).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue.
     fn queue_max_sizes(&self) -> &[u16];
