@@ -15,7 +15,9 @@
 //! ```
 //!
 //! The guest gets `console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1`, one
-//! `virtio_mmio.device=` per disk (`/dev/vda`, `/dev/vdb`, … in order), the PVM
+//! `virtio_mmio.device=` per disk (`/dev/vda`, `/dev/vdb`, … in order) and
+//! one for the vsock device if [`VmConfig::vsock`] is set (host side: a unix
+//! socket, protocol in [`devices::virtio::vsock`]), the PVM
 //! parameters when `/sys/module/kvm_pvm` exists ([`pvm`]), then
 //! [`VmConfig::extra_cmdline`]. It reports to the host through the ports in
 //! `berth_spec::kvm`: BOOT_MARK_PORT (first write = [`VmExitInfo::boot_to_init`])
@@ -44,7 +46,7 @@ pub mod vstate;
 
 pub use builder::{
     build_cmdline, BlockConfig, BuildError, Initramfs, RunningVm, Vm, VmConfig, VmExitInfo,
-    VmHandle,
+    VmHandle, VsockConfig,
 };
 pub use devices::serial::SerialInput;
 pub use devices::ExitReason;
