@@ -26,6 +26,7 @@ use crate::devices::serial::{
 use crate::devices::virtio::block::{Block, BlockError, BlockEventHandler};
 use crate::devices::virtio::fs::{Fs, FsError, FsEventHandler};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport};
+use crate::devices::virtio::vsock::{Vsock, VsockError, VsockEventHandler};
 use crate::devices::virtio::Interrupt;
 use crate::devices::{ExitReason, VmShared};
 use crate::pvm;
@@ -71,6 +72,19 @@ impl FsConfig {
     }
 }
 
+/// A virtio-vsock device whose host side is a unix socket (Firecracker's
+/// hybrid scheme; protocol in [`crate::devices::virtio::vsock`]).
+#[derive(Debug, Clone)]
+pub struct VsockConfig {
+    /// The guest's CID, 3..=4294967294 (0-2 and u32::MAX are reserved).
+    pub guest_cid: u32,
+    /// Unix socket the VMM listens on for host → guest connections
+    /// (`CONNECT <port>\n`); guest → host connections to port P go to
+    /// `<uds_path>_<P>`. A stale socket here is replaced; the VMM removes it
+    /// when the VM is dropped.
+    pub uds_path: PathBuf,
+}
+
 /// Initramfs source.
 #[derive(Debug, Clone)]
 pub enum Initramfs {
@@ -96,6 +110,8 @@ pub struct VmConfig {
     pub block: Vec<BlockConfig>,
     /// virtio-fs shares, placed after the disks.
     pub fs: Vec<FsConfig>,
+    /// virtio-vsock device, placed after the disks.
+    pub vsock: Option<VsockConfig>,
     /// Where guest serial output goes.
     pub serial_out: SerialOut,
     /// Override PVM detection (None = detect).
@@ -120,6 +136,7 @@ impl VmConfig {
             vcpus: 1,
             block: Vec::new(),
             fs: Vec::new(),
+            vsock: None,
             serial_out: Box::new(std::io::stdout()),
             pvm: None,
         }
@@ -132,6 +149,9 @@ pub enum BuildError {
     /// Bad configuration.
     #[error("invalid VM configuration: {0}")]
     InvalidConfig(&'static str),
+    /// Reserved vsock guest CID.
+    #[error("invalid vsock guest CID {0}: must be 3..=4294967294")]
+    InvalidVsockCid(u32),
     /// Creating the KVM VM failed.
     #[error("creating the VM")]
     Vm(#[source] vm::VmError),
@@ -189,6 +209,9 @@ pub enum BuildError {
     /// A virtio-fs share is invalid or its server could not be set up.
     #[error("creating virtio-fs share {0:?}")]
     Fs(String, #[source] FsError),
+    /// Creating the vsock device failed.
+    #[error("creating vsock device on {0}")]
+    Vsock(PathBuf, #[source] VsockError),
     /// Creating a virtio-mmio transport failed.
     #[error("creating a virtio-mmio transport")]
     Mmio(#[source] MmioError),
@@ -379,6 +402,11 @@ impl Vm {
             return Err(BuildError::InvalidConfig("mem_mib must be at least 32"));
         }
         validate_fs(&cfg.fs)?;
+        if let Some(v) = &cfg.vsock {
+            if v.guest_cid < 3 || v.guest_cid == u32::MAX {
+                return Err(BuildError::InvalidVsockCid(v.guest_cid));
+            }
+        }
         let pvm = cfg.pvm.unwrap_or_else(pvm::detected);
         if pvm {
             log::info!("vmm: PVM host (/sys/module/kvm_pvm): quirks on: clearcpuid, boot-time savers, pvm_syscall_fix=1, int3/fwait fixups, 1 vCPU");
@@ -523,6 +551,45 @@ impl Vm {
             subscribers.push(Arc::new(Mutex::new(
                 FsEventHandler::new(fs).map_err(BuildError::EventFd)?,
             )));
+        }
+
+        if let Some(vcfg) = &cfg.vsock {
+            let slot = dm.allocate_mmio().map_err(BuildError::Devices)?;
+            let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+            let interrupt = Interrupt::new(irq_evt.try_clone().map_err(BuildError::EventFd)?);
+            let vsock = Vsock::new(vcfg.guest_cid, &vcfg.uds_path, interrupt.clone())
+                .map_err(|e| BuildError::Vsock(vcfg.uds_path.clone(), e))?;
+            let queue_evts = vsock
+                .queue_evts()
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(BuildError::EventFd)?;
+            let transport_evts = queue_evts
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(BuildError::EventFd)?;
+            let vsock = Arc::new(Mutex::new(vsock));
+            let transport =
+                MmioTransport::new(vm.mem.clone(), vsock.clone(), interrupt, transport_evts)
+                    .map_err(BuildError::Mmio)?;
+            dm.add_virtio_mmio(
+                &vm.fd,
+                slot,
+                Arc::new(Mutex::new(transport)),
+                &irq_evt,
+                &queue_evts,
+            )
+            .map_err(BuildError::Devices)?;
+            subscribers.push(Arc::new(Mutex::new(
+                VsockEventHandler::new(vsock).map_err(BuildError::EventFd)?,
+            )));
+            log::debug!(
+                "vmm: vsock: guest CID {}, host socket {}",
+                vcfg.guest_cid,
+                vcfg.uds_path.display()
+            );
         }
 
         // 4. Command line, zero page, GDT/page tables, MP table.

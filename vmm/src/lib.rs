@@ -18,7 +18,9 @@
 //! The guest gets `console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1`, one
 //! `virtio_mmio.device=` per disk (`/dev/vda`, `/dev/vdb`, … in order) then per
 //! virtio-fs share (`mount -t virtiofs TAG DIR`; the VMM must run as root with
-//! [`devices::virtio::fs::required_capabilities`]), the PVM
+//! [`devices::virtio::fs::required_capabilities`]), one for the vsock device
+//! if [`VmConfig::vsock`] is set (host side: a unix socket, protocol in
+//! [`devices::virtio::vsock`]), the PVM
 //! parameters when `/sys/module/kvm_pvm` exists ([`pvm`]), then
 //! [`VmConfig::extra_cmdline`]. It reports to the host through the ports in
 //! `berth_spec::kvm`: BOOT_MARK_PORT (first write = [`VmExitInfo::boot_to_init`])
@@ -47,7 +49,7 @@ pub mod vstate;
 
 pub use builder::{
     build_cmdline, validate_fs, BlockConfig, BuildError, FsConfig, Initramfs, RunningVm, Vm,
-    VmConfig, VmExitInfo, VmHandle,
+    VmConfig, VmExitInfo, VmHandle, VsockConfig,
 };
 pub use devices::serial::SerialInput;
 pub use devices::ExitReason;

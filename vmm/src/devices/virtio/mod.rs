@@ -3,6 +3,7 @@
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
