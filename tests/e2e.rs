@@ -19,10 +19,22 @@ fn ok(out: &str) -> Expect<'_> {
 fn stdout_stderr_and_exit_code() {
     each_stage1("exit-code", |s| {
         let e = Env::new();
-        let o = e.run(s, &[], &["sh", "-c", "echo out; echo err >&2; exit 5"]);
+        // Interleaved writes: each stream arrives whole and in order, and
+        // neither leaks into the other.
+        let o = e.run(
+            s,
+            &[],
+            &[
+                "sh",
+                "-c",
+                "for i in 1 2 3 4 5 6 7 8; do echo out$i; echo err$i >&2; done; exit 5",
+            ],
+        );
+        let lines = |p: &str| (1..=8).map(|i| format!("{p}{i}\n")).collect::<String>();
+        let (out, err) = (lines("out"), lines("err"));
         Expect {
-            stdout: "out\n",
-            stderr: "err\n",
+            stdout: &out,
+            stderr: &err,
             stderr_contains: false,
             code: 5,
         }
@@ -184,6 +196,53 @@ fn volumes_rw_and_ro() {
             &e.run(s, &["-v", &nested], &["cat", "/a/b/c/in.txt"]),
         );
         assert!(!common::busybox().join("a").exists(), "image was modified");
+    });
+}
+
+/// `mmap(MAP_SHARED)` writes (journald and systemd depend on them) reach
+/// the host through a volume and the pod's rootfs.
+#[test]
+fn shared_mmap_writes_reach_the_host() {
+    each_stage1("mmap", |s| {
+        let e = Env::new();
+        let tools = tempfile::tempdir().unwrap();
+        let bin = tools.path().join("mmap_shared");
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/mmap_shared.c");
+        let cc = std::process::Command::new("cc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&bin)
+            .arg(src)
+            .output()
+            .expect("run cc (build-essential)");
+        assert!(
+            cc.status.success(),
+            "cc: {}",
+            String::from_utf8_lossy(&cc.stderr)
+        );
+        let data = tempfile::tempdir().unwrap();
+        let img = common::busybox().to_string_lossy().into_owned();
+        let tools_vol = format!("{}:/tools:ro", tools.path().display());
+        let data_vol = format!("{}:/data", data.path().display());
+        let o = e.berth(&[
+            "run", "--stage1", s, "--name", "mm", "--rootfs", &img, "-v", &tools_vol, "-v",
+            &data_vol, "--", "sh", "-c",
+            "/tools/mmap_shared /data/shared vol-bytes && /tools/mmap_shared /root-shared root-bytes",
+        ]);
+        ok("vol-bytes\nroot-bytes\n").check("mmap writes", &o);
+        let on_host = std::fs::read(data.path().join("shared")).unwrap();
+        assert!(
+            on_host.starts_with(b"vol-bytes\0"),
+            "volume file: {:?}",
+            &on_host[..16]
+        );
+        let upper = e.root.path().join("pods/mm/overlay/upper/root-shared");
+        let on_host = std::fs::read(&upper).unwrap();
+        assert!(
+            on_host.starts_with(b"root-bytes\0"),
+            "rootfs file: {:?}",
+            &on_host[..16]
+        );
+        e.berth(&["rm", "mm"]);
     });
 }
 

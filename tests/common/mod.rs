@@ -13,23 +13,17 @@ pub const STAGE1S: &[&str] = &["ns", "kvm"];
 
 /// Why `stage1` skips `case`, or None when it must pass it.
 ///
-/// kvm: stdout and stderr, stdin, exec and the terminal need the vsock control
-/// channel, volumes need virtio-fs (both the next issue); in-guest
-/// confinement is not applied (the VM boundary is the isolation). Cases that
-/// would cost one ~60 s boot per assertion on the PVM CI hosts run on kvm in
-/// their one-boot form, `probe_parity`.
+/// kvm: in-guest confinement (capabilities, seccomp, masked /proc, a pid
+/// namespace hiding the guest's kernel threads) is not applied — the VM
+/// boundary is the isolation (README, "Limits"). Cases that would cost one
+/// boot per assertion on the PVM CI hosts run on kvm in their one-boot form,
+/// `probe_parity`.
 pub fn unsupported(stage1: &str, case: &str) -> Option<&'static str> {
     if stage1 != "kvm" {
         return None;
     }
     Some(match case {
-        "exit-code" => "stdout and stderr share the serial console until the vsock channel",
-        "exec-errors" => "exec failures reach stage0 as the app's status, not a start report, until the vsock channel",
-        "stdin" => "stdin for -i needs the vsock channel (the serial line has no EOF)",
-        "tty" => "-t needs the vsock channel",
-        "volumes" => "volumes need virtio-fs",
-        "lifecycle" => "berth exec needs the vsock channel",
-        "isolation" => "the VM boundary is the isolation; guest-init applies no in-guest confinement",
+        "isolation" => "documented limit: the VM boundary is the isolation; guest-init applies no in-guest confinement",
         "env-cwd-hostname-user" | "overlay" | "reaper" => "covered in one boot by probe_parity",
         _ => return None,
     })
