@@ -679,6 +679,32 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn init_negotiates_big_writes_but_not_max_pages() {
+        const BIG_WRITES: u32 = 1 << 5;
+        const MAX_PAGES: u32 = 1 << 22;
+        let mut h = Harness::new(false);
+        let init = InitIn {
+            major: 7,
+            minor: 38,
+            max_readahead: 0x20000,
+            flags: BIG_WRITES | MAX_PAGES,
+        };
+        let r = h.req(Opcode::Init as u32, 0, &[init.as_slice()], 0x1000);
+        assert_eq!(r.error, 0);
+        let out: InitOut = r.obj(0);
+        assert_ne!(out.flags & BIG_WRITES, 0);
+        assert_eq!(out.flags & MAX_PAGES, 0);
+        assert_eq!(out.max_write, 1 << 20);
+        // A 64 KiB write in one request.
+        let (e, o) = h
+            .create(ROOT_ID, "big", libc::O_WRONLY | libc::O_CREAT)
+            .unwrap();
+        let data = vec![0x5au8; 64 << 10];
+        assert_eq!(h.write(e.nodeid, o.fh, &data).unwrap(), 64 << 10);
+        assert_eq!(std::fs::read(h.share().join("big")).unwrap(), data);
+    }
+
+    #[test]
     fn create_write_mkdir_readdir_reach_the_host() {
         let mut h = Harness::new(false);
         h.init();
