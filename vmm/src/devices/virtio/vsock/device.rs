@@ -478,6 +478,11 @@ mod tests {
 
     impl Harness {
         fn new(name: &str) -> Self {
+            Self::with_rx(name, 64)
+        }
+
+        /// A harness keeping `rx_target` rx buffers posted.
+        fn with_rx(name: &str, rx_target: usize) -> Self {
             let dir = temp_dir(name);
             let uds = dir.join("v.sock");
             let mem = GuestMem::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
@@ -511,7 +516,7 @@ mod tests {
                 evts,
                 rx_split: false,
                 rx_posted: 0,
-                rx_target: 64,
+                rx_target,
             };
             h.restock_rx();
             h.pump();
@@ -1126,5 +1131,357 @@ mod tests {
             assert!(d.muxer().next_deadline().is_none());
         }
         h.wait(1);
+    }
+
+    /// Small xorshift PRNG: reproducible "random" guest input, no crate.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+            xs[self.below(xs.len() as u64) as usize]
+        }
+    }
+
+    /// Sends a raw tx chain of (addr or own slot, len, flags) descriptors.
+    fn send_raw(h: &mut Harness, parts: &[(Option<u64>, u32, u16)], data: &[&[u8]]) {
+        h.q[TXQ].add(&h.mem, parts, data);
+        h.evts[TXQ].write(1).unwrap();
+    }
+
+    fn tx_all_returned(h: &mut Harness) -> bool {
+        h.q[TXQ].take_used(&h.mem);
+        h.q[TXQ].free.len() == usize::from(QSZ)
+    }
+
+    #[test]
+    fn malformed_tx_packets_are_dropped_or_reset() {
+        let mut h = Harness::new("malformed");
+        let l = UnixListener::bind(host_port_path(&h.uds, 100)).unwrap();
+        let hb = |hd: VsockHeader| hd.to_bytes();
+
+        // Short header: dropped silently.
+        let b = hb(pkt(1, 100, op::REQUEST));
+        send_raw(&mut h, &[(None, 43, 0)], &[&b[..43]]);
+        assert!(h.recv().is_empty());
+        // Header in a device-writable descriptor: dropped.
+        send_raw(&mut h, &[(None, 44, F_WRITE)], &[&b]);
+        assert!(h.recv().is_empty());
+        // Header outside guest memory, straddling its end, or wrapping.
+        for addr in [1 << 40, MEM_SIZE - 10, u64::MAX - 20] {
+            send_raw(&mut h, &[(Some(addr), 44, 0)], &[]);
+            assert!(h.recv().is_empty());
+        }
+        // Payload outside guest memory: the header is readable → RST.
+        let mut bad = pkt(1, 100, op::RW);
+        bad.len = 10;
+        send_raw(
+            &mut h,
+            &[(None, 44, 0), (Some(1 << 40), 10, 0)],
+            &[&hb(bad)],
+        );
+        assert_eq!(ops(&h.recv()), [op::RST]);
+        // len larger than the chain, or than any packet may be.
+        for len in [100, MAX_PKT_PAYLOAD as u32 + 1, u32::MAX] {
+            let mut hd = pkt(1, 100, op::RW);
+            hd.len = len;
+            send_raw(
+                &mut h,
+                &[(None, 44, 0), (None, 10, 0)],
+                &[&hb(hd), &[0; 10]],
+            );
+            assert_eq!(ops(&h.recv()), [op::RST], "len {len}");
+        }
+        // Unknown op / INVALID / unsupported type without a connection: RST.
+        for (o, t) in [
+            (99, TYPE_STREAM),
+            (op::INVALID, TYPE_STREAM),
+            (op::REQUEST, 2),
+        ] {
+            let mut hd = pkt(1, 100, o);
+            hd.type_ = t;
+            h.send(&hd, &[]);
+            let got = h.recv();
+            assert_eq!(ops(&got), [op::RST], "op {o} type {t}");
+            assert_eq!((got[0].0.src_port, got[0].0.dst_port), (100, 1));
+        }
+        // Wrong CIDs: dropped without a word; RST for unknown: ignored.
+        for (src, dst) in [
+            (3, 2),
+            (u64::from(GUEST_CID), 3),
+            (2, 2),
+            (u64::MAX, u64::MAX),
+        ] {
+            let mut hd = pkt(1, 100, op::REQUEST);
+            hd.src_cid = src;
+            hd.dst_cid = dst;
+            h.send(&hd, &[]);
+        }
+        h.send(&pkt(1, 100, op::RST), &[]);
+        assert!(h.recv().is_empty());
+        assert_eq!(h.conn_count(), 0);
+        assert!(tx_all_returned(&mut h));
+
+        // On a live connection: an unknown op, a RESPONSE, a duplicate
+        // REQUEST, a truncated RW each reset it (host sees EOF).
+        for (i, (o, len)) in [
+            (99u16, 0u32),
+            (op::RESPONSE, 0),
+            (op::REQUEST, 0),
+            (op::RW, 50),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let gport = 200 + i as u32;
+            let mut s = guest_connect(&mut h, &l, gport, 100);
+            let mut hd = pkt(gport, 100, o);
+            hd.len = len;
+            send_raw(
+                &mut h,
+                &[(None, 44, 0), (None, 10, 0)],
+                &[&hb(hd), &[0; 10]],
+            );
+            assert_eq!(ops(&h.recv()), [op::RST], "op {o}");
+            assert!(sees_eof(&mut s));
+        }
+        assert_eq!(h.conn_count(), 0);
+
+        // A descriptor loop and a `next` outside the table: bounded, dropped.
+        let b = hb(pkt(1, 100, op::RW));
+        let head = h.q[TXQ].add(&h.mem, &[(None, 44, 0)], &[&b]).unwrap();
+        let at = h.q[TXQ].desc + 16 * u64::from(head);
+        h.mem.write_obj(F_NEXT, GuestAddress(at + 12)).unwrap();
+        h.mem.write_obj(head, GuestAddress(at + 14)).unwrap();
+        h.evts[TXQ].write(1).unwrap();
+        let got = h.recv();
+        assert!(got.len() <= 1, "{got:?}");
+        let head = h.q[TXQ].add(&h.mem, &[(None, 44, 0)], &[&b]).unwrap();
+        let at = h.q[TXQ].desc + 16 * u64::from(head);
+        h.mem.write_obj(F_NEXT, GuestAddress(at + 12)).unwrap();
+        h.mem.write_obj(1000u16, GuestAddress(at + 14)).unwrap();
+        h.evts[TXQ].write(1).unwrap();
+        h.recv();
+        assert!(tx_all_returned(&mut h));
+    }
+
+    #[test]
+    fn bad_rx_buffers_are_returned_empty() {
+        let mut h = Harness::with_rx("badrx", 0);
+        // Readable-only, outside memory, too short: each returned with len 0.
+        let bad: [(Option<u64>, u32, u16); 4] = [
+            (None, 4096, 0),
+            (Some(1 << 40), 4096, F_WRITE),
+            (Some(MEM_SIZE - 100), 4096, F_WRITE),
+            (None, 43, F_WRITE),
+        ];
+        for b in bad {
+            h.q[RXQ].add(&h.mem, &[b], &[]);
+            h.rx_posted += 1;
+        }
+        // A writable header followed by a readable descriptor.
+        h.q[RXQ].add(&h.mem, &[(None, 44, F_WRITE), (None, 100, 0)], &[]);
+        h.rx_posted += 1;
+        // Then one good 44-byte buffer: enough for an RST.
+        h.q[RXQ].add(&h.mem, &[(None, 44, F_WRITE)], &[]);
+        h.rx_posted += 1;
+        h.send(&pkt(1, 555, op::RW), &[]);
+        h.pump();
+        let used = h.q[RXQ].take_used(&h.mem);
+        let lens: Vec<u32> = used.iter().map(|(_, l, _)| *l).collect();
+        assert_eq!(lens, [0, 0, 0, 0, 0, 44]);
+        let mut hb = [0u8; HDR_LEN];
+        h.mem
+            .read_slice(&mut hb, GuestAddress(h.q[RXQ].slot(used[5].2[0])))
+            .unwrap();
+        assert_eq!(VsockHeader::from_bytes(&hb).op, op::RST);
+        h.rx_posted = 0;
+    }
+
+    #[test]
+    fn random_packets_never_panic_or_hang() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut h = Harness::new("fuzz");
+        let l = UnixListener::bind(host_port_path(&h.uds, 77)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let mut host_streams: Vec<UnixStream> = Vec::new();
+        let mut requests: Vec<VsockHeader> = Vec::new();
+        let gports = [5000u32, 5001, 5002];
+        let hports = [77u32, 78, LOCAL_PORT_START, LOCAL_PORT_START + 1];
+        let ops_all = [
+            op::INVALID,
+            op::REQUEST,
+            op::RESPONSE,
+            op::RST,
+            op::SHUTDOWN,
+            op::RW,
+            op::CREDIT_UPDATE,
+            op::CREDIT_REQUEST,
+            8,
+            0xffff,
+        ];
+        let mut payload = vec![0u8; 70 * 1024];
+        for i in 0..4000u32 {
+            let (r1, r2) = (rng.next() as u32, rng.next() as u32);
+            let mut hd = VsockHeader {
+                src_cid: if rng.below(20) == 0 {
+                    rng.next()
+                } else {
+                    u64::from(GUEST_CID)
+                },
+                dst_cid: if rng.below(20) == 0 {
+                    rng.next()
+                } else {
+                    HOST_CID
+                },
+                src_port: if rng.below(8) == 0 {
+                    rng.next() as u32
+                } else {
+                    rng.pick(&gports)
+                },
+                dst_port: if rng.below(8) == 0 {
+                    rng.next() as u32
+                } else {
+                    rng.pick(&hports)
+                },
+                len: 0,
+                type_: if rng.below(20) == 0 {
+                    rng.next() as u16
+                } else {
+                    TYPE_STREAM
+                },
+                op: rng.pick(&ops_all),
+                flags: if rng.below(2) == 0 {
+                    rng.below(4) as u32
+                } else {
+                    rng.next() as u32
+                },
+                buf_alloc: rng.pick(&[0, 1, 4096, GUEST_BUF, u32::MAX, r1]),
+                fwd_cnt: rng.pick(&[0, 1, r2]),
+            };
+            // Answer some of the device's REQUESTs like a guest would.
+            if !requests.is_empty() && rng.below(4) == 0 {
+                let r = requests.swap_remove(rng.below(requests.len() as u64) as usize);
+                hd.src_port = r.dst_port;
+                hd.dst_port = r.src_port;
+                hd.op = rng.pick(&[op::RESPONSE, op::RESPONSE, op::RST]);
+            }
+            let plen = rng.pick(&[0usize, 1, 100, 4096, 65536, 70 * 1024]);
+            hd.len = match rng.below(4) {
+                0 => rng.next() as u32,
+                1 => (plen as u32).saturating_add(1),
+                _ => plen as u32,
+            };
+            for b in payload[..plen].iter_mut() {
+                *b = rng.next() as u8;
+            }
+            let hb = hd.to_bytes();
+            match rng.below(10) {
+                // Header cut short.
+                0 => {
+                    let n = rng.below(44) as u32;
+                    send_raw(&mut h, &[(None, n, 0)], &[&hb[..n as usize]]);
+                }
+                // Random descriptors: anywhere, any direction, any length.
+                1 => {
+                    let n = 1 + rng.below(4) as usize;
+                    let parts: Vec<(Option<u64>, u32, u16)> = (0..n)
+                        .map(|_| {
+                            let addr = match rng.below(4) {
+                                0 => None,
+                                1 => Some(rng.next()),
+                                2 => Some(MEM_SIZE - rng.below(100)),
+                                _ => Some(rng.below(MEM_SIZE)),
+                            };
+                            let r = rng.next() as u32;
+                            let len = rng.pick(&[0, 1, 44, 4096, r]);
+                            (addr, len, rng.pick(&[0, F_WRITE]))
+                        })
+                        .collect();
+                    send_raw(&mut h, &parts, &[&hb]);
+                }
+                // Header and payload in one descriptor.
+                2 => {
+                    let mut b = hb.to_vec();
+                    b.extend_from_slice(&payload[..plen.min(SLOT as usize - 44)]);
+                    send_raw(&mut h, &[(None, b.len() as u32, 0)], &[&b]);
+                }
+                _ => {
+                    let p = &payload[..plen.min(SLOT as usize)];
+                    h.send(&hd, p);
+                }
+            }
+            // Random bad rx buffers now and then.
+            if rng.below(16) == 0 {
+                let addr = rng.pick(&[Some(1u64 << 40), Some(MEM_SIZE - 1), None]);
+                let flags = if addr.is_none() { 0 } else { F_WRITE };
+                if h.q[RXQ].add(&h.mem, &[(addr, 4096, flags)], &[]).is_some() {
+                    h.rx_posted += 1;
+                }
+            }
+            // Host side: connect with good or bad lines, write, hang up.
+            match rng.below(16) {
+                0 => {
+                    if let Ok(mut s) = UnixStream::connect(&h.uds) {
+                        let line: &[u8] = rng.pick(&[
+                            b"CONNECT 5000\n".as_slice(),
+                            b"CONNECT 5001\nxyz",
+                            b"CONNECT nope\n",
+                            b"CONNECT 5002",
+                        ]);
+                        let _ = s.write_all(line);
+                        s.set_nonblocking(true).unwrap();
+                        host_streams.push(s);
+                    }
+                }
+                1 if !host_streams.is_empty() => {
+                    let k = rng.below(host_streams.len() as u64) as usize;
+                    drop(host_streams.swap_remove(k));
+                }
+                2 if !host_streams.is_empty() => {
+                    let k = rng.below(host_streams.len() as u64) as usize;
+                    let _ = host_streams[k].write(&payload[..rng.below(8192) as usize]);
+                }
+                _ => {}
+            }
+            while let Ok((s, _)) = l.accept() {
+                s.set_nonblocking(true).unwrap();
+                host_streams.push(s);
+            }
+            if host_streams.len() > 40 {
+                host_streams.remove(0);
+            }
+            if i % 8 == 0 {
+                for (got, _) in h.recv() {
+                    if got.op == op::REQUEST {
+                        requests.push(got);
+                    }
+                }
+                let mut sink = [0u8; 4096];
+                for s in host_streams.iter_mut() {
+                    let _ = s.read(&mut sink);
+                }
+            }
+        }
+        h.recv();
+        drop(host_streams);
+        h.recv();
+        assert!(h.conn_count() <= super::super::muxer::MAX_CONNECTIONS);
+        // Still a working device.
+        let l2 = UnixListener::bind(host_port_path(&h.uds, 88)).unwrap();
+        let mut s = guest_connect(&mut h, &l2, 60_000, 88);
+        h.send(&rw(60_000, 88, 2, 0), b"ok");
+        h.pump();
+        assert_eq!(read_some(&mut s, 2), b"ok");
     }
 }
