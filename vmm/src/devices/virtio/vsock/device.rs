@@ -461,6 +461,7 @@ mod tests {
         uds: PathBuf,
         mem: GuestMem,
         dev: Arc<Mutex<Vsock>>,
+        handler: Arc<Mutex<VsockEventHandler>>,
         em: Em,
         q: Vec<TestQueue>,
         evts: Vec<EventFd>,
@@ -483,6 +484,8 @@ mod tests {
 
         /// A harness keeping `rx_target` rx buffers posted.
         fn with_rx(name: &str, rx_target: usize) -> Self {
+            // RUST_LOG=debug shows the device's view.
+            let _ = env_logger::builder().is_test(true).try_init();
             let dir = temp_dir(name);
             let uds = dir.join("v.sock");
             let mem = GuestMem::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
@@ -503,14 +506,14 @@ mod tests {
             dev.activate(mem.clone(), queues).unwrap();
             let dev = Arc::new(Mutex::new(dev));
             let mut em = Em::new().unwrap();
-            em.add_subscriber(Arc::new(Mutex::new(
-                VsockEventHandler::new(dev.clone()).unwrap(),
-            )));
+            let handler = Arc::new(Mutex::new(VsockEventHandler::new(dev.clone()).unwrap()));
+            em.add_subscriber(handler.clone());
             let mut h = Harness {
                 dir,
                 uds,
                 mem,
                 dev,
+                handler,
                 em,
                 q,
                 evts,
@@ -638,6 +641,10 @@ mod tests {
 
     impl Drop for Harness {
         fn drop(&mut self) {
+            if !std::thread::panicking() {
+                let errors = self.handler.lock().unwrap().interest_errors();
+                assert_eq!(errors, 0, "the event loop refused interest changes");
+            }
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }

@@ -60,6 +60,9 @@ pub enum FdOp {
     Modify(RawFd, EventSet),
     /// Stop watching `fd`; the stream, if any, is closed afterwards.
     Remove(RawFd, Option<UnixStream>),
+    /// Close an unwatched stream — in order, since earlier operations in
+    /// the same batch may still name its descriptor.
+    Close(UnixStream),
 }
 
 /// Parses a `CONNECT <port>` line (without its newline); None if malformed.
@@ -375,9 +378,11 @@ impl UnixMuxer {
         self.by_fd.remove(&fd);
         let registered = conn.registered.is_some();
         let stream = conn.into_stream();
-        if registered {
-            self.fd_ops.push(FdOp::Remove(fd, Some(stream)));
-        }
+        self.fd_ops.push(if registered {
+            FdOp::Remove(fd, Some(stream))
+        } else {
+            FdOp::Close(stream)
+        });
     }
 
     /// After any change to a connection: drop it if over, sync its
