@@ -746,6 +746,29 @@ mod tests {
     }
 
     #[test]
+    fn host_half_close_then_guest_close() {
+        let mut h = Harness::new("hhalf");
+        let l = UnixListener::bind(host_port_path(&h.uds, 82)).unwrap();
+        let mut s = guest_connect(&mut h, &l, 6002, 82);
+        s.write_all(b"req").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let got = h.recv();
+        assert_eq!(ops(&got), [op::RW, op::SHUTDOWN]);
+        assert_eq!(got[0].1, b"req");
+        assert_eq!(got[1].0.flags, SHUTDOWN_SEND, "half-close only");
+        // The guest still answers; then closes its side: RST, host EOF.
+        h.send(&rw(6002, 82, 5, 3), b"reply");
+        h.pump();
+        assert_eq!(read_some(&mut s, 5), b"reply");
+        let mut sh = pkt(6002, 82, op::SHUTDOWN);
+        sh.flags = SHUTDOWN_SEND;
+        h.send(&sh, &[]);
+        assert_eq!(ops(&h.recv()), [op::RST]);
+        assert!(sees_eof(&mut s));
+        assert_eq!(h.conn_count(), 0);
+    }
+
+    #[test]
     fn guest_to_host_connect_data_shutdown() {
         let mut h = Harness::new("g2h");
         let l = UnixListener::bind(host_port_path(&h.uds, 1234)).unwrap();
