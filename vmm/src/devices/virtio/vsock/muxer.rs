@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::EventSet;
 
-use super::connection::{ConnState, Connection};
+use super::connection::Connection;
 use super::device::VsockBackend;
 use super::packet::{op, VsockHeader, HOST_CID, TYPE_STREAM};
 
@@ -442,7 +442,7 @@ impl UnixMuxer {
     }
 
     /// A guest REQUEST to host port `hdr.dst_port`: connect to `<uds>_<port>`.
-    fn connect_to_host(&mut self, hdr: &VsockHeader, now: Instant) {
+    fn connect_to_host(&mut self, hdr: &VsockHeader) {
         if self.conns.len() >= MAX_CONNECTIONS {
             log::debug!("vmm: vsock: too many connections; refusing");
             self.reply_rst(hdr);
@@ -458,7 +458,6 @@ impl UnixMuxer {
                 let conn = Connection::new_peer(stream, hdr, self.guest_cid);
                 self.by_fd.insert(conn.fd(), key);
                 self.conns.insert(key, conn);
-                let _ = now;
                 self.after_touch(key);
             }
             Err(e) => {
@@ -466,16 +465,6 @@ impl UnixMuxer {
                 self.reply_rst(hdr);
             }
         }
-    }
-
-    /// Whether `local_port` belongs to a connection in `state` (tests).
-    pub fn has_connection(&self, local_port: u32, peer_port: u32, state: ConnState) -> bool {
-        self.conns
-            .get(&ConnKey {
-                local_port,
-                peer_port,
-            })
-            .is_some_and(|c| c.state() == state)
     }
 }
 
@@ -504,7 +493,7 @@ impl VsockBackend for UnixMuxer {
                 conn.send_pkt(hdr, payload, now);
                 self.after_touch(key);
             }
-            None if hdr.op == op::REQUEST => self.connect_to_host(hdr, now),
+            None if hdr.op == op::REQUEST => self.connect_to_host(hdr),
             None => self.reply_rst(hdr),
         }
     }
