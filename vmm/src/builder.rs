@@ -862,6 +862,20 @@ mod tests {
     }
 
     #[test]
+    fn reserved_vsock_cid_refused_by_value() {
+        for cid in [0, 1, 2, u32::MAX] {
+            let mut cfg = VmConfig::new("/nonexistent/vmlinux");
+            cfg.vsock = Some(VsockConfig {
+                guest_cid: cid,
+                uds_path: "/nonexistent/v.sock".into(),
+            });
+            let err = Vm::boot(cfg).err().unwrap();
+            assert!(matches!(err, BuildError::InvalidVsockCid(c) if c == cid));
+            assert!(err.to_string().contains(&cid.to_string()));
+        }
+    }
+
+    #[test]
     fn cmdline_with_pvm() {
         let c = build_cmdline("", &[], true);
         assert!(c.starts_with(BASE_CMDLINE));

@@ -511,9 +511,8 @@ impl Connection {
                         self.shutdown_flags = SHUTDOWN_SEND;
                     }
                     self.rx_flags |= RX_SHUTDOWN;
-                    if self.shutdown_flags == SHUTDOWN_SEND {
-                        self.check_close(now);
-                    }
+                    // If the guest is done sending too, this ends it (RST).
+                    self.check_close(now);
                     return None;
                 }
                 Ok(n) => {

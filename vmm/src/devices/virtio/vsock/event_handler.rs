@@ -21,6 +21,7 @@ pub struct VsockEventHandler {
     queue_evts: [EventFd; 3],
     listener_fd: RawFd,
     timer: TimerFd,
+    interest_errors: u64,
 }
 
 /// A non-blocking monotonic timerfd: reading it after a re-arm in the same
@@ -60,7 +61,13 @@ impl VsockEventHandler {
             queue_evts,
             listener_fd,
             timer: nonblocking_timer()?,
+            interest_errors: 0,
         })
+    }
+
+    /// How many interest changes the event loop refused (a bug if not 0).
+    pub fn interest_errors(&self) -> u64 {
+        self.interest_errors
     }
 
     fn apply(&mut self, device: &mut Vsock, ops: &mut EventOps) {
@@ -69,8 +76,10 @@ impl VsockEventHandler {
                 FdOp::Add(fd, set) => ops.add(Events::new_raw(*fd, *set)),
                 FdOp::Modify(fd, set) => ops.modify(Events::new_raw(*fd, *set)),
                 FdOp::Remove(fd, _) => ops.remove(Events::empty_raw(*fd)),
+                FdOp::Close(_) => Ok(()),
             };
             if let Err(e) = res {
+                self.interest_errors += 1;
                 log::error!("vmm: vsock: updating event interest ({op:?}): {e}");
             }
             // A removed stream is closed here, after it left the loop.

@@ -24,9 +24,15 @@
 //! if that fails the guest's connect is refused (RST, `ECONNRESET`).
 //!
 //! **Closing.** `shutdown(SHUT_WR)` on the host stream reaches the guest as
-//! end of file (SHUTDOWN SEND) and vice versa; closing the host stream, or
-//! the guest closing its socket, ends the connection (RST to the guest, the
-//! unix stream closed), after buffered bytes were delivered or a 5 s grace.
+//! end of file (SHUTDOWN SEND) and vice versa (the VMM shuts the unix
+//! stream's write side once the guest's bytes are delivered). When neither
+//! side will send any more, the VMM resets the connection (RST to the
+//! guest, unix stream closed). Closing the host stream sends the guest
+//! SHUTDOWN (both directions) and the connection ends with its RST, or ours
+//! after 5 s; the guest closing its socket gets an RST once its buffered
+//! bytes reached the host (at most 5 s later). Any packet for a connection
+//! the VMM does not know is answered with RST; a device reset by the driver
+//! closes every host stream.
 //!
 //! Flow control follows the virtio credit scheme: at most 256 KiB are
 //! buffered per connection toward the host, and the VMM reads from a host

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::EventSet;
 
-use super::connection::{ConnState, Connection};
+use super::connection::Connection;
 use super::device::VsockBackend;
 use super::packet::{op, VsockHeader, HOST_CID, TYPE_STREAM};
 
@@ -60,6 +60,9 @@ pub enum FdOp {
     Modify(RawFd, EventSet),
     /// Stop watching `fd`; the stream, if any, is closed afterwards.
     Remove(RawFd, Option<UnixStream>),
+    /// Close an unwatched stream — in order, since earlier operations in
+    /// the same batch may still name its descriptor.
+    Close(UnixStream),
 }
 
 /// Parses a `CONNECT <port>` line (without its newline); None if malformed.
@@ -375,9 +378,11 @@ impl UnixMuxer {
         self.by_fd.remove(&fd);
         let registered = conn.registered.is_some();
         let stream = conn.into_stream();
-        if registered {
-            self.fd_ops.push(FdOp::Remove(fd, Some(stream)));
-        }
+        self.fd_ops.push(if registered {
+            FdOp::Remove(fd, Some(stream))
+        } else {
+            FdOp::Close(stream)
+        });
     }
 
     /// After any change to a connection: drop it if over, sync its
@@ -437,7 +442,7 @@ impl UnixMuxer {
     }
 
     /// A guest REQUEST to host port `hdr.dst_port`: connect to `<uds>_<port>`.
-    fn connect_to_host(&mut self, hdr: &VsockHeader, now: Instant) {
+    fn connect_to_host(&mut self, hdr: &VsockHeader) {
         if self.conns.len() >= MAX_CONNECTIONS {
             log::debug!("vmm: vsock: too many connections; refusing");
             self.reply_rst(hdr);
@@ -453,7 +458,6 @@ impl UnixMuxer {
                 let conn = Connection::new_peer(stream, hdr, self.guest_cid);
                 self.by_fd.insert(conn.fd(), key);
                 self.conns.insert(key, conn);
-                let _ = now;
                 self.after_touch(key);
             }
             Err(e) => {
@@ -461,16 +465,6 @@ impl UnixMuxer {
                 self.reply_rst(hdr);
             }
         }
-    }
-
-    /// Whether `local_port` belongs to a connection in `state` (tests).
-    pub fn has_connection(&self, local_port: u32, peer_port: u32, state: ConnState) -> bool {
-        self.conns
-            .get(&ConnKey {
-                local_port,
-                peer_port,
-            })
-            .is_some_and(|c| c.state() == state)
     }
 }
 
@@ -499,7 +493,7 @@ impl VsockBackend for UnixMuxer {
                 conn.send_pkt(hdr, payload, now);
                 self.after_touch(key);
             }
-            None if hdr.op == op::REQUEST => self.connect_to_host(hdr, now),
+            None if hdr.op == op::REQUEST => self.connect_to_host(hdr),
             None => self.reply_rst(hdr),
         }
     }

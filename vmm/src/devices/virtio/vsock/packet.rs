@@ -139,12 +139,13 @@ impl VsockHeader {
     }
 }
 
-/// Total length of `descs`, after checking that each is in guest memory and
-/// has the expected direction.
+/// Total length of `descs`, after checking that each has the expected
+/// direction and (if `check_ranges`) lies in guest memory.
 fn chain_len<M: GuestMemory>(
     mem: &M,
     descs: &[Descriptor],
     writable: bool,
+    check_ranges: bool,
 ) -> Result<u64, PacketError> {
     let mut total = 0u64;
     for d in descs {
@@ -155,7 +156,7 @@ fn chain_len<M: GuestMemory>(
                 PacketError::WritableInTx
             });
         }
-        if d.len() > 0 && !mem.check_range(d.addr(), d.len() as usize) {
+        if check_ranges && d.len() > 0 && !mem.check_range(d.addr(), d.len() as usize) {
             return Err(PacketError::OutOfGuestMemory);
         }
         total += u64::from(d.len());
@@ -216,12 +217,14 @@ fn copy_chain<M: GuestMemory>(
 }
 
 /// Reads the header of a tx (guest → device) chain; returns it with the
-/// number of bytes that follow it in the chain.
+/// number of bytes that follow it in the chain. Ranges are checked as bytes
+/// are copied, so a payload outside guest memory fails only in
+/// [`read_tx_payload`] (and the connection can be reset).
 pub fn read_tx_header<M: GuestMemory>(
     mem: &M,
     descs: &[Descriptor],
 ) -> Result<(VsockHeader, u64), PacketError> {
-    let total = chain_len(mem, descs, false)?;
+    let total = chain_len(mem, descs, false, false)?;
     if total < HDR_LEN as u64 {
         return Err(PacketError::ShortChain(total));
     }
@@ -259,7 +262,7 @@ pub fn rx_payload_room<M: GuestMemory>(
     mem: &M,
     descs: &[Descriptor],
 ) -> Result<usize, PacketError> {
-    let total = chain_len(mem, descs, true)?;
+    let total = chain_len(mem, descs, true, true)?;
     if total < HDR_LEN as u64 {
         return Err(PacketError::ShortChain(total));
     }
@@ -371,6 +374,19 @@ mod tests {
             Err(PacketError::WritableInTx)
         );
         let outside = [Descriptor::new(0xff000, 0x2000, 0, 0)];
+        let mut p = Vec::new();
+        let (h, avail) = read_tx_header(&m, &outside).unwrap();
+        assert_eq!(
+            read_tx_payload(
+                &m,
+                &outside,
+                &VsockHeader { len: 0x1000, ..h },
+                avail,
+                &mut p
+            ),
+            Err(PacketError::OutOfGuestMemory)
+        );
+        let outside = [Descriptor::new(0x1000_0000, 0x2000, 0, 0)];
         assert_eq!(
             read_tx_header(&m, &outside),
             Err(PacketError::OutOfGuestMemory)
