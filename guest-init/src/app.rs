@@ -315,7 +315,11 @@ fn open_pty() -> Result<(OwnedFd, OwnedFd), Errno> {
     // SAFETY: TIOCSPTLCK reads an int, TIOCGPTN writes an unsigned int; both
     // point to live locals.
     unsafe {
-        Errno::result(libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &mut unlock))?;
+        Errno::result(libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCSPTLCK,
+            &mut unlock,
+        ))?;
         Errno::result(libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n))?;
     }
     let path = CString::new(format!("/dev/pts/{n}")).map_err(|_| Errno::EINVAL)?;
@@ -404,7 +408,9 @@ pub fn spawn(cfg: &AppConfig) -> Result<Started, AppError> {
             let (or, ow) = pipe_cloexec().map_err(AppError::StdioPipe)?;
             let (er, ew) = pipe_cloexec().map_err(AppError::StdioPipe)?;
             let f = ChildFds {
-                stdin: stdin_pipe.as_ref().map(|(_, r): &(OwnedFd, OwnedFd)| r.as_raw_fd()),
+                stdin: stdin_pipe
+                    .as_ref()
+                    .map(|(_, r): &(OwnedFd, OwnedFd)| r.as_raw_fd()),
                 stdout: ow.as_raw_fd(),
                 stderr: ew.as_raw_fd(),
                 tty: false,

@@ -87,4 +87,3 @@ impl Console {
         let _ = unsafe { libc::ioctl(self.raw(), libc::TCSBRK, 1 as libc::c_int) };
     }
 }
-

@@ -163,13 +163,8 @@ impl Proc {
         };
         while !self.pending_in.is_empty() {
             // SAFETY: writes from a live buffer to a non-blocking fd.
-            let n = unsafe {
-                libc::write(
-                    fd,
-                    self.pending_in.as_ptr().cast(),
-                    self.pending_in.len(),
-                )
-            };
+            let n =
+                unsafe { libc::write(fd, self.pending_in.as_ptr().cast(), self.pending_in.len()) };
             match Errno::result(n) {
                 Ok(n) => {
                     self.pending_in.drain(..usize::try_from(n).unwrap_or(0));
@@ -298,7 +293,10 @@ pub fn run(
     let mut pending: Vec<Conn> = Vec::new();
     let mut buf = vec![0u8; MAX_DATA];
     loop {
-        for s in sessions.iter_mut().filter(|s| s.conn.open && s.conn.dec.pending() > 0) {
+        for s in sessions
+            .iter_mut()
+            .filter(|s| s.conn.open && s.conn.dec.pending() > 0)
+        {
             apply_messages(s);
         }
         // Finish sessions whose process was reaped: the rest of its output,
@@ -423,7 +421,9 @@ pub fn run(
                 match accept(l) {
                     Ok(fd) => pending.push(Conn::new(fd)),
                     Err(Errno::EAGAIN | Errno::EINTR) => {}
-                    Err(e) => console::say(&format!("cannot accept an exec connection: {}", e.desc())),
+                    Err(e) => {
+                        console::say(&format!("cannot accept an exec connection: {}", e.desc()))
+                    }
                 }
             }
         }

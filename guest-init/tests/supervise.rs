@@ -109,7 +109,8 @@ struct Streams {
 
 /// Read a connection to its end (or the Exit frame), with a deadline.
 fn collect(conn: &mut UnixStream) -> Streams {
-    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut dec = Decoder::new();
     let mut st = Streams::default();
     while let Ok(Some(m)) = io::recv(conn, &mut dec) {
@@ -385,16 +386,31 @@ fn large_output_arrives_intact() {
     let o = run(spec(&["/bin/sh", "-c", "seq 1 200000"]));
     assert_eq!(o.code, 0, "{}", o.stderr);
     let want: String = (1..=200000).map(|i| format!("{i}\n")).collect();
-    assert!(o.stdout == want, "stdout differs ({} bytes)", o.stdout.len());
+    assert!(
+        o.stdout == want,
+        "stdout differs ({} bytes)",
+        o.stdout.len()
+    );
 }
 
 #[test]
 fn tty_mode_gives_a_terminal() {
-    let mut s = spec(&["/bin/sh", "-c", "test -t 0 && test -t 1 && echo tty; stty size"]);
+    let mut s = spec(&[
+        "/bin/sh",
+        "-c",
+        "test -t 0 && test -t 1 && echo tty; stty size",
+    ]);
     s.stdio.tty = true;
     s.stdio.interactive = true;
     let mut r = start(s);
-    io::send(&mut r.conn, &Message::Resize { rows: 33, cols: 101 }).unwrap();
+    io::send(
+        &mut r.conn,
+        &Message::Resize {
+            rows: 33,
+            cols: 101,
+        },
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let o = r.finish();
     assert_eq!(o.code, 0, "{}", o.stderr);
@@ -415,7 +431,10 @@ fn exec_runs_a_second_process_with_its_own_streams_and_status() {
     let mut c = r.exec(process(&["no-such-cmd-q"]));
     let st = collect(&mut c);
     assert_eq!(st.started, Some(false));
-    assert_eq!(st.stderr, "berth: exec \"no-such-cmd-q\": command not found\n");
+    assert_eq!(
+        st.stderr,
+        "berth: exec \"no-such-cmd-q\": command not found\n"
+    );
     assert_eq!(st.exit, Some(127));
     // stdin and signals reach the exec'd process; the app is untouched.
     let mut p = process(&["cat"]);

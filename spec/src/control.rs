@@ -162,9 +162,7 @@ impl Message {
                 out.extend_from_slice(&status.to_le_bytes());
                 out.extend_from_slice(message.as_bytes());
             }
-            Message::Stdin(d) | Message::Stdout(d) | Message::Stderr(d) => {
-                out.extend_from_slice(d)
-            }
+            Message::Stdin(d) | Message::Stdout(d) | Message::Stderr(d) => out.extend_from_slice(d),
             Message::Signal(s) | Message::Exit(s) => out.extend_from_slice(&s.to_le_bytes()),
             Message::Resize { rows, cols } => {
                 out.extend_from_slice(&rows.to_le_bytes());
@@ -384,7 +382,11 @@ mod tests {
         let cases: Vec<(Vec<u8>, ProtocolError)> = vec![
             (vec![0, 0, 0, 0, 1], ProtocolError::Length(0)),
             (
-                (MAX_FRAME + 1).to_le_bytes().into_iter().chain([6]).collect(),
+                (MAX_FRAME + 1)
+                    .to_le_bytes()
+                    .into_iter()
+                    .chain([6])
+                    .collect(),
                 ProtocolError::Length(MAX_FRAME + 1),
             ),
             (vec![1, 0, 0, 0, 99], ProtocolError::Kind(99)),

@@ -21,7 +21,10 @@ pub enum Start {
     Started,
     /// It could not be started; it exits with `status` (126/127 for exec
     /// errors, 125 for set-up errors) and `message` says why.
-    Failed { status: i32, message: String },
+    Failed {
+        status: i32,
+        message: String,
+    },
 }
 
 /// One control connection.

@@ -98,7 +98,14 @@ mod tests {
         );
         assert_eq!(p.cwd, "/srv");
         assert_eq!(p.user, spec.app.user);
-        assert_eq!(p.env.iter().rev().find(|e| e.starts_with("A=")).map(String::as_str), Some("A=2"));
+        assert_eq!(
+            p.env
+                .iter()
+                .rev()
+                .find(|e| e.starts_with("A="))
+                .map(String::as_str),
+            Some("A=2")
+        );
         assert!(p.stdin && !p.tty);
         let p = process(
             spec,

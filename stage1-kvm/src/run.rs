@@ -84,7 +84,10 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
     let _ = std::fs::remove_file(&main_path);
     let listener = UnixListener::bind(&main_path)
         .with_context(|| format!("cannot listen on {}", main_path.display()))?;
-    log::debug!("stage1-kvm: shares and initramfs ready after {:?}", t0.elapsed());
+    log::debug!(
+        "stage1-kvm: shares and initramfs ready after {:?}",
+        t0.elapsed()
+    );
 
     // Block the relayed signals before any other thread exists, so that
     // they wait for the relay's signalfd.

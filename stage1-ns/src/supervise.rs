@@ -4,11 +4,11 @@
 
 use crate::app;
 use crate::init::is_forwarded;
+use berth_spec::stage1_cli::RawMode;
 use berth_spec::EXIT_BERTH_FAILED;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::signalfd::SignalFd;
-use berth_spec::stage1_cli::RawMode;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
