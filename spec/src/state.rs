@@ -151,8 +151,18 @@ impl Ready {
 
 /// Write then rename, so readers never see a partial file.
 pub fn write_file(path: &Path, content: &str) -> Result<(), StateError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, content)
+    // An explicit mode: the kvm stage1's FUSE server sets the process umask
+    // to 0 (to create guest files with exact modes).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(content.as_bytes()))
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|source| StateError::Write {
             path: path.display().to_string(),

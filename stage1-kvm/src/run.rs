@@ -125,6 +125,7 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
     let log = std::fs::File::create(pod.console_log())
         .with_context(|| format!("cannot create {}", pod.console_log().display()))?;
     cfg.serial_out = Box::new(log);
+    drop_privileges(&cfg.fs_capabilities())?;
     let vm = vmm::Vm::boot(cfg).context("cannot boot the VM")?;
     state::write_file(&pod.pid_file(), &std::process::id().to_string())?;
 
@@ -185,6 +186,34 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
     state::write_file(&pod.status_file(), &format!("{code}\n"))?;
     state::remove_if_requested(pod);
     Ok(code)
+}
+
+/// Least privilege for the VMM: before its threads exist (capabilities are
+/// per thread and inherited), keep only what its virtio-fs server needs to
+/// create files as the guest's users (`keep`) — no CAP_SYS_ADMIN, no
+/// CAP_NET_ADMIN, no CAP_SYS_PTRACE, no mounting — drop the rest from every
+/// set including the bounding set, and set no_new_privs. Opening /dev/kvm
+/// and everything else the VMM does needs no capability.
+fn drop_privileges(keep: &[caps::Capability]) -> Result<()> {
+    use caps::{CapSet, CapsHashSet};
+    let keep: CapsHashSet = keep.iter().copied().collect();
+    // The bounding set first: dropping from it needs CAP_SETPCAP.
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .with_context(|| format!("cannot drop {cap} from the bounding set"))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).context("cannot clear ambient capabilities")?;
+    caps::set(None, CapSet::Inheritable, &CapsHashSet::new())
+        .context("cannot clear inheritable capabilities")?;
+    caps::set(None, CapSet::Effective, &keep).context("cannot set effective capabilities")?;
+    caps::set(None, CapSet::Permitted, &keep).context("cannot set permitted capabilities")?;
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) only restricts this process.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot set no_new_privs");
+    }
+    Ok(())
 }
 
 /// The relay thread: accept guest-init's connection, report the start, relay.
