@@ -25,6 +25,7 @@ use crate::devices::serial::{
 };
 use crate::devices::virtio::block::{Block, BlockError, BlockEventHandler};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport};
+use crate::devices::virtio::net::{Net, NetError, NetEventHandler, TapError};
 use crate::devices::virtio::Interrupt;
 use crate::devices::{ExitReason, VmShared};
 use crate::pvm;
@@ -49,6 +50,25 @@ pub struct BlockConfig {
     pub read_only: bool,
 }
 
+/// A virtio-net interface backed by a tap device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Host tap interface name (1–15 bytes of `[A-Za-z0-9_.-]`). An existing
+    /// tap is attached to; a missing one is created (and vanishes with the VM).
+    pub tap: String,
+    /// The guest's MAC address (unicast, not zero); see [`mac_from_id`].
+    pub mac: [u8; 6],
+}
+
+impl NetConfig {
+    /// Checks the tap name; the error names it.
+    pub fn validate(&self) -> Result<(), TapError> {
+        crate::devices::virtio::net::validate_tap_name(&self.tap)
+    }
+}
+
+pub use crate::devices::virtio::net::mac_from_id;
+
 /// Initramfs source.
 #[derive(Debug, Clone)]
 pub enum Initramfs {
@@ -72,6 +92,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// virtio-blk disks, in order (`/dev/vda`, `/dev/vdb`, …).
     pub block: Vec<BlockConfig>,
+    /// virtio-net interfaces, in order (`eth0`, `eth1`, …), placed after the disks.
+    pub net: Vec<NetConfig>,
     /// Where guest serial output goes.
     pub serial_out: SerialOut,
     /// Override PVM detection (None = detect).
@@ -88,6 +110,7 @@ impl VmConfig {
             mem_mib: 256,
             vcpus: 1,
             block: Vec::new(),
+            net: Vec::new(),
             serial_out: Box::new(std::io::stdout()),
             pvm: None,
         }
@@ -151,6 +174,12 @@ pub enum BuildError {
     /// Creating a block device failed.
     #[error("creating block device {0}")]
     Block(PathBuf, #[source] BlockError),
+    /// A network interface's configuration is invalid.
+    #[error("invalid network interface configuration")]
+    InvalidNet(#[source] TapError),
+    /// Creating a network device failed.
+    #[error("creating network device on tap {0}")]
+    Net(String, #[source] NetError),
     /// Creating a virtio-mmio transport failed.
     #[error("creating a virtio-mmio transport")]
     Mmio(#[source] MmioError),
@@ -327,6 +356,9 @@ impl Vm {
         if cfg.mem_mib < 32 {
             return Err(BuildError::InvalidConfig("mem_mib must be at least 32"));
         }
+        for net in &cfg.net {
+            net.validate().map_err(BuildError::InvalidNet)?;
+        }
         let pvm = cfg.pvm.unwrap_or_else(pvm::detected);
         if pvm {
             log::info!("vmm: PVM host (/sys/module/kvm_pvm): quirks on: clearcpuid, boot-time savers, pvm_syscall_fix=1, int3/fwait fixups, 1 vCPU");
@@ -437,6 +469,37 @@ impl Vm {
             .map_err(BuildError::Devices)?;
             subscribers.push(Arc::new(Mutex::new(
                 BlockEventHandler::new(block).map_err(BuildError::EventFd)?,
+            )));
+        }
+        for nic in &cfg.net {
+            let slot = dm.allocate_mmio().map_err(BuildError::Devices)?;
+            let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+            let interrupt = Interrupt::new(irq_evt.try_clone().map_err(BuildError::EventFd)?);
+            let net = Net::new(&nic.tap, nic.mac, interrupt.clone())
+                .map_err(|e| BuildError::Net(nic.tap.clone(), e))?;
+            let rx_evt = net.rx_evt().try_clone().map_err(BuildError::EventFd)?;
+            let tx_evt = net.tx_evt().try_clone().map_err(BuildError::EventFd)?;
+            let net = Arc::new(Mutex::new(net));
+            let transport = MmioTransport::new(
+                vm.mem.clone(),
+                net.clone(),
+                interrupt,
+                vec![
+                    rx_evt.try_clone().map_err(BuildError::EventFd)?,
+                    tx_evt.try_clone().map_err(BuildError::EventFd)?,
+                ],
+            )
+            .map_err(BuildError::Mmio)?;
+            dm.add_virtio_mmio(
+                &vm.fd,
+                slot,
+                Arc::new(Mutex::new(transport)),
+                &irq_evt,
+                &[rx_evt, tx_evt],
+            )
+            .map_err(BuildError::Devices)?;
+            subscribers.push(Arc::new(Mutex::new(
+                NetEventHandler::new(net).map_err(BuildError::EventFd)?,
             )));
         }
 

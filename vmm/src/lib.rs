@@ -15,7 +15,8 @@
 //! ```
 //!
 //! The guest gets `console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1`, one
-//! `virtio_mmio.device=` per disk (`/dev/vda`, `/dev/vdb`, … in order), the PVM
+//! `virtio_mmio.device=` per disk (`/dev/vda`, `/dev/vdb`, … in order) then
+//! per network interface ([`VmConfig::net`]: a tap, `eth0`, `eth1`, …), the PVM
 //! parameters when `/sys/module/kvm_pvm` exists ([`pvm`]), then
 //! [`VmConfig::extra_cmdline`]. It reports to the host through the ports in
 //! `berth_spec::kvm`: BOOT_MARK_PORT (first write = [`VmExitInfo::boot_to_init`])
@@ -43,8 +44,8 @@ pub mod pvm;
 pub mod vstate;
 
 pub use builder::{
-    build_cmdline, BlockConfig, BuildError, Initramfs, RunningVm, Vm, VmConfig, VmExitInfo,
-    VmHandle,
+    build_cmdline, mac_from_id, BlockConfig, BuildError, Initramfs, NetConfig, RunningVm, Vm,
+    VmConfig, VmExitInfo, VmHandle,
 };
 pub use devices::serial::SerialInput;
 pub use devices::ExitReason;

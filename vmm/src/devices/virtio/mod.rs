@@ -2,6 +2,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -67,7 +68,7 @@ impl Interrupt {
 
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
-    /// virtio device id (2 = block).
+    /// virtio device id (1 = net, 2 = block).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue.
     fn queue_max_sizes(&self) -> &[u16];
