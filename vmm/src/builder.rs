@@ -742,6 +742,25 @@ mod tests {
     }
 
     #[test]
+    fn bad_tap_name_refused_before_boot() {
+        let mut cfg = VmConfig::new("/nonexistent/vmlinux");
+        cfg.net.push(NetConfig {
+            tap: "tap0".into(),
+            mac: mac_from_id(b"pod"),
+        });
+        cfg.net.push(NetConfig {
+            tap: "this-name-is-too-long".into(),
+            mac: mac_from_id(b"pod"),
+        });
+        let Err(e) = Vm::boot(cfg) else {
+            panic!("boot accepted a bad tap name")
+        };
+        assert!(matches!(e, BuildError::InvalidNet(_)), "{e:?}");
+        let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+        assert!(chain.contains("\"this-name-is-too-long\""), "{chain}");
+    }
+
+    #[test]
     fn cmdline_with_pvm() {
         let c = build_cmdline("", &[], true);
         assert!(c.starts_with(BASE_CMDLINE));
