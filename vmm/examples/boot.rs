@@ -2,6 +2,7 @@
 //!
 //! cargo run -p vmm --example boot -- --kernel VMLINUX [--initramfs FILE]
 //!     [--cmdline "..."] [--mem 256] [--cpus 1] [--disk IMG[:ro]]... [--timeout SECS]
+//!     [--net TAP]...   (virtio-net on host tap TAP, eth0, eth1, …; MAC from the tap name)
 //!     [--input TEXT]   (bytes sent to the guest's serial RX after boot)
 //!     [--timestamps]   (prefix each console line with host time since Vm::boot)
 
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 fn usage() -> ExitCode {
     eprintln!(
         "usage: boot --kernel VMLINUX [--initramfs FILE] [--cmdline ARGS] [--mem MIB] \
-         [--cpus N] [--disk IMG[:ro]]... [--timeout SECS] [--input TEXT]"
+         [--cpus N] [--disk IMG[:ro]]... [--net TAP]... [--timeout SECS] [--input TEXT]"
     );
     ExitCode::from(2)
 }
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
     let mut mem = 256u32;
     let mut cpus = 1u8;
     let mut disks = Vec::new();
+    let mut nets = Vec::new();
     let mut timeout = None;
     let mut input: Option<String> = None;
     let mut timestamps = false;
@@ -57,6 +59,13 @@ fn main() -> ExitCode {
                 }
                 None => return usage(),
             },
+            "--net" => match val() {
+                Some(tap) => nets.push(vmm::NetConfig {
+                    mac: vmm::mac_from_id(tap.as_bytes()),
+                    tap,
+                }),
+                None => return usage(),
+            },
             "--timeout" => timeout = val().and_then(|v| v.parse::<u64>().ok()),
             "--input" => input = val(),
             "--timestamps" => timestamps = true,
@@ -72,6 +81,7 @@ fn main() -> ExitCode {
     cfg.mem_mib = mem;
     cfg.vcpus = cpus;
     cfg.block = disks;
+    cfg.net = nets;
     if timestamps {
         cfg.serial_out = Box::new(Stamped {
             start: Instant::now(),
