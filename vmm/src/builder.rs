@@ -25,7 +25,7 @@ use crate::devices::serial::{
 };
 use crate::devices::virtio::block::{Block, BlockError, BlockEventHandler};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport};
-use crate::devices::virtio::net::{Net, NetError, NetEventHandler, TapError};
+use crate::devices::virtio::net::{Net, NetError, NetEventHandler};
 use crate::devices::virtio::Interrupt;
 use crate::devices::{ExitReason, VmShared};
 use crate::pvm;
@@ -61,9 +61,10 @@ pub struct NetConfig {
 }
 
 impl NetConfig {
-    /// Checks the tap name; the error names it.
-    pub fn validate(&self) -> Result<(), TapError> {
-        crate::devices::virtio::net::validate_tap_name(&self.tap)
+    /// Checks the tap name and the MAC; the error names the bad value.
+    pub fn validate(&self) -> Result<(), NetError> {
+        crate::devices::virtio::net::validate_tap_name(&self.tap).map_err(NetError::Tap)?;
+        crate::devices::virtio::net::validate_mac(&self.mac)
     }
 }
 
@@ -176,7 +177,7 @@ pub enum BuildError {
     Block(PathBuf, #[source] BlockError),
     /// A network interface's configuration is invalid.
     #[error("invalid network interface configuration")]
-    InvalidNet(#[source] TapError),
+    InvalidNet(#[source] NetError),
     /// Creating a network device failed.
     #[error("creating network device on tap {0}")]
     Net(String, #[source] NetError),
@@ -756,8 +757,19 @@ mod tests {
             panic!("boot accepted a bad tap name")
         };
         assert!(matches!(e, BuildError::InvalidNet(_)), "{e:?}");
-        let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+        let mut chain = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            chain = format!("{chain}: {s}");
+            src = s.source();
+        }
         assert!(chain.contains("\"this-name-is-too-long\""), "{chain}");
+        let bad_mac = NetConfig {
+            tap: "tap0".into(),
+            mac: [0x03, 0, 0, 0, 0, 1],
+        };
+        let e = bad_mac.validate().unwrap_err();
+        assert!(e.to_string().contains("03:00:00:00:00:01"), "{e}");
     }
 
     #[test]

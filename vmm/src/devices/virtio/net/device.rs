@@ -30,6 +30,9 @@ pub const VNET_HDR_LEN: usize = 12;
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// Ethernet header: shortest frame accepted from the guest.
 pub const ETH_HLEN: usize = 14;
+/// Room for any frame a tap can hold (MTU 65535 + Ethernet and VLAN
+/// headers), so an over-long frame is read whole and counted as oversize.
+const RX_READ_LEN: usize = MAX_FRAME_LEN + 64;
 /// Frames handled per [`process_rx`] call before yielding to the event loop.
 pub const RX_BUDGET: usize = 256;
 
@@ -39,7 +42,7 @@ pub enum NetError {
     /// The MAC address is multicast or all zero.
     #[error("invalid MAC address {0}: must be unicast and not zero")]
     InvalidMac(String),
-    /// Opening the tap failed.
+    /// Opening the tap failed (or its name is invalid).
     #[error("opening the tap backend")]
     Tap(#[source] TapError),
     /// Creating an eventfd failed.
@@ -104,7 +107,7 @@ impl<B: NetBackend> NetState<B> {
         NetState {
             backend,
             counters: NetCounters::default(),
-            rx_buf: vec![0u8; VNET_HDR_LEN + MAX_FRAME_LEN],
+            rx_buf: vec![0u8; VNET_HDR_LEN + RX_READ_LEN],
             rx_pending: None,
             tx_buf: Vec::new(),
         }
@@ -350,6 +353,14 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
+/// Checks that `mac` can be a NIC's address: unicast and not all zero.
+pub fn validate_mac(mac: &[u8; 6]) -> Result<(), NetError> {
+    if mac[0] & 1 != 0 || *mac == [0; 6] {
+        return Err(NetError::InvalidMac(format_mac(mac)));
+    }
+    Ok(())
+}
+
 /// The virtio-net device on a tap.
 pub struct Net {
     state: NetState<Tap>,
@@ -369,9 +380,7 @@ impl Net {
     /// A device on the tap `tap_name` (attached, or created if missing),
     /// answering `mac` in its configuration space.
     pub fn new(tap_name: &str, mac: [u8; 6], interrupt: Interrupt) -> Result<Self, NetError> {
-        if mac[0] & 1 != 0 || mac == [0; 6] {
-            return Err(NetError::InvalidMac(format_mac(&mac)));
-        }
+        validate_mac(&mac)?;
         let tap = Tap::open(tap_name).map_err(NetError::Tap)?;
         let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(NetError::EventFd);
         Ok(Net {

@@ -6,8 +6,8 @@ pub mod event_handler;
 pub mod tap;
 
 pub use device::{
-    format_mac, mac_from_id, process_rx, process_tx, Net, NetBackend, NetCounters, NetError,
-    NetState, RxResult, MAX_FRAME_LEN, VNET_HDR_LEN,
+    format_mac, mac_from_id, process_rx, process_tx, validate_mac, Net, NetBackend, NetCounters,
+    NetError, NetState, RxResult, MAX_FRAME_LEN, VNET_HDR_LEN,
 };
 pub use event_handler::NetEventHandler;
 pub use tap::{validate_tap_name, Tap, TapError};
