@@ -3,6 +3,7 @@
 //! cargo run -p vmm --example boot -- --kernel VMLINUX [--initramfs FILE]
 //!     [--cmdline "..."] [--mem 256] [--cpus 1] [--disk IMG[:ro]]... [--timeout SECS]
 //!     [--fs TAG=DIR[:ro]]... (virtio-fs share; guest: mount -t virtiofs TAG /mnt)
+//!     [--net TAP]...   (virtio-net on host tap TAP, eth0, eth1, …; MAC from the tap name)
 //!     [--input TEXT]   (bytes sent to the guest's serial RX after boot)
 //!     [--timestamps]   (prefix each console line with host time since Vm::boot)
 
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 fn usage() -> ExitCode {
     eprintln!(
         "usage: boot --kernel VMLINUX [--initramfs FILE] [--cmdline ARGS] [--mem MIB] \
-         [--cpus N] [--disk IMG[:ro]]... [--fs TAG=DIR[:ro]]... [--timeout SECS] [--input TEXT]"
+         [--cpus N] [--disk IMG[:ro]]... [--fs TAG=DIR[:ro]]... [--net TAP]... [--timeout SECS] \
+         [--input TEXT]"
     );
     ExitCode::from(2)
 }
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
     let mut cpus = 1u8;
     let mut disks = Vec::new();
     let mut shares = Vec::new();
+    let mut nets = Vec::new();
     let mut timeout = None;
     let mut input: Option<String> = None;
     let mut timestamps = false;
@@ -63,6 +66,14 @@ fn main() -> ExitCode {
                 Some(share) => shares.push(share),
                 None => return usage(),
             },
+            "--net" => match val() {
+                Some(tap) => nets.push(vmm::NetConfig {
+                    fd: None,
+                    mac: vmm::mac_from_id(tap.as_bytes()),
+                    tap,
+                }),
+                None => return usage(),
+            },
             "--timeout" => timeout = val().and_then(|v| v.parse::<u64>().ok()),
             "--input" => input = val(),
             "--timestamps" => timestamps = true,
@@ -79,6 +90,7 @@ fn main() -> ExitCode {
     cfg.vcpus = cpus;
     cfg.block = disks;
     cfg.fs = shares;
+    cfg.net = nets;
     if timestamps {
         cfg.serial_out = Box::new(Stamped {
             start: Instant::now(),

@@ -26,6 +26,7 @@ use crate::devices::serial::{
 use crate::devices::virtio::block::{Block, BlockError, BlockEventHandler};
 use crate::devices::virtio::fs::{Fs, FsError, FsEventHandler};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport};
+use crate::devices::virtio::net::{Net, NetError, NetEventHandler, TapSource};
 use crate::devices::virtio::vsock::{Vsock, VsockError, VsockEventHandler};
 use crate::devices::virtio::Interrupt;
 use crate::devices::{ExitReason, VmShared};
@@ -85,6 +86,31 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// A virtio-net interface backed by a tap device.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Host tap interface name (1–15 bytes of `[A-Za-z0-9_.-]`). Without
+    /// `fd`, an existing tap is attached to and a missing one is created
+    /// (and vanishes with the VM).
+    pub tap: String,
+    /// An already-open tap (`/dev/net/tun` after TUNSETIFF, e.g. created
+    /// and put on a bridge by berth's host networking); used instead of
+    /// opening `tap` by name.
+    pub fd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// The guest's MAC address (unicast, not zero); see [`mac_from_id`].
+    pub mac: [u8; 6],
+}
+
+impl NetConfig {
+    /// Checks the tap name and the MAC; the error names the bad value.
+    pub fn validate(&self) -> Result<(), NetError> {
+        crate::devices::virtio::net::validate_tap_name(&self.tap).map_err(NetError::Tap)?;
+        crate::devices::virtio::net::validate_mac(&self.mac)
+    }
+}
+
+pub use crate::devices::virtio::net::mac_from_id;
+
 /// Initramfs source.
 #[derive(Debug, Clone)]
 pub enum Initramfs {
@@ -112,6 +138,8 @@ pub struct VmConfig {
     pub fs: Vec<FsConfig>,
     /// virtio-vsock device, placed after the disks.
     pub vsock: Option<VsockConfig>,
+    /// virtio-net interfaces, in order (`eth0`, `eth1`, …), placed after the disks.
+    pub net: Vec<NetConfig>,
     /// Where guest serial output goes.
     pub serial_out: SerialOut,
     /// Override PVM detection (None = detect).
@@ -137,6 +165,7 @@ impl VmConfig {
             block: Vec::new(),
             fs: Vec::new(),
             vsock: None,
+            net: Vec::new(),
             serial_out: Box::new(std::io::stdout()),
             pvm: None,
         }
@@ -212,6 +241,12 @@ pub enum BuildError {
     /// Creating the vsock device failed.
     #[error("creating vsock device on {0}")]
     Vsock(PathBuf, #[source] VsockError),
+    /// A network interface's configuration is invalid.
+    #[error("invalid network interface configuration")]
+    InvalidNet(#[source] NetError),
+    /// Creating a network device failed.
+    #[error("creating network device on tap {0}")]
+    Net(String, #[source] NetError),
     /// Creating a virtio-mmio transport failed.
     #[error("creating a virtio-mmio transport")]
     Mmio(#[source] MmioError),
@@ -402,6 +437,9 @@ impl Vm {
             return Err(BuildError::InvalidConfig("mem_mib must be at least 32"));
         }
         validate_fs(&cfg.fs)?;
+        for net in &cfg.net {
+            net.validate().map_err(BuildError::InvalidNet)?;
+        }
         if let Some(v) = &cfg.vsock {
             if v.guest_cid < 3 || v.guest_cid == u32::MAX {
                 return Err(BuildError::InvalidVsockCid(v.guest_cid));
@@ -590,6 +628,42 @@ impl Vm {
                 vcfg.guest_cid,
                 vcfg.uds_path.display()
             );
+        }
+
+        for nic in &cfg.net {
+            let slot = dm.allocate_mmio().map_err(BuildError::Devices)?;
+            let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+            let interrupt = Interrupt::new(irq_evt.try_clone().map_err(BuildError::EventFd)?);
+            let source = match &nic.fd {
+                Some(fd) => TapSource::Fd(fd.try_clone().map_err(BuildError::EventFd)?),
+                None => TapSource::Name,
+            };
+            let net = Net::new(&nic.tap, source, nic.mac, interrupt.clone())
+                .map_err(|e| BuildError::Net(nic.tap.clone(), e))?;
+            let rx_evt = net.rx_evt().try_clone().map_err(BuildError::EventFd)?;
+            let tx_evt = net.tx_evt().try_clone().map_err(BuildError::EventFd)?;
+            let net = Arc::new(Mutex::new(net));
+            let transport = MmioTransport::new(
+                vm.mem.clone(),
+                net.clone(),
+                interrupt,
+                vec![
+                    rx_evt.try_clone().map_err(BuildError::EventFd)?,
+                    tx_evt.try_clone().map_err(BuildError::EventFd)?,
+                ],
+            )
+            .map_err(BuildError::Mmio)?;
+            dm.add_virtio_mmio(
+                &vm.fd,
+                slot,
+                Arc::new(Mutex::new(transport)),
+                &irq_evt,
+                &[rx_evt, tx_evt],
+            )
+            .map_err(BuildError::Devices)?;
+            subscribers.push(Arc::new(Mutex::new(
+                NetEventHandler::new(net).map_err(BuildError::EventFd)?,
+            )));
         }
 
         // 4. Command line, zero page, GDT/page tables, MP table.
@@ -873,6 +947,39 @@ mod tests {
             assert!(matches!(err, BuildError::InvalidVsockCid(c) if c == cid));
             assert!(err.to_string().contains(&cid.to_string()));
         }
+    }
+
+    #[test]
+    fn bad_tap_name_refused_before_boot() {
+        let mut cfg = VmConfig::new("/nonexistent/vmlinux");
+        cfg.net.push(NetConfig {
+            tap: "tap0".into(),
+            fd: None,
+            mac: mac_from_id(b"pod"),
+        });
+        cfg.net.push(NetConfig {
+            tap: "this-name-is-too-long".into(),
+            fd: None,
+            mac: mac_from_id(b"pod"),
+        });
+        let Err(e) = Vm::boot(cfg) else {
+            panic!("boot accepted a bad tap name")
+        };
+        assert!(matches!(e, BuildError::InvalidNet(_)), "{e:?}");
+        let mut chain = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            chain = format!("{chain}: {s}");
+            src = s.source();
+        }
+        assert!(chain.contains("\"this-name-is-too-long\""), "{chain}");
+        let bad_mac = NetConfig {
+            tap: "tap0".into(),
+            fd: None,
+            mac: [0x03, 0, 0, 0, 0, 1],
+        };
+        let e = bad_mac.validate().unwrap_err();
+        assert!(e.to_string().contains("03:00:00:00:00:01"), "{e}");
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //! virtio-fs share (`mount -t virtiofs TAG DIR`; the VMM must run as root with
 //! [`devices::virtio::fs::required_capabilities`]), one for the vsock device
 //! if [`VmConfig::vsock`] is set (host side: a unix socket, protocol in
-//! [`devices::virtio::vsock`]), the PVM
+//! [`devices::virtio::vsock`]), one per network interface ([`VmConfig::net`]:
+//! a tap, `eth0`, `eth1`, …), the PVM
 //! parameters when `/sys/module/kvm_pvm` exists ([`pvm`]), then
 //! [`VmConfig::extra_cmdline`]. It reports to the host through the ports in
 //! `berth_spec::kvm`: BOOT_MARK_PORT (first write = [`VmExitInfo::boot_to_init`])
@@ -48,8 +49,8 @@ pub mod pvm;
 pub mod vstate;
 
 pub use builder::{
-    build_cmdline, validate_fs, BlockConfig, BuildError, FsConfig, Initramfs, RunningVm, Vm,
-    VmConfig, VmExitInfo, VmHandle, VsockConfig,
+    build_cmdline, mac_from_id, validate_fs, BlockConfig, BuildError, FsConfig, Initramfs,
+    NetConfig, RunningVm, Vm, VmConfig, VmExitInfo, VmHandle, VsockConfig,
 };
 pub use devices::serial::SerialInput;
 pub use devices::ExitReason;
