@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Start-up benchmark of the namespace stage1: median wall time of
-#   berth run --rm --stage1=ns --rootfs <busybox> -- /bin/true
+#   berth run --rm --stage1=ns --net none --rootfs <busybox> -- /bin/true
+# (--net none: like runc's default config, a network namespace with
+# loopback only; the row berth-private shows the default --net private, on a
+# bridge and subnet of the benchmark's own),
 # against `runc run` and `crun run` of the same rootfs (Debian's packages, a
 # generated config.json) and `systemd-nspawn -D <rootfs> /bin/true`, in one
 # run, printed as a table with ratios to berth.
@@ -29,7 +32,11 @@ jq --arg r "$img" '.root.path=$r | .root.readonly=true | .process.terminal=false
 
 declare -a names cmds
 add() { names+=("$1"); cmds+=("$2"); }
-add berth "$berth --root $work/root run --rm --stage1=ns --rootfs $img -- /bin/true"
+add berth "$berth --root $work/root run --rm --stage1=ns --net none --rootfs $img -- /bin/true"
+mkdir -p "$work/root"
+printf '[network]\nbridge = "bnsbench0"\nsubnet = "198.18.252.0/24"\nnft_table = "berth_nsbench"\ndns = []\n' \
+    > "$work/root/berth.toml"
+add berth-private "$berth --root $work/root run --rm --stage1=ns --rootfs $img -- /bin/true"
 add runc "runc --root $work/runc run -b $work/bundle bench-runc-\$\$-\$RANDOM"
 add crun "crun --root $work/crun run -b $work/bundle bench-crun-\$\$-\$RANDOM"
 # nspawn: no machined registration and no scope unit, as there is no system

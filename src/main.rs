@@ -42,6 +42,8 @@ enum Command {
     Stop(cli::stop::StopArgs),
     /// List pods.
     List(cli::list::ListArgs),
+    /// Show a pod's full state: spec, pid, address, ports, status.
+    Inspect(cli::inspect::InspectArgs),
     /// Remove pods.
     Rm(cli::rm::RmArgs),
     /// Remove the state of pods that are no longer running.
@@ -93,6 +95,7 @@ fn main() {
         Command::Exec(a) => cli::exec::exec(&store, a),
         Command::Stop(a) => cli::stop::stop(&store, a),
         Command::List(a) => cli::list::list(&store, a),
+        Command::Inspect(a) => cli::inspect::inspect(&store, a),
         Command::Rm(a) => cli::rm::rm(&store, a),
         Command::Gc => cli::gc::gc(&store),
     };

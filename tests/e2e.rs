@@ -670,6 +670,26 @@ fn bad_input_is_125_with_one_line_and_leaves_nothing() {
             "invalid --net \"wifi\"",
         ),
         ("run --rootfs IMG -w tmp -- true", "invalid workdir \"tmp\""),
+        ("run --rootfs IMG -p 80 -- true", "invalid port \"80\""),
+        ("run --rootfs IMG -p 0:80 -- true", "invalid port \"0:80\""),
+        (
+            "run --rootfs IMG -p 1:2/sctp -- true",
+            "invalid port \"1:2/sctp\"",
+        ),
+        (
+            "run --rootfs IMG --net host -p 8080:80 -- true",
+            "invalid --port \"8080:80\": publishing ports needs --net private",
+        ),
+        (
+            "run --rootfs IMG --net none -p 8080:80 -- true",
+            "invalid --port \"8080:80\"",
+        ),
+        (
+            "run --rootfs IMG -p 8080:80 -p 8080:81 -- true",
+            "host port 8080/tcp is published twice",
+        ),
+        ("inspect ghost", "no such pod: ghost"),
+        ("inspect ghost --format xml", "invalid --format \"xml\""),
         ("exec ghost -- true", "no such pod: ghost"),
         ("stop ghost", "no such pod: ghost"),
         ("rm ghost", "no such pod: ghost"),
@@ -748,6 +768,8 @@ fn probe_parity() {
         let o = e.run(
             s,
             &[
+                "--net",
+                "none",
                 "-e",
                 "FOO=bar",
                 "-w",
@@ -889,4 +911,304 @@ fn pvm_flake_retry_only_on_its_signature() {
     }));
     assert!(r.is_err());
     assert_eq!(calls, 3);
+}
+
+// ---------------------------------------------------------------------------
+// --net private. Traffic stays on the machine: loopback, the Env's own
+// bridge (198.18.0.0/15), its pods, and an "upstream" network namespace the
+// test creates (198.51.100.0/24, TEST-NET-2) and removes.
+
+/// A network namespace with a veth pair to the host, removed on drop.
+struct Upstream {
+    ns: String,
+    host_if: String,
+}
+
+impl Upstream {
+    /// Host side 198.51.100.1/24 on `host_if`, the namespace's side
+    /// 198.51.100.2/24.
+    fn new(tag: &str) -> Upstream {
+        let u = Upstream {
+            ns: format!("berth-up-{tag}"),
+            host_if: format!("bup{tag}"),
+        };
+        let ip = |args: &[&str]| {
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        ip(&["netns", "add", &u.ns]);
+        ip(&[
+            "link", "add", &u.host_if, "type", "veth", "peer", "name", "up0", "netns", &u.ns,
+        ]);
+        ip(&["addr", "add", "198.51.100.1/24", "dev", &u.host_if]);
+        ip(&["link", "set", &u.host_if, "up"]);
+        ip(&["-n", &u.ns, "addr", "add", "198.51.100.2/24", "dev", "up0"]);
+        ip(&["-n", &u.ns, "link", "set", "up0", "up"]);
+        ip(&["-n", &u.ns, "link", "set", "lo", "up"]);
+        u
+    }
+
+    /// Accept one TCP connection on 198.51.100.2:`port` inside the namespace;
+    /// the thread returns the peer's address and what it sent.
+    fn listen(&self, port: u16) -> std::thread::JoinHandle<(std::net::SocketAddr, String)> {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let nsf = std::fs::File::open(format!("/run/netns/{}", self.ns)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            // SAFETY: setns on an open namespace file; this thread only.
+            assert_eq!(
+                unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            let l = std::net::TcpListener::bind(("198.51.100.2", port)).unwrap();
+            tx.send(()).unwrap();
+            let (mut c, peer) = l.accept().unwrap();
+            let mut got = String::new();
+            c.read_to_string(&mut got).unwrap();
+            (peer, got)
+        });
+        rx.recv().unwrap();
+        h
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
+}
+
+fn inspect(e: &Env, name: &str) -> serde_json::Value {
+    let o = e.berth(&["inspect", name, "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).unwrap()
+}
+
+fn curl(url: &str) -> Option<String> {
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "3", url])
+        .output()
+        .ok()?;
+    o.status.success().then(|| stdout(&o))
+}
+
+fn links() -> String {
+    stdout(
+        &std::process::Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .unwrap(),
+    )
+}
+
+fn nft_table(t: &str) -> Option<String> {
+    let o = std::process::Command::new("nft")
+        .args(["-j", "list", "table", "ip", t])
+        .output()
+        .unwrap();
+    o.status.success().then(|| stdout(&o))
+}
+
+/// Some free TCP port on the host.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn net_private_ports_pod_to_host_pod_to_pod_and_nat() {
+    each_stage1("net-private", |s| {
+        let e = Env::new();
+        let img = common::busybox().to_string_lossy().into_owned();
+        let gw = e.net.gateway();
+        let hp = free_port();
+        let publish = format!("{hp}:80");
+        // A web server publishing pod port 80 on host port `hp`.
+        ok("web\n").check(
+            "run -d web",
+            &e.berth(&[
+                "run", "-d", "--name", "web", "--stage1", s, "--rootfs", &img, "-p", &publish,
+                "--", "sh", "-c",
+                "mkdir /www && echo hello-berth > /www/index.html && httpd -p 80 -h /www && echo up && sleep 1000",
+            ]),
+        );
+        let info = inspect(&e, "web");
+        let addr = info["address"].as_str().expect("address").to_string();
+        assert!(addr.starts_with(&format!("{}.", e.net.prefix)), "{addr}");
+        assert_eq!(info["state"], "running");
+        assert_eq!(info["ports"][0]["host_port"], hp);
+        assert!(info["spec"]["network"]["private"]["mac"].is_string());
+        let list = stdout(&e.berth(&["list"]));
+        assert!(list.contains("ADDRESS") && list.contains(&addr), "{list}");
+        // host -> pod: the published port via localhost (proxy) and via the
+        // host's bridge address (DNAT), and the pod's address directly.
+        for url in [
+            format!("http://127.0.0.1:{hp}/index.html"),
+            format!("http://{gw}:{hp}/index.html"),
+            format!("http://{addr}/index.html"),
+        ] {
+            let mut got = None;
+            wait_for(&format!("curl {url}"), || {
+                got = curl(&url);
+                got.is_some()
+            });
+            assert_eq!(got.as_deref(), Some("hello-berth\n"), "{url}");
+        }
+        // pod -> host: the gateway answers ping and a TCP listener on it.
+        let l = std::net::TcpListener::bind((gw.as_str(), 0)).unwrap();
+        let lp = l.local_addr().unwrap().port();
+        let acc = std::thread::spawn(move || {
+            use std::io::Read;
+            let (mut c, _) = l.accept().unwrap();
+            let mut v = String::new();
+            c.read_to_string(&mut v).unwrap();
+            v
+        });
+        // pod -> pod on the bridge, and pod -> published port on the host
+        // (hairpin), and outbound NAT to the upstream namespace.
+        let up = Upstream::new(&format!("{}", std::process::id() % 100_000));
+        let upstream = up.listen(9000);
+        let script = format!(
+            "ping -c1 -W2 {gw} >/dev/null && echo ping-ok; \
+             echo from-pod | nc {gw} {lp}; \
+             wget -qO- http://{addr}/index.html; \
+             wget -qO- http://{gw}:{hp}/index.html; \
+             echo via-nat | nc 198.51.100.2 9000; echo done"
+        );
+        let o = e.run(s, &[], &["sh", "-c", &script]);
+        ok("ping-ok\nhello-berth\nhello-berth\ndone\n").check("client pod", &o);
+        assert_eq!(acc.join().unwrap(), "from-pod\n");
+        let (peer, got) = upstream.join().unwrap();
+        assert_eq!(got, "via-nat\n");
+        assert_eq!(
+            peer.ip().to_string(),
+            "198.51.100.1",
+            "the upstream sees the host's address, not the pod's"
+        );
+        drop(up);
+        ok("").check("stop web", &e.berth(&["stop", "web"]));
+    });
+}
+
+#[test]
+fn net_concurrent_pods_get_distinct_addresses() {
+    each_stage1("net-concurrent", |s| {
+        let e = std::sync::Arc::new(Env::new());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let e = e.clone();
+                let s = s.to_string();
+                std::thread::spawn(move || {
+                    e.run(
+                        &s,
+                        &[],
+                        &["sh", "-c", "ip -4 -o addr show dev eth0 | awk '{print $4}'"],
+                    )
+                })
+            })
+            .collect();
+        let mut addrs: Vec<String> = threads
+            .into_iter()
+            .map(|t| {
+                let o = t.join().unwrap();
+                assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+                stdout(&o).trim().to_string()
+            })
+            .collect();
+        addrs.sort();
+        let n = addrs.len();
+        addrs.dedup();
+        assert_eq!(addrs.len(), n, "duplicate addresses: {addrs:?}");
+        for a in &addrs {
+            assert!(a.starts_with(&e.net.prefix) && a.ends_with("/24"), "{a}");
+        }
+        assert!(
+            !links().contains(&e.net.bridge),
+            "last pod gone: bridge removed"
+        );
+    });
+}
+
+#[test]
+fn net_cleanup_after_stop_and_after_kill9_and_gc() {
+    each_stage1("net-cleanup", |s| {
+        let e = Env::new();
+        let img = common::busybox().to_string_lossy().into_owned();
+        let leases = e.root.path().join("net/leases");
+        for (name, kill) in [("stopped", false), ("killed", true)] {
+            let publish = format!("{}:80", free_port());
+            ok(&format!("{name}\n")).check(
+                "run -d",
+                &e.berth(&[
+                    "run",
+                    "-d",
+                    "--name",
+                    name,
+                    "--stage1",
+                    s,
+                    "--rootfs",
+                    &img,
+                    "-p",
+                    &publish,
+                    "-p",
+                    "5353:53/udp",
+                    "--",
+                    "sleep",
+                    "1000",
+                ]),
+            );
+            let info = inspect(&e, name);
+            let uuid = info["spec"]["uuid"].as_str().unwrap().to_string();
+            let host_if = info["host_interface"].as_str().unwrap().to_string();
+            let addr = info["address"].as_str().unwrap().to_string();
+            assert!(
+                links().contains(&format!(": {host_if}@")),
+                "{host_if} exists"
+            );
+            assert!(leases.join(&addr).exists());
+            let rules = nft_table(&e.net.nft_table).expect("berth's table exists");
+            assert_eq!(rules.matches(&uuid).count(), 2, "two port rules: {rules}");
+            if kill {
+                let pod = e.root.path().join("pods").join(name);
+                let stage1 = stage1_of(&pod).expect("the pod's stage1 process");
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(stage1),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .unwrap();
+                wait_for("the stage1 to die", || {
+                    !std::path::Path::new(&format!("/proc/{stage1}")).exists()
+                });
+                ok(&format!("{name}\n")).check("gc", &e.berth(&["gc"]));
+                assert!(e.pods().is_empty());
+            } else {
+                ok("").check("stop", &e.berth(&["stop", name]));
+                ok("").check("rm", &e.berth(&["rm", name]));
+            }
+            assert!(
+                !links().contains(&host_if),
+                "{host_if} left behind after {name}"
+            );
+            assert!(!leases.join(&addr).exists(), "lease left after {name}");
+            // It was the only pod: berth's table and bridge are gone too.
+            assert_eq!(
+                nft_table(&e.net.nft_table),
+                None,
+                "nft table left after {name}"
+            );
+            assert!(!links().contains(&e.net.bridge), "bridge left after {name}");
+        }
+    });
 }

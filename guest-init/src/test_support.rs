@@ -20,9 +20,7 @@ pub fn spec() -> PodSpec {
             image: "/img".into(),
         },
         mounts: vec![],
-        network: Network {
-            mode: NetworkMode::None,
-        },
+        network: Network::none(),
         resources: Resources::default(),
         security: Security::default(),
         stdio: Stdio::default(),

@@ -34,9 +34,7 @@ fn spec(argv: &[&str]) -> PodSpec {
             image: "/img".into(),
         },
         mounts: vec![],
-        network: Network {
-            mode: NetworkMode::None,
-        },
+        network: Network::none(),
         resources: Resources::default(),
         security: Security::default(),
         stdio: berth_spec::Stdio::default(),

@@ -16,10 +16,19 @@ pub mod control;
 pub mod state;
 
 use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-/// Version of the `pod.json` format written by this stage0.
-pub const SPEC_VERSION: u32 = 1;
+/// Version of the `pod.json` format written by this stage0. Version 2 added
+/// `--net private` (`NetworkMode::Private` and `Network::private`); a version 1
+/// file is a valid version 2 file, so both are read (see
+/// [`MIN_SPEC_VERSION`]), and a stage1 that only knows version 1 refuses a
+/// version 2 file with a clear message instead of an "unknown variant".
+pub const SPEC_VERSION: u32 = 2;
+
+/// Oldest `pod.json` version this berth still reads (pods written by an older
+/// stage0 stay listable and collectable).
+pub const MIN_SPEC_VERSION: u32 = 1;
 
 /// Environment variable naming an inherited fd that holds an exclusive
 /// `flock` on the pod's `lock` file. stage0 takes the lock while it creates
@@ -58,7 +67,7 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub enum SpecError {
     #[error("pod.json is not valid")]
     Parse(#[source] serde_json::Error),
-    #[error("pod.json has version {found}, this berth understands version {SPEC_VERSION}")]
+    #[error("pod.json has version {found}, this berth understands versions {MIN_SPEC_VERSION} to {SPEC_VERSION}")]
     Version { found: u32 },
     #[error("invalid pod spec: {0}")]
     Invalid(String),
@@ -141,10 +150,30 @@ pub struct Mount {
     pub read_only: bool,
 }
 
+/// The pod's network. `private` is set exactly when `mode` is
+/// [`NetworkMode::Private`]; stage0 fills it (address lease, bridge, ports)
+/// and every stage1 reads the same fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
     pub mode: NetworkMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private: Option<PrivateNetwork>,
+}
+
+impl Network {
+    /// `--net none`: loopback only.
+    pub fn none() -> Network {
+        Network {
+            mode: NetworkMode::None,
+            private: None,
+        }
+    }
+
+    /// The pod's IPv4 address, if it has one.
+    pub fn address(&self) -> Option<Ipv4Addr> {
+        self.private.as_ref().map(|p| p.address)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +183,9 @@ pub enum NetworkMode {
     None,
     /// The host's network namespace (ns stage1 only).
     Host,
+    /// Own network namespace (ns) or virtio-net device (kvm) with one address
+    /// on the host bridge, a default route via the bridge and outbound NAT.
+    Private,
 }
 
 impl NetworkMode {
@@ -161,8 +193,162 @@ impl NetworkMode {
         match self {
             NetworkMode::None => "none",
             NetworkMode::Host => "host",
+            NetworkMode::Private => "private",
         }
     }
+}
+
+/// `--net private`: everything a stage1 needs to plug the pod into the host
+/// bridge. Written by stage0 from its address lease and the host config
+/// (`berth.toml`); see the `berth-net` crate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivateNetwork {
+    /// The pod's address (leased from the bridge's subnet).
+    pub address: Ipv4Addr,
+    /// Prefix length of the bridge's subnet (e.g. 16).
+    pub prefix_len: u8,
+    /// The bridge's own address: the pod's default route and DNS-less host.
+    pub gateway: Ipv4Addr,
+    /// Name of the pod's interface inside the pod / guest (`eth0`).
+    pub ifname: String,
+    /// MAC address of the pod's interface, `02:xx:xx:xx:xx:xx` (locally
+    /// administered, derived from the pod's uuid).
+    pub mac: String,
+    /// Host bridge the pod is attached to.
+    pub bridge: String,
+    /// Host-side interface of the pod: the veth's host end (ns) or the tap (kvm).
+    pub host_ifname: String,
+    /// berth's nftables table (family `ip`) holding NAT and port rules.
+    pub nft_table: String,
+    /// Name servers written to the pod's /etc/resolv.conf.
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    /// Published ports (`-p HOSTPORT:PODPORT[/PROTO]`).
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+}
+
+/// One `-p HOSTPORT:PODPORT[/tcp|/udp]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMapping {
+    pub host_port: u16,
+    pub pod_port: u16,
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host_port,
+            self.pod_port,
+            self.protocol.as_str()
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// Is `name` a valid Linux interface name (1..=15 bytes, no `/`, `:` or
+/// whitespace, not `.` or `..`)?
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_graphic() && c != b'/' && c != b':')
+}
+
+fn is_mac(s: &str) -> bool {
+    let parts: Vec<&str> = s.split(':').collect();
+    parts.len() == 6 && parts.iter().all(|p| is_hex(p, 2))
+}
+
+impl PrivateNetwork {
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=30).contains(&self.prefix_len) {
+            return Err(format!(
+                "prefix length {} is out of range 1..=30",
+                self.prefix_len
+            ));
+        }
+        let mask = u32::MAX << (32 - u32::from(self.prefix_len));
+        let (a, g) = (u32::from(self.address), u32::from(self.gateway));
+        if a & mask != g & mask || a == g {
+            return Err(format!(
+                "address {} is not a host of the gateway's subnet {}/{}",
+                self.address, self.gateway, self.prefix_len
+            ));
+        }
+        if a & !mask == 0 || a & !mask == !mask {
+            return Err(format!(
+                "address {} is a network or broadcast address",
+                self.address
+            ));
+        }
+        for n in [&self.ifname, &self.bridge, &self.host_ifname] {
+            if !valid_ifname(n) {
+                return Err(format!("interface name {n:?} is not valid"));
+            }
+        }
+        if !is_mac(&self.mac) {
+            return Err(format!(
+                "mac {:?} is not a lowercase xx:xx:xx:xx:xx:xx address",
+                self.mac
+            ));
+        }
+        let first = u8::from_str_radix(&self.mac[..2], 16).unwrap_or(1);
+        if first & 1 != 0 {
+            return Err(format!("mac {} is a multicast address", self.mac));
+        }
+        if !valid_nft_name(&self.nft_table) {
+            return Err(format!("nft table name {:?} is not valid", self.nft_table));
+        }
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.host_port == 0 || p.pod_port == 0 {
+                return Err(format!("port mapping {p} uses port 0"));
+            }
+            if self.ports[..i]
+                .iter()
+                .any(|q| q.host_port == p.host_port && q.protocol == p.protocol)
+            {
+                return Err(format!(
+                    "host port {}/{} is published twice",
+                    p.host_port,
+                    p.protocol.as_str()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Is `name` usable as an nftables table name (`[A-Za-z][A-Za-z0-9_]{0,31}`)?
+pub fn valid_nft_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && b[0].is_ascii_alphabetic()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
 /// Resource limits; `None` means unlimited (kvm: the stage1 default).
@@ -331,7 +517,7 @@ impl PodSpec {
             version: u32,
         }
         let v: VersionOnly = serde_json::from_str(text).map_err(SpecError::Parse)?;
-        if v.version != SPEC_VERSION {
+        if !(MIN_SPEC_VERSION..=SPEC_VERSION).contains(&v.version) {
             return Err(SpecError::Version { found: v.version });
         }
         serde_json::from_str(text).map_err(SpecError::Parse)
@@ -357,7 +543,7 @@ impl PodSpec {
     /// Check the semantic rules a stage1 relies on.
     pub fn validate(&self) -> Result<(), SpecError> {
         let bad = |m: String| Err(SpecError::Invalid(m));
-        if self.version != SPEC_VERSION {
+        if !(MIN_SPEC_VERSION..=SPEC_VERSION).contains(&self.version) {
             return Err(SpecError::Version {
                 found: self.version,
             });
@@ -417,6 +603,19 @@ impl PodSpec {
                     m.destination
                 ));
             }
+        }
+        match (self.network.mode, &self.network.private) {
+            (NetworkMode::Private, Some(p)) => p.validate().map_err(SpecError::Invalid)?,
+            (NetworkMode::Private, None) => {
+                return bad("network mode private needs network.private".into())
+            }
+            (_, Some(_)) => {
+                return bad(format!(
+                    "network.private is set but the network mode is {}",
+                    self.network.mode.as_str()
+                ))
+            }
+            _ => {}
         }
         if self.resources.memory == Some(0) {
             return bad("memory limit must be greater than 0".into());
@@ -505,6 +704,15 @@ impl PodDir {
     pub fn spec_file(&self) -> PathBuf {
         self.0.join("pod.json")
     }
+    /// The state root holding this pod (`<root>/pods/<name>` → `<root>`),
+    /// where host-wide state such as network leases lives.
+    pub fn state_root(&self) -> PathBuf {
+        self.0
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"))
+    }
     /// Mount point of the assembled root filesystem.
     pub fn rootfs(&self) -> PathBuf {
         self.0.join("rootfs")
@@ -578,9 +786,7 @@ mod tests {
                 destination: "/data".into(),
                 read_only: true,
             }],
-            network: Network {
-                mode: NetworkMode::None,
-            },
+            network: Network::none(),
             resources: Resources {
                 memory: Some(64 << 20),
                 cpu_millis: Some(500),
@@ -613,9 +819,9 @@ mod tests {
     #[test]
     fn other_version_rejected() {
         let mut v: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
-        v["version"] = serde_json::json!(2);
+        v["version"] = serde_json::json!(3);
         match PodSpec::from_json(&v.to_string()) {
-            Err(SpecError::Version { found: 2 }) => {}
+            Err(SpecError::Version { found: 3 }) => {}
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -666,6 +872,92 @@ mod tests {
             let err = s.validate().expect_err(needle).to_string();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         }
+    }
+
+    fn private() -> PrivateNetwork {
+        PrivateNetwork {
+            address: Ipv4Addr::new(10, 88, 0, 2),
+            prefix_len: 16,
+            gateway: Ipv4Addr::new(10, 88, 0, 1),
+            ifname: "eth0".into(),
+            mac: "02:0b:9f:3c:2e:6a".into(),
+            bridge: "berth0".into(),
+            host_ifname: "bv0b9f3c2e6a1d".into(),
+            nft_table: "berth".into(),
+            dns: vec![Ipv4Addr::new(10, 255, 255, 53)],
+            ports: vec![PortMapping {
+                host_port: 18080,
+                pod_port: 80,
+                protocol: Protocol::Tcp,
+            }],
+        }
+    }
+
+    #[test]
+    fn private_network_roundtrip_and_rules() {
+        let mut s = sample();
+        s.network = Network {
+            mode: NetworkMode::Private,
+            private: Some(private()),
+        };
+        let back = PodSpec::from_json(&s.to_json()).expect("parse");
+        assert_eq!(back, s);
+        back.validate().expect("valid");
+        assert_eq!(s.network.address(), Some(Ipv4Addr::new(10, 88, 0, 2)));
+        // A version 1 file (no private network) is still read.
+        let mut v: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
+        v["version"] = serde_json::json!(1);
+        PodSpec::from_json(&v.to_string())
+            .expect("v1")
+            .validate()
+            .expect("v1 valid");
+
+        type Mutation = Box<dyn Fn(&mut PrivateNetwork)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("prefix length", Box::new(|p| p.prefix_len = 31)),
+            (
+                "not a host",
+                Box::new(|p| p.address = Ipv4Addr::new(10, 89, 0, 2)),
+            ),
+            ("not a host", Box::new(|p| p.address = p.gateway)),
+            (
+                "broadcast",
+                Box::new(|p| p.address = Ipv4Addr::new(10, 88, 255, 255)),
+            ),
+            ("interface name", Box::new(|p| p.bridge = "a/b".into())),
+            (
+                "interface name",
+                Box::new(|p| p.host_ifname = "x".repeat(16)),
+            ),
+            ("mac", Box::new(|p| p.mac = "02:00".into())),
+            (
+                "multicast",
+                Box::new(|p| p.mac = "03:00:00:00:00:01".into()),
+            ),
+            ("nft table", Box::new(|p| p.nft_table = "1x".into())),
+            ("port 0", Box::new(|p| p.ports[0].pod_port = 0)),
+            ("twice", Box::new(|p| p.ports.push(p.ports[0]))),
+        ];
+        for (needle, mutate) in cases {
+            let mut p = private();
+            mutate(&mut p);
+            s.network.private = Some(p);
+            let err = s.validate().expect_err(needle).to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
+        s.network.private = None;
+        assert!(s.validate().is_err(), "private without settings");
+        let mut n = sample();
+        n.network.private = Some(private());
+        assert!(n.validate().is_err(), "settings with mode none");
+    }
+
+    #[test]
+    fn state_root_of_a_pod() {
+        assert_eq!(
+            PodDir::new("/var/lib/berth/pods/web").state_root(),
+            PathBuf::from("/var/lib/berth")
+        );
     }
 
     #[test]

@@ -22,6 +22,8 @@ struct Row {
     pid: Option<i32>,
     command: Vec<String>,
     rootfs: Option<String>,
+    /// The pod's IPv4 address (`--net private`).
+    address: Option<String>,
 }
 
 pub fn list(store: &store::Store, a: ListArgs) -> Result<i32> {
@@ -46,7 +48,11 @@ pub fn list(store: &store::Store, a: ListArgs) -> Result<i32> {
                     .as_ref()
                     .map(|s| s.app.argv.clone())
                     .unwrap_or_default(),
-                rootfs: spec.map(|s| s.rootfs.image.display().to_string()),
+                rootfs: spec.as_ref().map(|s| s.rootfs.image.display().to_string()),
+                address: spec
+                    .as_ref()
+                    .and_then(|s| s.network.address())
+                    .map(|a| a.to_string()),
             }
         })
         .collect();
@@ -55,16 +61,17 @@ pub fn list(store: &store::Store, a: ListArgs) -> Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<24} {:<6} {:<12} {:<8} COMMAND",
-        "NAME", "STAGE1", "STATE", "PID"
+        "{:<24} {:<6} {:<12} {:<8} {:<15} COMMAND",
+        "NAME", "STAGE1", "STATE", "PID", "ADDRESS"
     );
     for r in rows {
         println!(
-            "{:<24} {:<6} {:<12} {:<8} {}",
+            "{:<24} {:<6} {:<12} {:<8} {:<15} {}",
             r.name,
             r.stage1.unwrap_or_else(|| "-".into()),
             r.state.to_string(),
             r.pid.map_or("-".into(), |p| p.to_string()),
+            r.address.unwrap_or_else(|| "-".into()),
             r.command.join(" ")
         );
     }
@@ -72,7 +79,7 @@ pub fn list(store: &store::Store, a: ListArgs) -> Result<i32> {
 }
 
 /// `ns`/`kvm` for the built-in stage1s, the path otherwise.
-fn stage1_label(p: &std::path::Path) -> String {
+pub fn stage1_label(p: &std::path::Path) -> String {
     match p.file_name().and_then(|n| n.to_str()) {
         Some("berth-stage1-ns") => "ns".into(),
         Some("berth-stage1-kvm") => "kvm".into(),

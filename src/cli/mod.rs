@@ -2,6 +2,7 @@
 
 pub mod exec;
 pub mod gc;
+pub mod inspect;
 pub mod list;
 pub mod rm;
 pub mod run;

@@ -46,6 +46,10 @@ pub fn remove_dead(pod: &berth_spec::PodDir, lock: Option<&std::fs::File>) -> Re
             bail!("stage1 gc failed for pod {}", crate::stage0::pod_name(pod));
         }
     }
+    // Whatever the stage1 did, the pod's network lease and host side go too.
+    if let Some(spec) = store::spec(pod) {
+        crate::stage0::net::release(&pod.state_root(), &spec)?;
+    }
     store::remove(pod)?;
     Ok(())
 }

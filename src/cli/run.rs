@@ -1,10 +1,10 @@
 //! `berth run [OPTIONS] -- CMD [ARGS...]`
 
-use crate::stage0::{parse, pod, stage1, store::Store};
+use crate::stage0::{net, parse, pod, stage1, store::Store};
 use anyhow::{bail, Context, Result};
 use berth_spec::{
-    App, KvmSettings, Network, NetworkMode, PodSpec, Resources, Rootfs, Security, Stdio, User,
-    EXIT_BERTH_FAILED, SPEC_VERSION,
+    App, KvmSettings, Network, NetworkMode, PodSpec, PortMapping, Resources, Rootfs, Security,
+    Stdio, User, EXIT_BERTH_FAILED, SPEC_VERSION,
 };
 use clap::Args;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -45,9 +45,13 @@ pub struct RunArgs {
     /// Bind a host path into the pod.
     #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
     pub volume: Vec<String>,
-    /// Network: none (loopback only) or host (share the host's network).
-    #[arg(long, default_value = "none", value_name = "none|host")]
+    /// Network: private (own address on berth's bridge, NAT), none (loopback
+    /// only) or host (share the host's network; ns only).
+    #[arg(long, default_value = "private", value_name = "private|none|host")]
     pub net: String,
+    /// Publish a pod port on the host (--net private): HOSTPORT:PODPORT[/tcp|/udp].
+    #[arg(short = 'p', long = "port", value_name = "HOSTPORT:PODPORT[/PROTO]")]
+    pub port: Vec<String>,
     /// Add a capability to the default set (e.g. NET_ADMIN, or ALL).
     #[arg(long = "cap-add", value_name = "CAP")]
     pub cap_add: Vec<String>,
@@ -81,7 +85,9 @@ pub struct RunArgs {
 }
 
 /// Turn the arguments into a spec. Validates every value, creates nothing.
-pub fn build_spec(a: &RunArgs, is_kvm: bool) -> Result<PodSpec> {
+/// With `--net private` the spec's network is still `none` and the published
+/// ports are returned: the lease is taken once the name is claimed.
+pub fn build_spec(a: &RunArgs, is_kvm: bool) -> Result<(PodSpec, Option<Vec<PortMapping>>)> {
     let Some(rootfs) = &a.rootfs else {
         bail!("--rootfs is required");
     };
@@ -121,12 +127,38 @@ pub fn build_spec(a: &RunArgs, is_kvm: bool) -> Result<PodSpec> {
         bail!("invalid workdir {:?}: must be an absolute path", a.workdir);
     }
     let mode = match a.net.as_str() {
+        "private" => NetworkMode::Private,
         "none" => NetworkMode::None,
         "host" => NetworkMode::Host,
-        other => bail!("invalid --net {other:?}: expected none or host"),
+        other => bail!("invalid --net {other:?}: expected private, none or host"),
     };
     if mode == NetworkMode::Host && is_kvm {
         bail!("--net host is impossible with --stage1=kvm: a VM cannot share the host's network namespace");
+    }
+    let ports = a
+        .port
+        .iter()
+        .map(|p| parse::port(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !ports.is_empty() && mode != NetworkMode::Private {
+        bail!(
+            "invalid --port {:?}: publishing ports needs --net private, not --net {}",
+            a.port[0],
+            mode.as_str()
+        );
+    }
+    for (i, p) in ports.iter().enumerate() {
+        if ports[..i]
+            .iter()
+            .any(|q| q.host_port == p.host_port && q.protocol == p.protocol)
+        {
+            bail!(
+                "invalid --port {:?}: host port {}/{} is published twice",
+                a.port[i],
+                p.host_port,
+                p.protocol.as_str()
+            );
+        }
     }
     let memory = a.memory.as_deref().map(parse::size).transpose()?;
     let cpu_millis = a.cpus.as_deref().map(parse::cpus).transpose()?;
@@ -164,7 +196,14 @@ pub fn build_spec(a: &RunArgs, is_kvm: bool) -> Result<PodSpec> {
         hostname,
         rootfs: Rootfs { image },
         mounts,
-        network: Network { mode },
+        network: if mode == NetworkMode::Private {
+            Network::none()
+        } else {
+            Network {
+                mode,
+                private: None,
+            }
+        },
         resources: Resources {
             memory,
             cpu_millis,
@@ -178,20 +217,40 @@ pub fn build_spec(a: &RunArgs, is_kvm: bool) -> Result<PodSpec> {
         kvm,
     };
     spec.validate()?;
-    Ok(spec)
+    Ok((spec, (mode == NetworkMode::Private).then_some(ports)))
 }
 
 pub fn run(store: &Store, a: RunArgs) -> Result<i32> {
     let stage1 = stage1::resolve(&a.stage1)?;
     let is_kvm = a.stage1 == "kvm";
-    let spec = build_spec(&a, is_kvm)?;
+    let (mut spec, private) = build_spec(&a, is_kvm)?;
     if spec.network.mode == NetworkMode::Host {
         eprintln!(
             "berth: warning: --net host shares the host's network namespace: the pod can reach \
              host-only sockets (abstract unix sockets, services bound to 127.0.0.1)"
         );
     }
-    let mut new = pod::write(store, &spec, &stage1)?;
+    let mut new = pod::claim(store, &spec.name)?;
+    // The lease is taken while we hold the claimed pod's lock, so a
+    // concurrent `run` sees it as live; it is released again unless the pod
+    // starts.
+    let mut net_guard = None;
+    if let Some(ports) = private {
+        let cfg = berth_net::HostConfig::load(store.root())?;
+        let req = berth_net::PodRequest {
+            name: &spec.name,
+            uuid: &spec.uuid,
+            ports: &ports,
+            kvm: is_kvm,
+        };
+        let pn = berth_net::prepare(store.root(), &cfg, &req)?;
+        net_guard = Some(net::NetGuard::new(store.root(), &spec.uuid, pn.clone()));
+        spec.network = Network {
+            mode: NetworkMode::Private,
+            private: Some(pn),
+        };
+    }
+    new.write_spec(&spec, &stage1)?;
     let lock = new.lock.take().context("pod lock missing")?;
     let (ready_rd, ready_wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
@@ -227,6 +286,9 @@ pub fn run(store: &Store, a: RunArgs) -> Result<i32> {
         let line = line.trim_end();
         if line == "ok" {
             new.keep();
+            if let Some(g) = net_guard.as_mut() {
+                g.disarm();
+            }
             println!("{}", spec.name);
             return Ok(0);
         }

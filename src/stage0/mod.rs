@@ -1,5 +1,6 @@
 //! stage0: everything berth does before and around a stage1.
 
+pub mod net;
 pub mod parse;
 pub mod pod;
 pub mod stage1;

@@ -1,7 +1,7 @@
 //! Parsing of command-line values into spec values. Every error names the
 //! offending value.
 
-use berth_spec::Mount;
+use berth_spec::{Mount, PortMapping, Protocol};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -22,6 +22,31 @@ pub enum ParseError {
     Env(String),
     #[error("invalid capability {0:?}: expected a name such as NET_ADMIN or ALL")]
     Capability(String),
+    #[error("invalid port {0:?}: expected HOSTPORT:PODPORT[/tcp|/udp] with ports 1-65535")]
+    Port(String),
+}
+
+/// `-p HOSTPORT:PODPORT[/tcp|/udp]` (default tcp).
+pub fn port(s: &str) -> Result<PortMapping, ParseError> {
+    let err = || ParseError::Port(s.into());
+    let (ports, proto) = match s.split_once('/') {
+        Some((p, "tcp")) => (p, Protocol::Tcp),
+        Some((p, "udp")) => (p, Protocol::Udp),
+        Some(_) => return Err(err()),
+        None => (s, Protocol::Tcp),
+    };
+    let (h, c) = ports.split_once(':').ok_or_else(err)?;
+    let num = |x: &str| -> Result<u16, ParseError> {
+        if x.is_empty() || !x.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err());
+        }
+        x.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(err)
+    };
+    Ok(PortMapping {
+        host_port: num(h)?,
+        pod_port: num(c)?,
+        protocol: proto,
+    })
 }
 
 /// `NET_ADMIN`, `cap_net_admin`, `net_admin` → `net_admin`; `ALL` → every one.
@@ -253,6 +278,36 @@ mod tests {
             berth_spec::ALL_CAPABILITIES.len()
         );
         assert!(capability("frob").is_err());
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(
+            port("18080:80"),
+            Ok(PortMapping {
+                host_port: 18080,
+                pod_port: 80,
+                protocol: Protocol::Tcp
+            })
+        );
+        assert_eq!(port("53:5353/udp").unwrap().protocol, Protocol::Udp);
+        assert_eq!(port("1:2/tcp").unwrap().pod_port, 2);
+        for bad in [
+            "",
+            "80",
+            ":80",
+            "80:",
+            "0:80",
+            "80:0",
+            "70000:80",
+            "a:80",
+            "80:80/sctp",
+            "+1:80",
+            "1:2:3",
+        ] {
+            let e = port(bad).expect_err(bad).to_string();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
     }
 
     #[test]

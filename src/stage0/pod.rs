@@ -77,24 +77,39 @@ impl Drop for NewPod {
     }
 }
 
-/// Claim the name, lay out the pod directory, write `pod.json` and `stage1`.
-pub fn write(store: &Store, spec: &PodSpec, stage1: &Path) -> Result<NewPod, PodError> {
-    spec.validate()?;
-    let (dir, lock) = store.create(&spec.name)?;
+/// Claim the name (the pod directory, locked) and lay out the directory.
+/// The spec is written by [`NewPod::write_spec`].
+pub fn claim(store: &Store, name: &str) -> Result<NewPod, PodError> {
+    let (dir, lock) = store.create(name)?;
     let pod = NewPod {
         dir,
         lock: Some(lock),
         keep: false,
     };
+    for d in [pod.dir.rootfs(), pod.dir.upper(), pod.dir.work()] {
+        std::fs::create_dir_all(&d).map_err(|source| PodError::Write {
+            path: d.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(pod)
+}
+
+impl NewPod {
+    /// Write `pod.json` and `stage1`.
+    pub fn write_spec(&self, spec: &PodSpec, stage1: &Path) -> Result<(), PodError> {
+        spec.validate()?;
+        write_files(self, spec, stage1)
+    }
+}
+
+fn write_files(pod: &NewPod, spec: &PodSpec, stage1: &Path) -> Result<(), PodError> {
     let w = |path: std::path::PathBuf, r: std::io::Result<()>| {
         r.map_err(|source| PodError::Write {
             path: path.display().to_string(),
             source,
         })
     };
-    for d in [pod.dir.rootfs(), pod.dir.upper(), pod.dir.work()] {
-        w(d.clone(), std::fs::create_dir_all(&d))?;
-    }
     let spec_file = pod.dir.spec_file();
     w(
         spec_file.clone(),
@@ -105,7 +120,7 @@ pub fn write(store: &Store, spec: &PodSpec, stage1: &Path) -> Result<NewPod, Pod
         s1.clone(),
         std::fs::write(&s1, format!("{}\n", stage1.display())),
     )?;
-    Ok(pod)
+    Ok(())
 }
 
 #[cfg(test)]

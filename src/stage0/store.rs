@@ -73,6 +73,11 @@ impl Store {
         }
     }
 
+    /// The state root (`--root`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn pods_dir(&self) -> PathBuf {
         self.root.join("pods")
     }

@@ -100,7 +100,9 @@ fn run(a: &InitArgs) -> Result<i32, InitError> {
         .map_err(|e| InitError::Hostname(a.spec.hostname.clone(), e))?;
     mounts::build_root(a.spec, a.pod)?;
     mounts::mask_paths()?;
-    if a.spec.network.mode == berth_spec::NetworkMode::None {
+    // none and private: our own network namespace, whose lo starts down
+    // (stage1 plugs eth0 in meanwhile for private).
+    if a.spec.network.mode != berth_spec::NetworkMode::Host {
         loopback_up().map_err(InitError::Loopback)?;
     }
     match a.chan.recv()? {

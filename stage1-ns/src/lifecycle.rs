@@ -23,10 +23,16 @@ pub fn gc(pod: &PodDir) -> Result<()> {
         // The pod directory may be half gone; collecting is still wanted.
         Err(_) => None,
     };
-    let name = match PodSpec::load(pod) {
-        Ok(spec) => spec.name,
+    let spec = PodSpec::load(pod).ok();
+    if let Some(s) = &spec {
+        if let Some(net) = &s.network.private {
+            berth_net::release(&pod.state_root(), &s.uuid, net)?;
+        }
+    }
+    let name = match spec {
+        Some(spec) => spec.name,
         // A pod whose spec never got written still owns a cgroup by name.
-        Err(_) => state::pod_name(pod),
+        None => state::pod_name(pod),
     };
     PodCgroup::open(&name)?.remove()?;
     Ok(())

@@ -41,6 +41,13 @@ fn start_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
     let _lock = state::take_life_lock(pod)?;
     let _ = std::fs::remove_file(pod.status_file());
     let confinement = Confinement::from_spec(&spec)?;
+    let private = spec.network.private.as_ref();
+    if let Some(net) = private {
+        // Into the overlay's upper layer before it is mounted: the pod sees
+        // them as its /etc/resolv.conf and /etc/hosts.
+        berth_net::etc::write(&pod.upper(), &spec.hostname, net)
+            .context("cannot write the pod's /etc/resolv.conf and /etc/hosts")?;
+    }
     let handled = init::handled_signals();
     handled
         .thread_block()
@@ -87,19 +94,30 @@ fn start_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
         }
     };
 
-    let started = (|| -> Result<Option<nix::unistd::Pid>> {
+    let started = (|| -> Result<Option<berth_net::proxy::LocalProxy>> {
         state::write_file(&pod.pid_file(), &child.to_string())?;
         cgroup.add(child.as_raw())?;
         cgroup.apply(&spec.resources)?;
         step("cgroup joined and limited");
+        let mut proxy = None;
+        if let Some(net) = private {
+            berth_net::attach_veth(net, child.as_raw())
+                .context("cannot plug the pod into the bridge")?;
+            proxy = Some(berth_net::proxy::start(&net.ports, net.address)?);
+            step("network attached");
+        }
         ours.send("go", None)?;
-        Ok(Some(child))
+        Ok(proxy)
     })();
-    if let Err(e) = started {
-        abort_child(child);
-        let _ = cgroup.remove();
-        return Err(e);
-    }
+    let _proxy = match started {
+        Ok(p) => p,
+        Err(e) => {
+            abort_child(child);
+            let _ = cgroup.remove();
+            release_net(pod, &spec);
+            return Err(e);
+        }
+    };
 
     // Start-up messages from init: optional tty master, then ok/error.
     let mut master = None;
@@ -119,13 +137,14 @@ fn start_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
                 eprintln!("berth: {msg}");
                 let code = code.parse().unwrap_or(EXIT_BERTH_FAILED);
                 let status = waitpid(child, None).ok().and_then(crate::app::exit_code);
-                finish(pod, &cgroup, status.unwrap_or(code))?;
+                finish(pod, &spec, &cgroup, status.unwrap_or(code))?;
                 return Ok(code);
             }
             Some(_) => {}
             None => {
                 let status = waitpid(child, None).ok().and_then(crate::app::exit_code);
                 let _ = cgroup.remove();
+                release_net(pod, &spec);
                 bail!(
                     "the pod's init exited during set-up (status {})",
                     status.map_or("unknown".into(), |s| s.to_string())
@@ -135,20 +154,35 @@ fn start_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
     }
     let code = supervise(child, &sfd, master, spec.stdio.interactive);
     step("pod exited");
-    finish(pod, &cgroup, code)?;
+    finish(pod, &spec, &cgroup, code)?;
     step("cleaned up");
     state::remove_if_requested(pod);
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&handled), None);
     Ok(code)
 }
 
-/// Record the exit status and release the pod's cgroup.
-fn finish(pod: &PodDir, cgroup: &PodCgroup, code: i32) -> Result<()> {
+/// Release the pod's network (if private), record the exit status and
+/// release the pod's cgroup.
+fn finish(pod: &PodDir, spec: &PodSpec, cgroup: &PodCgroup, code: i32) -> Result<()> {
+    release_net(pod, spec);
     state::write_file(&pod.status_file(), &format!("{code}\n"))?;
     if let Err(e) = cgroup.remove() {
         log::warn!("stage1-ns: {}", ErrChain(&e));
     }
     Ok(())
+}
+
+/// Give back the pod's address, interfaces and port rules (idempotent; a
+/// failure is logged, and `gc` retries).
+pub fn release_net(pod: &PodDir, spec: &PodSpec) {
+    if let Some(net) = &spec.network.private {
+        if let Err(e) = berth_net::release(&pod.state_root(), &spec.uuid, net) {
+            log::warn!(
+                "stage1-ns: cannot release the pod's network: {}",
+                ErrChain(&e)
+            );
+        }
+    }
 }
 
 fn abort_child(child: Pid) {

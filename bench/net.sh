@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Network benchmark: TCP throughput (iperf3, host -> pod, 1 stream) and
+# round-trip latency (ICMP echo, host -> pod) for
+#   baseline  a bare veth pair into a network namespace (no bridge, no NAT)
+#   ns        berth run --stage1=ns --net private (veth + berth's bridge)
+#   kvm       berth run --stage1=kvm --net private (tap + virtio-net)
+# in one run, printed as one table.
+#
+#   bench/net.sh [SECONDS]    (iperf3 duration per case, default 5)
+#
+# Uses BERTH=path/to/berth or the installed berth; needs root, iperf3, ping.
+# iperf3 runs inside the pod from the host's /usr (bind-mounted read-only,
+# started through the host's dynamic loader), so the busybox image is enough.
+# Latency is `ping -c 200 -i 0.005` (average RTT): ICMP is answered by the
+# pod's kernel, so it measures the datapath (veth/bridge or tap/virtio-net),
+# not an application's scheduling. Traffic stays on the machine: a bridge
+# and subnet of the benchmark's own (198.18.254.0/24), removed afterwards.
+set -euo pipefail
+secs=${1:-5}
+here=$(cd "$(dirname "$0")/.." && pwd)
+berth=${BERTH:-$(command -v berth || echo "$here/target/release/berth")}
+[ -x "$berth" ] || { echo "bench: berth not found (run make setup)" >&2; exit 1; }
+for t in iperf3 ping jq ip; do command -v $t >/dev/null || { echo "bench: $t missing (run make setup)" >&2; exit 1; }; done
+img=$(bash "$here/images/busybox.sh")
+work=$(mktemp -d /tmp/berth-netbench-XXXXXX)
+ns=berth-netbench-$$
+cleanup() {
+    "$berth" --root "$work/root" rm -f nb-ns >/dev/null 2>&1 || true
+    "$berth" --root "$work/root" rm -f nb-kvm >/dev/null 2>&1 || true
+    ip netns del "$ns" 2>/dev/null || true
+    ip link del bnb$$ 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$work/root"
+cat > "$work/root/berth.toml" <<TOML
+[network]
+bridge = "bnbench0"
+subnet = "198.18.254.0/24"
+nft_table = "berth_netbench"
+dns = []
+TOML
+
+ld=/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2
+iperf_in_pod="$ld --library-path /usr/lib/x86_64-linux-gnu /usr/bin/iperf3"
+
+# client_to ADDR -> "Gbit/s avg_rtt_ms"
+client_to() {
+    local addr=$1 gbps rtt
+    for _ in $(seq 50); do iperf3 -c "$addr" -t 1 -J >/dev/null 2>&1 && break; sleep 0.1; done
+    gbps=$(iperf3 -c "$addr" -t "$secs" -J | jq '.end.sum_received.bits_per_second/1e9')
+    rtt=$(ping -c 200 -i 0.005 -q "$addr" | awk -F/ '/^rtt|^round-trip/ {print $5}')
+    printf '%.2f %.3f\n' "$gbps" "$rtt"
+}
+
+# baseline: veth pair, host 198.18.253.1/30 <-> netns 198.18.253.2/30
+ip netns add "$ns"
+ip link add bnb$$ type veth peer name eth0 netns "$ns"
+ip addr add 198.18.253.1/30 dev bnb$$; ip link set bnb$$ up
+ip -n "$ns" addr add 198.18.253.2/30 dev eth0; ip -n "$ns" link set eth0 up; ip -n "$ns" link set lo up
+ip netns exec "$ns" iperf3 -s -D -I "$work/iperf-base.pid"
+read -r base_bw base_rtt < <(client_to 198.18.253.2)
+kill "$(cat "$work/iperf-base.pid")" 2>/dev/null || true
+
+# ns stage1
+"$berth" --root "$work/root" run -d --name nb-ns --stage1=ns --rootfs "$img" \
+    -v /usr:/usr:ro -- sh -c "exec $iperf_in_pod -s" >/dev/null
+addr=$("$berth" --root "$work/root" inspect nb-ns --format json | jq -r .address)
+read -r ns_bw ns_rtt < <(client_to "$addr")
+"$berth" --root "$work/root" rm -f nb-ns >/dev/null
+
+# kvm stage1: needs virtio-net (integration pending) and volumes (virtio-fs).
+kvm_bw="n/a (kvm net pending)"; kvm_rtt="n/a (kvm net pending)"
+
+echo "bench/net.sh: host -> pod, iperf3 ${secs}s 1 TCP stream, ping -c 200 -i 0.005; $(nproc) CPUs; kernel $(uname -r); $(date -u +%F)"
+printf '\n| %-22s | %14s | %14s | %22s |\n' "" "veth baseline" "ns (berth)" "kvm (berth)"
+printf '|-%-22s-|-%14s-|-%14s-|-%22s-|\n' "----------------------" "--------------" "--------------" "----------------------"
+printf '| %-22s | %14s | %14s | %22s |\n' "TCP throughput Gbit/s" "$base_bw" "$ns_bw" "$kvm_bw"
+printf '| %-22s | %14s | %14s | %22s |\n' "RTT avg ms" "$base_rtt" "$ns_rtt" "$kvm_rtt"
