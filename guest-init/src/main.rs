@@ -215,6 +215,16 @@ fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, ExecPolicy), Fatal>
         // Not fatal: a kernel without INET simply has no loopback to offer.
         console::say(&format!("network: {}", console::chain(&e)));
     }
+    if let Some(p) = &spec.network.private {
+        net::configure(&net::Iface {
+            kernel_name: net::KERNEL_IFNAME,
+            name: &p.ifname,
+            address: p.address,
+            prefix_len: p.prefix_len,
+            gateway: p.gateway,
+        })
+        .map_err(fatal("network"))?;
+    }
     trace::mark("hostname and lo set");
     Ok((cfg, policy))
 }

@@ -1,5 +1,6 @@
-//! Networking inside the VM. In this part a pod has no network device: only
-//! loopback, brought up like the ns stage1's private network namespace.
+//! Networking inside the VM: loopback (like the ns stage1's network
+//! namespace), and for `--net private` the virtio-net interface configured
+//! from the spec over rtnetlink (no DHCP, no `ip=` kernel autoconfig).
 
 use nix::errno::Errno;
 
@@ -34,6 +35,9 @@ pub fn loopback_up() -> Result<(), NetError> {
     };
     Errno::result(r).map(drop).map_err(NetError::Up)
 }
+
+/// The kernel's name for the (only) virtio-net device.
+pub const KERNEL_IFNAME: &str = "eth0";
 
 /// Why the pod's interface could not be configured.
 #[derive(Debug, thiserror::Error)]

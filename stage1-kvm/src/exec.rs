@@ -79,6 +79,7 @@ mod tests {
             mounts: vec![],
             network: Network {
                 mode: NetworkMode::None,
+                private: None,
             },
             resources: Resources::default(),
             security: Security::default(),

@@ -54,11 +54,15 @@ fn main() {
 }
 
 /// A kvm pod holds nothing on the host outside its directory (its overlay
-/// mount lived in the dead stage1's mount namespace), so gc checks that the
-/// pod is not running and removes the dead VMM's sockets.
+/// mount lived in the dead stage1's mount namespace, its tap died with the
+/// VMM), so gc checks that the pod is not running, releases its network
+/// (port rules, lease) and removes the dead VMM's sockets.
 fn gc(pod: &PodDir) -> Result<()> {
     match state::take_life_lock(pod) {
         Ok(_) | Err(StateError::Open { .. }) => {
+            if let Ok(spec) = berth_spec::PodSpec::load(pod) {
+                run::release_net(pod, &spec);
+            }
             let ctl = pod.ctl_socket();
             for p in [
                 run::host_port_socket(&ctl, berth_spec::control::MAIN_PORT),

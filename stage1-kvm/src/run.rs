@@ -78,6 +78,13 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
         .with_context(|| format!("cannot read {}", init_path.display()))?;
     let cpio =
         initramfs::build(&init, spec.to_json().as_bytes()).context("cannot build the initramfs")?;
+    let private = spec.network.private.as_ref();
+    if let Some(net) = private {
+        // Into the overlay's upper layer before it is mounted: the guest
+        // sees them as its /etc/resolv.conf and /etc/hosts.
+        berth_net::etc::write(&pod.upper(), &spec.hostname, net)
+            .context("cannot write the pod's /etc/resolv.conf and /etc/hosts")?;
+    }
     let shares = rootfs::prepare(&spec, pod)?;
     let ctl = pod.ctl_socket();
     let main_path = host_port_socket(&ctl, MAIN_PORT);
@@ -122,10 +129,29 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
         guest_cid: GUEST_CID,
         uds_path: ctl.clone(),
     });
+    // The pod's tap on the bridge (not persistent: it vanishes with the
+    // VMM, even after SIGKILL), the guest end configured by guest-init.
+    let mut proxy = None;
+    if let Some(net) = private {
+        let tap = berth_net::create_tap(net, berth_net::tap::TapOptions { vnet_hdr: true })
+            .context("cannot create the pod's tap")?;
+        cfg.net.push(vmm::NetConfig {
+            tap: net.host_ifname.clone(),
+            fd: Some(Arc::new(tap)),
+            mac: parse_mac(&net.mac)?,
+        });
+        proxy = Some(berth_net::proxy::start(&net.ports, net.address)?);
+    }
     let log = std::fs::File::create(pod.console_log())
         .with_context(|| format!("cannot create {}", pod.console_log().display()))?;
     cfg.serial_out = Box::new(log);
-    drop_privileges(&cfg.fs_capabilities())?;
+    let mut keep = cfg.fs_capabilities();
+    if private.is_some() {
+        // Tearing down the pod's port rules (and, with the last pod, berth's
+        // nft table and bridge) when it ends.
+        keep.push(caps::Capability::CAP_NET_ADMIN);
+    }
+    drop_privileges(&keep)?;
     let vm = vmm::Vm::boot(cfg).context("cannot boot the VM")?;
     state::write_file(&pod.pid_file(), &std::process::id().to_string())?;
 
@@ -183,6 +209,8 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
     };
     let _ = std::fs::remove_file(&main_path);
     let _ = std::fs::remove_file(&ctl);
+    drop(proxy);
+    release_net(pod, &spec);
     state::write_file(&pod.status_file(), &format!("{code}\n"))?;
     state::remove_if_requested(pod);
     Ok(code)
@@ -216,6 +244,29 @@ fn drop_privileges(keep: &[caps::Capability]) -> Result<()> {
     Ok(())
 }
 
+/// Release the pod's network (if private): port rules, tap, lease.
+pub fn release_net(pod: &PodDir, spec: &PodSpec) {
+    if let Some(net) = &spec.network.private {
+        if let Err(e) = berth_net::release(&pod.state_root(), &spec.uuid, net) {
+            log::warn!("stage1-kvm: cannot release the pod's network: {e}");
+        }
+    }
+}
+
+/// `02:ab:...` → bytes.
+fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        anyhow::bail!("invalid MAC address {s:?} in the pod spec");
+    }
+    for (b, p) in mac.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16)
+            .with_context(|| format!("invalid MAC address {s:?} in the pod spec"))?;
+    }
+    Ok(mac)
+}
+
 /// The relay thread: accept guest-init's connection, report the start, relay.
 fn serve_main(
     listener: &UnixListener,
@@ -247,6 +298,17 @@ fn guest_diagnosis(pod: &PodDir) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mac_parsing() {
+        assert_eq!(
+            parse_mac("02:0a:ff:00:10:01").unwrap(),
+            [2, 10, 255, 0, 16, 1]
+        );
+        for bad in ["", "02:0a", "02:0a:ff:00:10:zz", "02:0a:ff:00:10:01:02"] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn host_port_socket_appends_the_port() {
