@@ -9,8 +9,9 @@
 #   bench/net.sh [SECONDS]    (iperf3 duration per case, default 5)
 #
 # Uses BERTH=path/to/berth or the installed berth; needs root, iperf3, ping.
-# iperf3 runs inside the pod from the host's /usr (bind-mounted read-only,
-# started through the host's dynamic loader), so the busybox image is enough.
+# iperf3 runs inside the pod from the host's /usr (bind-mounted read-only at
+# /host-usr, started through the host's dynamic loader), so the busybox image
+# is enough.
 # Latency is `ping -c 200 -i 0.005` (average RTT): ICMP is answered by the
 # pod's kernel, so it measures the datapath (veth/bridge or tap/virtio-net),
 # not an application's scheduling. Traffic stays on the machine: a bridge
@@ -41,8 +42,8 @@ nft_table = "berth_netbench"
 dns = []
 TOML
 
-ld=/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2
-iperf_in_pod="$ld --library-path /usr/lib/x86_64-linux-gnu /usr/bin/iperf3"
+h=/host-usr
+iperf_in_pod="$h/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 --library-path $h/lib/x86_64-linux-gnu $h/bin/iperf3"
 
 # client_to ADDR -> "Gbit/s avg_rtt_ms"
 client_to() {
@@ -64,7 +65,7 @@ kill "$(cat "$work/iperf-base.pid")" 2>/dev/null || true
 
 # ns stage1
 "$berth" --root "$work/root" run -d --name nb-ns --stage1=ns --rootfs "$img" \
-    -v /usr:/usr:ro -- sh -c "exec $iperf_in_pod -s" >/dev/null
+    -v /usr:$h:ro -- sh -c "exec $iperf_in_pod -s" >/dev/null
 addr=$("$berth" --root "$work/root" inspect nb-ns --format json | jq -r .address)
 read -r ns_bw ns_rtt < <(client_to "$addr")
 "$berth" --root "$work/root" rm -f nb-ns >/dev/null

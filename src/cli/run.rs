@@ -335,6 +335,12 @@ pub fn run(store: &Store, a: RunArgs) -> Result<i32> {
         .spawn()
         .with_context(|| format!("cannot start {}", stage1.display()))?;
     drop(ready_wr);
+    // From here the stage1 owns the pod's network; it is released below once
+    // the stage1 has exited (never while it may still run).
+    let net_after_exit = net_guard.take().map(|mut g| {
+        g.disarm();
+        g
+    });
     let child_pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let mut ready = BufReader::new(std::fs::File::from(ready_rd));
     let mut ready_open = true;
@@ -386,6 +392,11 @@ pub fn run(store: &Store, a: RunArgs) -> Result<i32> {
     // stage1 has exited; closing our copy releases the lock if stage1 was
     // killed before it could.
     drop(lock);
+    // Whatever the stage1 did, its pod's network is no longer needed
+    // (idempotent; a stage1 that released already makes this a no-op).
+    if let Some(mut g) = net_after_exit {
+        g.rearm();
+    }
     let code = status
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))

@@ -29,6 +29,11 @@ impl NetGuard {
     pub fn disarm(&mut self) {
         self.armed = false;
     }
+
+    /// Release on drop after all (the stage1 has exited).
+    pub fn rearm(&mut self) {
+        self.armed = true;
+    }
 }
 
 impl Drop for NetGuard {
