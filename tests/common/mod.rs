@@ -24,7 +24,6 @@ pub fn unsupported(stage1: &str, case: &str) -> Option<&'static str> {
     }
     Some(match case {
         "isolation" => "documented limit: the VM boundary is the isolation; guest-init applies no in-guest confinement",
-        "net-private" | "net-concurrent" | "net-cleanup" => "virtio-net integration pending",
         "env-cwd-hostname-user" | "overlay" | "reaper" => "covered in one boot by probe_parity",
         _ => return None,
     })
@@ -191,7 +190,18 @@ impl Env {
 }
 
 impl Drop for Env {
+    /// A failed case may leave pods running: force-remove them (which also
+    /// releases their network: taps, leases, nft rules, the test bridge),
+    /// then gc.
     fn drop(&mut self) {
+        for pod in self.pods() {
+            let _ = self
+                .cmd()
+                .args(["rm", "-f", &pod])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self
             .cmd()
             .arg("gc")
