@@ -45,14 +45,33 @@ name=rss-probe
 pod="$root/pods/$name"
 for _ in $(seq 1 600); do grep -q 'guest init started' "$pod/app.log" 2>/dev/null && break; sleep 1; done
 pid=$(cat "$pod/pid")
-guest_kib=$((mem_mib * 1024)); rss_kib=0; skip=0
+# Guest RAM is not one mapping: the VMM maps the kernel's segments from the
+# vmlinux file over parts of it (vmm/src/kernel.rs). Skip the run of
+# contiguous rw-p mappings that spans exactly the guest's memory size.
+guest_bytes=$((mem_mib << 20)); starts=(); ends=(); perms=(); rss=()
 while read -r a b _; do
     if [[ $a =~ ^([0-9a-f]+)-([0-9a-f]+)$ ]]; then
-        skip=$(( (0x${BASH_REMATCH[2]} - 0x${BASH_REMATCH[1]}) / 1024 >= guest_kib ))
-    elif [[ $a == Rss: && $skip == 0 ]]; then
-        rss_kib=$((rss_kib + b))
+        starts+=($((0x${BASH_REMATCH[1]}))); ends+=($((0x${BASH_REMATCH[2]}))); perms+=("$b"); rss+=(0)
+    elif [[ $a == Rss: ]]; then
+        rss[-1]=$b
     fi
 done < "/proc/$pid/smaps"
+skip=()
+for ((i = 0; i < ${#starts[@]}; i++)); do
+    [[ ${perms[i]} == rw-p ]] || continue
+    for ((j = i; j < ${#starts[@]}; j++)); do
+        [[ ${perms[j]} == rw-p ]] && (( j == i || starts[j] == ends[j - 1] )) || break
+        if (( ends[j] - starts[i] == guest_bytes )); then
+            for ((k = i; k <= j; k++)); do skip[k]=1; done
+            break 2
+        fi
+        (( ends[j] - starts[i] < guest_bytes )) || break
+    done
+done
+rss_kib=0
+for ((i = 0; i < ${#starts[@]}; i++)); do
+    [[ -n ${skip[i]:-} ]] || rss_kib=$((rss_kib + rss[i]))
+done
 "$berth" --root "$root" rm -f $name
 
 med() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; print m }'; }

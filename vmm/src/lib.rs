@@ -33,6 +33,10 @@
 //! `SIGRTMIN` (a no-op handler is installed): callers must not block or
 //! repurpose that signal in threads created before [`Vm::boot`].
 //!
+//! The kernel's loadable segments are mapped copy-on-write from the vmlinux
+//! file rather than copied ([`kernel`]: replace a kernel file by rename,
+//! never in place; [`kernel::COPY_KERNEL_ENV`] forces the copy).
+//!
 //! Timing: `setup_time` and `boot_to_init` are measured from the start of
 //! [`Vm::boot`]. [`metrics::rss_excluding_guest`] (also
 //! [`RunningVm::rss_excluding_guest`], [`VmHandle::rss_excluding_guest`])
@@ -44,6 +48,7 @@ pub mod arch;
 pub mod builder;
 pub mod device_manager;
 pub mod devices;
+pub mod kernel;
 pub mod metrics;
 pub mod pvm;
 pub mod vstate;

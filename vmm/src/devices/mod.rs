@@ -51,6 +51,8 @@ pub struct VmShared {
     pub error: Mutex<Option<crate::vstate::vcpu::VcpuError>>,
     /// Signalled when the VM must stop; the event loop waits on it.
     pub exit_evt: EventFd,
+    /// Thread waiting in `Vm::boot` for vCPU 0's first KVM_RUN; unparked then.
+    pub boot_waiter: Mutex<Option<std::thread::Thread>>,
 }
 
 /// `VmShared::status` value meaning "the guest never wrote STATUS_PORT".
@@ -67,6 +69,7 @@ impl VmShared {
             exit: Mutex::new(None),
             error: Mutex::new(None),
             exit_evt,
+            boot_waiter: Mutex::new(None),
         }
     }
 

@@ -178,6 +178,15 @@ impl Vcpu {
     fn run_loop(&mut self) -> Result<(), VcpuError> {
         if self.id == 0 {
             let _ = self.shared.first_run.set(Instant::now());
+            if let Some(t) = self
+                .shared
+                .boot_waiter
+                .lock()
+                .ok()
+                .and_then(|mut w| w.take())
+            {
+                t.unpark();
+            }
         }
         loop {
             if self.shared.exit_requested() {

@@ -65,6 +65,7 @@ impl Vm {
     pub fn new(mem: GuestMemoryMmap<()>) -> Result<Self, VmError> {
         let t = std::time::Instant::now();
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        log::trace!("vmm: /dev/kvm opened at {:?}", t.elapsed());
         let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
         log::trace!("vmm: KVM_CREATE_VM took {:?}", t.elapsed());
         for (slot, region) in mem.iter().enumerate() {
@@ -98,6 +99,7 @@ impl Vm {
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(VmError::SupportedCpuid)?;
+        log::trace!("vmm: KVM_GET_SUPPORTED_CPUID done at {:?}", t.elapsed());
         Ok(Vm {
             kvm,
             fd,
