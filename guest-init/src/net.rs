@@ -106,7 +106,7 @@ impl Msg {
 
     fn put(&mut self, bytes: &[u8]) {
         self.0.extend_from_slice(bytes);
-        while self.0.len() % 4 != 0 {
+        while !self.0.len().is_multiple_of(4) {
             self.0.push(0);
         }
     }

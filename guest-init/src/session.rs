@@ -404,7 +404,7 @@ pub fn run(
         }
         // Start the processes whose handshakes completed (highest index
         // first so the others keep theirs).
-        finished_pending.sort_by(|a, b| b.0.cmp(&a.0));
+        finished_pending.sort_by_key(|p| std::cmp::Reverse(p.0));
         for (i, process) in finished_pending {
             if i >= pending.len() {
                 continue;
