@@ -60,32 +60,7 @@ mod tests {
 
     #[test]
     fn exec_process_follows_the_pod_unless_overridden() {
-        use berth_spec::*;
-        let spec = PodSpec {
-            version: SPEC_VERSION,
-            name: "t".into(),
-            uuid: "0b9f3c2e-6a1d-4c8e-9f00-1234567890ab".into(),
-            machine_id: "0b9f3c2e6a1d4c8e9f001234567890ab".into(),
-            app: App {
-                argv: vec!["app".into()],
-                env: vec!["A=1".into()],
-                cwd: "/srv".into(),
-                user: User { uid: 1, gid: 2 },
-            },
-            hostname: "t".into(),
-            rootfs: Rootfs {
-                image: "/img".into(),
-            },
-            mounts: vec![],
-            network: Network {
-                mode: NetworkMode::None,
-                private: None,
-            },
-            resources: Resources::default(),
-            security: Security::default(),
-            stdio: Stdio::default(),
-            kvm: None,
-        };
+        let spec = crate::test_spec();
         let p = process(
             spec.clone(),
             ExecOptions {

@@ -76,3 +76,34 @@ fn gc(pod: &PodDir) -> Result<()> {
         Err(e) => Err(e.into()),
     }
 }
+
+/// A valid spec for unit tests.
+#[cfg(test)]
+fn test_spec() -> berth_spec::PodSpec {
+    use berth_spec::*;
+    PodSpec {
+        version: SPEC_VERSION,
+        name: "t".into(),
+        uuid: "0b9f3c2e-6a1d-4c8e-9f00-1234567890ab".into(),
+        machine_id: "0b9f3c2e6a1d4c8e9f001234567890ab".into(),
+        app: App {
+            argv: vec!["app".into()],
+            env: vec!["A=1".into()],
+            cwd: "/srv".into(),
+            user: User { uid: 1, gid: 2 },
+        },
+        hostname: "t".into(),
+        rootfs: Rootfs {
+            image: "/img".into(),
+        },
+        mounts: vec![],
+        network: Network {
+            mode: NetworkMode::None,
+            private: None,
+        },
+        resources: Resources::default(),
+        security: Security::default(),
+        stdio: Stdio::default(),
+        kvm: None,
+    }
+}

@@ -1,5 +1,5 @@
 //! The pod's filesystems as virtio-fs shares: the pod's overlay (image +
-//! the pod's upper directory) is mounted in stage1-kvm's private mount
+//! the pod's upper directory) is mounted in the VMM process' private mount
 //! namespace and shared live with the guest (tag `rootfs`), so changes made
 //! in the guest land in the pod's upper directory and are seen on the host,
 //! and vice versa; each volume is its own share (`vol<i>`), read-only ones
@@ -37,15 +37,18 @@ pub struct Share {
     pub read_only: bool,
 }
 
-/// Check the volumes, mount the pod's overlay (in a new private mount
-/// namespace of this process: it disappears with us, so a killed stage1
-/// leaves no mount behind) and list the shares. Must run before any thread
-/// is started (unshare(CLONE_NEWNS) needs a single-threaded process).
-pub fn prepare(spec: &PodSpec, pod: &PodDir) -> Result<Vec<Share>, RootfsError> {
+/// Check the image and the volumes and list the shares (tag `rootfs` first:
+/// the pod's overlay at `pod.rootfs()`, mounted later by [`mount_overlay`]).
+pub fn shares(spec: &PodSpec, pod: &PodDir) -> Result<Vec<Share>, RootfsError> {
     if !spec.rootfs.image.is_dir() {
         return Err(RootfsError::MissingImage(spec.rootfs.image.clone()));
     }
     let mut shares = Vec::with_capacity(1 + spec.mounts.len());
+    shares.push(Share {
+        tag: kvm::ROOT_FS_TAG.to_string(),
+        path: pod.rootfs(),
+        read_only: false,
+    });
     for (i, m) in spec.mounts.iter().enumerate() {
         if !m.source.is_dir() {
             return Err(RootfsError::VolumeNotDir(m.source.clone()));
@@ -56,6 +59,15 @@ pub fn prepare(spec: &PodSpec, pod: &PodDir) -> Result<Vec<Share>, RootfsError> 
             read_only: m.read_only,
         });
     }
+    Ok(shares)
+}
+
+/// Mount the pod's overlay on `pod.rootfs()` in a new private mount
+/// namespace of the calling process — the VMM process: the mount disappears
+/// with it, so neither a finished nor a killed VM leaves a mount behind, and
+/// the supervising stage1 (which removes the pod directory) never sees it.
+/// Must run while the process is single-threaded (unshare(CLONE_NEWNS)).
+pub fn mount_overlay(spec: &PodSpec, pod: &PodDir) -> Result<(), RootfsError> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(RootfsError::Unshare)?;
     mount(
         None::<&str>,
@@ -79,17 +91,51 @@ pub fn prepare(spec: &PodSpec, pod: &PodDir) -> Result<Vec<Share>, RootfsError> 
         MsFlags::empty(),
         Some(opts.as_str()),
     )
-    .map_err(|source| RootfsError::Overlay {
-        path: root.clone(),
-        source,
-    })?;
-    shares.insert(
-        0,
-        Share {
-            tag: kvm::ROOT_FS_TAG.to_string(),
-            path: root,
-            read_only: false,
-        },
-    );
-    Ok(shares)
+    .map_err(|source| RootfsError::Overlay { path: root, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_are_the_root_then_each_volume_and_files_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("img");
+        std::fs::create_dir(&img).unwrap();
+        let file = d.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let pod = PodDir::new(d.path().join("pod"));
+        let mut spec = crate::test_spec();
+        spec.rootfs.image = img.clone();
+        spec.mounts = vec![berth_spec::Mount {
+            source: img.clone(),
+            destination: "/v".into(),
+            read_only: true,
+        }];
+        let got = shares(&spec, &pod).unwrap();
+        assert_eq!(
+            got,
+            [
+                Share {
+                    tag: "rootfs".into(),
+                    path: pod.rootfs(),
+                    read_only: false
+                },
+                Share {
+                    tag: "vol0".into(),
+                    path: img.clone(),
+                    read_only: true
+                }
+            ]
+        );
+        spec.mounts[0].source = file.clone();
+        let err = shares(&spec, &pod).unwrap_err().to_string();
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        spec.rootfs.image = d.path().join("missing");
+        assert!(matches!(
+            shares(&spec, &pod),
+            Err(RootfsError::MissingImage(_))
+        ));
+    }
 }

@@ -85,7 +85,7 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
         berth_net::etc::write(&pod.upper(), &spec.hostname, net)
             .context("cannot write the pod's /etc/resolv.conf and /etc/hosts")?;
     }
-    let shares = rootfs::prepare(&spec, pod)?;
+    let shares = rootfs::shares(&spec, pod)?;
     let ctl = pod.ctl_socket();
     let main_path = host_port_socket(&ctl, MAIN_PORT);
     let _ = std::fs::remove_file(&main_path);
@@ -130,8 +130,8 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
         uds_path: ctl.clone(),
     });
     // The pod's tap on the bridge (not persistent: it vanishes with the
-    // VMM, even after SIGKILL), the guest end configured by guest-init.
-    let mut proxy = None;
+    // VMM process, even after SIGKILL), the guest end configured by
+    // guest-init.
     if let Some(net) = private {
         let tap = berth_net::create_tap(net, berth_net::tap::TapOptions { vnet_hdr: true })
             .context("cannot create the pod's tap")?;
@@ -140,20 +140,41 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
             fd: Some(Arc::new(tap)),
             mac: parse_mac(&net.mac)?,
         });
-        proxy = Some(berth_net::proxy::start(&net.ports, net.address)?);
     }
     let log = std::fs::File::create(pod.console_log())
         .with_context(|| format!("cannot create {}", pod.console_log().display()))?;
     cfg.serial_out = Box::new(log);
-    let mut keep = cfg.fs_capabilities();
-    if private.is_some() {
-        // Tearing down the pod's port rules (and, with the last pod, berth's
-        // nft table and bridge) when it ends.
-        keep.push(caps::Capability::CAP_NET_ADMIN);
-    }
-    drop_privileges(&keep)?;
-    let vm = vmm::Vm::boot(cfg).context("cannot boot the VM")?;
+    let keep = cfg.fs_capabilities();
+
+    // The VMM runs in a child process (still single-threaded here, so fork
+    // is safe): its own mount namespace holds the pod's overlay, and it
+    // keeps only the FUSE server's capabilities. This process stays the
+    // pod's leader with its privileges, to relay the app, publish ports and
+    // release the network, record the status and remove the pod directory
+    // (which it can, as it never sees the overlay mount).
+    let (exit_rd, exit_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .context("cannot create the VMM's report pipe")?;
+    let parent = nix::unistd::getpid();
+    // SAFETY: no other thread exists yet (the relay and proxy threads start
+    // below, in the parent); the child only runs the VMM and exits.
+    let child = match unsafe { nix::unistd::fork() }.context("cannot fork the VMM process")? {
+        nix::unistd::ForkResult::Child => {
+            drop(exit_rd);
+            drop(listener);
+            let code = vmm_process(cfg, &spec, pod, &keep, parent, exit_wr);
+            std::process::exit(code)
+        }
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    drop(exit_wr);
+    // Our copies of the tap and console.log go: the tap must vanish with the
+    // VMM process.
+    drop(cfg);
     state::write_file(&pod.pid_file(), &std::process::id().to_string())?;
+    let proxy = match private {
+        Some(net) => Some(berth_net::proxy::start(&net.ports, net.address)?),
+        None => None,
+    };
 
     let _raw = if spec.stdio.tty {
         RawMode::enter()
@@ -171,22 +192,21 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
             })
             .context("cannot start the control thread")?;
     }
-    let exit = vm.run().context("the VM failed")?;
-    log::debug!(
-        "stage1-kvm: setup {:?}, boot-to-init {:?}, total {:?}, reason {:?}",
-        exit.setup_time,
-        exit.boot_to_init,
-        exit.total,
-        exit.reason
-    );
-    let relayed = rx.recv_timeout(RELAY_DRAIN);
+    let exit = wait_vmm(child, exit_rd);
+    // A VM that ran may still have the app's last output and Exit frame in
+    // flight; a VMM that failed to boot never connected.
+    let relayed = if exit.error.is_some() {
+        rx.try_recv().ok()
+    } else {
+        rx.recv_timeout(RELAY_DRAIN).ok()
+    };
     let code = match relayed {
-        Ok(Ok(Some(code))) => code,
+        Some(Ok(Some(code))) => code,
         other => {
-            if let Ok(Err(e)) = other {
+            if let Some(Err(e)) = other {
                 log::warn!("stage1-kvm: control channel: {e:#}");
             }
-            let why = guest_diagnosis(pod);
+            let why = exit.error.clone().or_else(|| guest_diagnosis(pod));
             let code = exit.status.map_or(EXIT_BERTH_FAILED, i32::from);
             match &why {
                 Some(line) => {
@@ -195,7 +215,7 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
                 }
                 None if exit.status.is_none() => {
                     let line = format!(
-                        "the VM stopped ({:?}) without reporting the app's status; see {}",
+                        "the VM stopped ({}) without reporting the app's status; see {}",
                         exit.reason,
                         pod.console_log().display()
                     );
@@ -214,6 +234,115 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
     state::write_file(&pod.status_file(), &format!("{code}\n"))?;
     state::remove_if_requested(pod);
     Ok(code)
+}
+
+/// What the VMM process reports when the VM has stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct VmmReport {
+    /// The status byte guest-init wrote, if any.
+    status: Option<u8>,
+    /// Why the VM stopped (the VMM's exit reason), for messages.
+    reason: String,
+    /// The VMM's own failure (boot error), if any.
+    error: Option<String>,
+}
+
+impl VmmReport {
+    fn encode(&self) -> String {
+        let status = self.status.map_or("-".to_string(), |s| s.to_string());
+        match &self.error {
+            Some(e) => format!("error {e}\n"),
+            None => format!("status {status} {}\n", self.reason),
+        }
+    }
+
+    fn decode(line: &str) -> VmmReport {
+        let line = line.trim_end();
+        if let Some(e) = line.strip_prefix("error ") {
+            return VmmReport {
+                error: Some(e.to_string()),
+                ..VmmReport::default()
+            };
+        }
+        let mut it = line.strip_prefix("status ").unwrap_or("").splitn(2, ' ');
+        let status = it.next().and_then(|s| s.parse().ok());
+        let reason = it.next().unwrap_or("").to_string();
+        if reason.is_empty() {
+            return VmmReport {
+                error: Some("the VMM process died without a report".into()),
+                ..VmmReport::default()
+            };
+        }
+        VmmReport {
+            status,
+            reason,
+            error: None,
+        }
+    }
+}
+
+/// The VMM process: mount the overlay in a private mount namespace, drop
+/// privileges, boot, run until the guest powers off; report on `report`.
+/// Returns the process' exit code.
+fn vmm_process(
+    cfg: vmm::VmConfig,
+    spec: &PodSpec,
+    pod: &PodDir,
+    keep: &[caps::Capability],
+    parent: nix::unistd::Pid,
+    report: std::os::fd::OwnedFd,
+) -> i32 {
+    let result = (|| -> Result<VmmReport> {
+        // Die with the supervising stage1 (kill -9 included).
+        // SAFETY: prctl(PR_SET_PDEATHSIG) only affects this process.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        if nix::unistd::getppid() != parent {
+            anyhow::bail!("the stage1 exited before its VMM started");
+        }
+        rootfs::mount_overlay(spec, pod)?;
+        drop_privileges(keep)?;
+        let vm = vmm::Vm::boot(cfg).context("cannot boot the VM")?;
+        let exit = vm.run().context("the VM failed")?;
+        log::debug!(
+            "stage1-kvm: setup {:?}, boot-to-init {:?}, total {:?}, reason {:?}",
+            exit.setup_time,
+            exit.boot_to_init,
+            exit.total,
+            exit.reason
+        );
+        Ok(VmmReport {
+            status: exit.status,
+            reason: format!("{:?}", exit.reason),
+            error: None,
+        })
+    })();
+    let (line, code) = match result {
+        Ok(r) => (r.encode(), 0),
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            let r = VmmReport {
+                error: Some(chain.join(": ")),
+                ..VmmReport::default()
+            };
+            (r.encode(), EXIT_BERTH_FAILED)
+        }
+    };
+    let mut f = std::fs::File::from(report);
+    let _ = std::io::Write::write_all(&mut f, line.as_bytes());
+    code
+}
+
+/// Wait for the VMM process and read its report.
+fn wait_vmm(child: nix::unistd::Pid, report: std::os::fd::OwnedFd) -> VmmReport {
+    let mut line = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::fs::File::from(report), &mut line);
+    loop {
+        match nix::sys::wait::waitpid(child, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => break,
+        }
+    }
+    VmmReport::decode(&line)
 }
 
 /// Least privilege for the VMM: before its threads exist (capabilities are
@@ -298,6 +427,31 @@ fn guest_diagnosis(pod: &PodDir) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vmm_report_round_trips() {
+        for r in [
+            VmmReport {
+                status: Some(5),
+                reason: "Reset".into(),
+                error: None,
+            },
+            VmmReport {
+                status: None,
+                reason: "Shutdown (triple fault)".into(),
+                error: None,
+            },
+            VmmReport {
+                status: None,
+                reason: String::new(),
+                error: Some("cannot boot the VM: no kernel".into()),
+            },
+        ] {
+            assert_eq!(VmmReport::decode(&r.encode()), r);
+        }
+        // A VMM killed before reporting.
+        assert!(VmmReport::decode("").error.is_some());
+    }
 
     #[test]
     fn mac_parsing() {
