@@ -336,12 +336,7 @@ fn vmm_process(
 fn wait_vmm(child: nix::unistd::Pid, report: std::os::fd::OwnedFd) -> VmmReport {
     let mut line = String::new();
     let _ = std::io::Read::read_to_string(&mut std::fs::File::from(report), &mut line);
-    loop {
-        match nix::sys::wait::waitpid(child, None) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            _ => break,
-        }
-    }
+    while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(child, None) {}
     VmmReport::decode(&line)
 }
 
