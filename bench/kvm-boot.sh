@@ -43,8 +43,9 @@ name=rss-probe
 "$berth" --root "$root" --log-level info run -d --name $name --stage1=kvm --memory ${mem_mib}m \
     --rootfs "$img" -- sleep 600 >/dev/null
 pod="$root/pods/$name"
-for _ in $(seq 1 600); do grep -q 'guest init started' "$pod/app.log" 2>/dev/null && break; sleep 1; done
-pid=$(cat "$pod/pid")
+# `run -d` returns once guest-init has started the app. The VMM is the
+# stage1's child process (the stage1 itself holds no guest memory).
+pid=$(pgrep -P "$(cat "$pod/pid")" | head -1)
 # Guest RAM is not one mapping: the VMM maps the kernel's segments from the
 # vmlinux file over parts of it (vmm/src/kernel.rs). Skip the run of
 # contiguous rw-p mappings that spans exactly the guest's memory size.
