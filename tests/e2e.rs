@@ -1080,11 +1080,17 @@ fn net_private_ports_pod_to_host_pod_to_pod_and_nat() {
         // (hairpin), and outbound NAT to the upstream namespace.
         let up = Upstream::new(&format!("{}", std::process::id() % 100_000));
         let upstream = up.listen(9000);
+        // The first contact with a kvm web pod may wait for its guest to
+        // answer ARP, which on the loaded, emulated PVM CI hosts can take
+        // seconds: the fetch is retried for up to 10 s (the last attempt's
+        // error is shown).
         let script = format!(
-            "ping -c1 -W2 {gw} >/dev/null && echo ping-ok; \
+            "get() {{ for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- \"$1\" 2>/dev/null && return; \
+                 sleep 1; done; wget -qO- \"$1\"; }}; \
+             ping -c1 -W2 {gw} >/dev/null && echo ping-ok; \
              echo from-pod | nc {gw} {lp}; \
-             wget -qO- http://{addr}/index.html; \
-             wget -qO- http://{gw}:{hp}/index.html; \
+             get http://{addr}/index.html; \
+             get http://{gw}:{hp}/index.html; \
              echo via-nat | nc 198.51.100.2 9000; echo done"
         );
         let o = e.run(s, &[], &["sh", "-c", &script]);
