@@ -28,7 +28,7 @@ use crate::devices::virtio::fs::{Fs, FsError, FsEventHandler};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport};
 use crate::devices::virtio::net::{Net, NetError, NetEventHandler, TapSource};
 use crate::devices::virtio::vsock::{Vsock, VsockError, VsockEventHandler};
-use crate::devices::virtio::Interrupt;
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{ExitReason, VmShared};
 use crate::kernel::{PreparedKernel, COPY_KERNEL_ENV};
 use crate::pvm;
@@ -367,6 +367,64 @@ pub struct RunningVm {
     pvm: bool,
 }
 
+/// A virtio-mmio slot and its interrupt line, allocated before the device
+/// that signals it is created.
+struct MmioLine {
+    slot: crate::device_manager::MmioSlot,
+    irq_evt: EventFd,
+    interrupt: Interrupt,
+}
+
+impl MmioLine {
+    fn new(dm: &mut DeviceManager) -> Result<MmioLine, BuildError> {
+        let slot = dm.allocate_mmio().map_err(BuildError::Devices)?;
+        let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+        let interrupt = Interrupt::new(irq_evt.try_clone().map_err(BuildError::EventFd)?);
+        Ok(MmioLine {
+            slot,
+            irq_evt,
+            interrupt,
+        })
+    }
+
+    /// Put `device` behind a virtio-mmio transport on this line: its queue
+    /// notifications (`queue_evts`, copies of the device's own eventfds)
+    /// become ioeventfds, its interrupt an irqfd. Returns the shared device
+    /// for its event handler.
+    fn attach<D: VirtioDevice + 'static>(
+        self,
+        vm: &vm::Vm,
+        dm: &mut DeviceManager,
+        device: D,
+        queue_evts: Vec<EventFd>,
+    ) -> Result<Arc<Mutex<D>>, BuildError> {
+        let device = Arc::new(Mutex::new(device));
+        let transport = MmioTransport::new(
+            vm.mem.clone(),
+            device.clone(),
+            self.interrupt,
+            clone_evts(&queue_evts.iter().collect::<Vec<_>>())?,
+        )
+        .map_err(BuildError::Mmio)?;
+        dm.add_virtio_mmio(
+            &vm.fd,
+            self.slot,
+            Arc::new(Mutex::new(transport)),
+            &self.irq_evt,
+            &queue_evts,
+        )
+        .map_err(BuildError::Devices)?;
+        Ok(device)
+    }
+}
+
+fn clone_evts(evts: &[&EventFd]) -> Result<Vec<EventFd>, BuildError> {
+    evts.iter()
+        .map(|e| e.try_clone())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(BuildError::EventFd)
+}
+
 /// Entry point: boots VMs.
 pub struct Vm;
 
@@ -532,100 +590,41 @@ impl Vm {
             serial_handler.clone(),
         ];
         for (i, disk) in cfg.block.iter().enumerate() {
-            let slot = dm.allocate_mmio().map_err(BuildError::Devices)?;
-            let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
-            let interrupt = Interrupt::new(irq_evt.try_clone().map_err(BuildError::EventFd)?);
+            let line = MmioLine::new(&mut dm)?;
             let block = Block::new(
                 &disk.path,
                 disk.read_only,
                 &format!("berth-vd{i}"),
-                interrupt.clone(),
+                line.interrupt.clone(),
             )
             .map_err(|e| BuildError::Block(disk.path.clone(), e))?;
-            let queue_evt = block.queue_evt().try_clone().map_err(BuildError::EventFd)?;
-            let block = Arc::new(Mutex::new(block));
-            let transport = MmioTransport::new(
-                vm.mem.clone(),
-                block.clone(),
-                interrupt,
-                vec![queue_evt.try_clone().map_err(BuildError::EventFd)?],
-            )
-            .map_err(BuildError::Mmio)?;
-            dm.add_virtio_mmio(
-                &vm.fd,
-                slot,
-                Arc::new(Mutex::new(transport)),
-                &irq_evt,
-                &[queue_evt],
-            )
-            .map_err(BuildError::Devices)?;
+            let evts = clone_evts(&[block.queue_evt()])?;
+            let block = line.attach(&vm, &mut dm, block, evts)?;
             subscribers.push(Arc::new(Mutex::new(
                 BlockEventHandler::new(block).map_err(BuildError::EventFd)?,
             )));
         }
         for share in &cfg.fs {
-            let slot = dm.allocate_mmio().map_err(BuildError::Devices)?;
-            let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
-            let interrupt = Interrupt::new(irq_evt.try_clone().map_err(BuildError::EventFd)?);
-            let fs = Fs::new(&share.tag, &share.path, share.read_only, interrupt.clone())
-                .map_err(|e| BuildError::Fs(share.tag.clone(), e))?;
-            let queue_evts = fs
-                .queue_evts()
-                .iter()
-                .map(EventFd::try_clone)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(BuildError::EventFd)?;
-            let fs = Arc::new(Mutex::new(fs));
-            let transport_evts = queue_evts
-                .iter()
-                .map(EventFd::try_clone)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(BuildError::EventFd)?;
-            let transport =
-                MmioTransport::new(vm.mem.clone(), fs.clone(), interrupt, transport_evts)
-                    .map_err(BuildError::Mmio)?;
-            dm.add_virtio_mmio(
-                &vm.fd,
-                slot,
-                Arc::new(Mutex::new(transport)),
-                &irq_evt,
-                &queue_evts,
+            let line = MmioLine::new(&mut dm)?;
+            let fs = Fs::new(
+                &share.tag,
+                &share.path,
+                share.read_only,
+                line.interrupt.clone(),
             )
-            .map_err(BuildError::Devices)?;
+            .map_err(|e| BuildError::Fs(share.tag.clone(), e))?;
+            let evts = clone_evts(&fs.queue_evts().iter().collect::<Vec<_>>())?;
+            let fs = line.attach(&vm, &mut dm, fs, evts)?;
             subscribers.push(Arc::new(Mutex::new(
                 FsEventHandler::new(fs).map_err(BuildError::EventFd)?,
             )));
         }
-
         if let Some(vcfg) = &cfg.vsock {
-            let slot = dm.allocate_mmio().map_err(BuildError::Devices)?;
-            let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
-            let interrupt = Interrupt::new(irq_evt.try_clone().map_err(BuildError::EventFd)?);
-            let vsock = Vsock::new(vcfg.guest_cid, &vcfg.uds_path, interrupt.clone())
+            let line = MmioLine::new(&mut dm)?;
+            let vsock = Vsock::new(vcfg.guest_cid, &vcfg.uds_path, line.interrupt.clone())
                 .map_err(|e| BuildError::Vsock(vcfg.uds_path.clone(), e))?;
-            let queue_evts = vsock
-                .queue_evts()
-                .iter()
-                .map(EventFd::try_clone)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(BuildError::EventFd)?;
-            let transport_evts = queue_evts
-                .iter()
-                .map(EventFd::try_clone)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(BuildError::EventFd)?;
-            let vsock = Arc::new(Mutex::new(vsock));
-            let transport =
-                MmioTransport::new(vm.mem.clone(), vsock.clone(), interrupt, transport_evts)
-                    .map_err(BuildError::Mmio)?;
-            dm.add_virtio_mmio(
-                &vm.fd,
-                slot,
-                Arc::new(Mutex::new(transport)),
-                &irq_evt,
-                &queue_evts,
-            )
-            .map_err(BuildError::Devices)?;
+            let evts = clone_evts(&vsock.queue_evts().iter().collect::<Vec<_>>())?;
+            let vsock = line.attach(&vm, &mut dm, vsock, evts)?;
             subscribers.push(Arc::new(Mutex::new(
                 VsockEventHandler::new(vsock).map_err(BuildError::EventFd)?,
             )));
@@ -635,38 +634,16 @@ impl Vm {
                 vcfg.uds_path.display()
             );
         }
-
         for nic in &cfg.net {
-            let slot = dm.allocate_mmio().map_err(BuildError::Devices)?;
-            let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
-            let interrupt = Interrupt::new(irq_evt.try_clone().map_err(BuildError::EventFd)?);
+            let line = MmioLine::new(&mut dm)?;
             let source = match &nic.fd {
                 Some(fd) => TapSource::Fd(fd.try_clone().map_err(BuildError::EventFd)?),
                 None => TapSource::Name,
             };
-            let net = Net::new(&nic.tap, source, nic.mac, interrupt.clone())
+            let net = Net::new(&nic.tap, source, nic.mac, line.interrupt.clone())
                 .map_err(|e| BuildError::Net(nic.tap.clone(), e))?;
-            let rx_evt = net.rx_evt().try_clone().map_err(BuildError::EventFd)?;
-            let tx_evt = net.tx_evt().try_clone().map_err(BuildError::EventFd)?;
-            let net = Arc::new(Mutex::new(net));
-            let transport = MmioTransport::new(
-                vm.mem.clone(),
-                net.clone(),
-                interrupt,
-                vec![
-                    rx_evt.try_clone().map_err(BuildError::EventFd)?,
-                    tx_evt.try_clone().map_err(BuildError::EventFd)?,
-                ],
-            )
-            .map_err(BuildError::Mmio)?;
-            dm.add_virtio_mmio(
-                &vm.fd,
-                slot,
-                Arc::new(Mutex::new(transport)),
-                &irq_evt,
-                &[rx_evt, tx_evt],
-            )
-            .map_err(BuildError::Devices)?;
+            let evts = clone_evts(&[net.rx_evt(), net.tx_evt()])?;
+            let net = line.attach(&vm, &mut dm, net, evts)?;
             subscribers.push(Arc::new(Mutex::new(
                 NetEventHandler::new(net).map_err(BuildError::EventFd)?,
             )));
