@@ -21,21 +21,7 @@ pub enum Verb {
     /// Run the pod in the foreground; exit with the app's status.
     Run { pod_dir: PathBuf },
     /// Run a command in a running pod; exit with its status.
-    Exec {
-        pod_dir: PathBuf,
-        #[arg(short, long)]
-        interactive: bool,
-        #[arg(short, long)]
-        tty: bool,
-        #[arg(short, long = "env", value_name = "KEY=VALUE")]
-        env: Vec<String>,
-        #[arg(short, long = "workdir", value_name = "DIR")]
-        workdir: Option<String>,
-        #[arg(short, long, value_name = "UID:GID")]
-        user: Option<String>,
-        #[arg(last = true, required = true)]
-        cmd: Vec<String>,
-    },
+    Exec(ExecArgs),
     /// Stop a running pod (SIGTERM to the app, SIGKILL after the timeout).
     Stop {
         pod_dir: PathBuf,
@@ -46,6 +32,52 @@ pub enum Verb {
     },
     /// Release host resources of a dead pod.
     Gc { pod_dir: PathBuf },
+}
+
+/// The `exec` verb's arguments.
+#[derive(clap::Args)]
+pub struct ExecArgs {
+    pub pod_dir: PathBuf,
+    #[arg(short, long)]
+    pub interactive: bool,
+    #[arg(short, long)]
+    pub tty: bool,
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    #[arg(short, long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    #[arg(short, long, value_name = "UID:GID")]
+    pub user: Option<String>,
+    #[arg(last = true, required = true)]
+    pub cmd: Vec<String>,
+}
+
+/// What to run for `exec`, checked.
+pub struct ExecOptions {
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<String>,
+    pub user: Option<crate::User>,
+    pub interactive: bool,
+    pub tty: bool,
+}
+
+impl ExecArgs {
+    /// The pod directory and the checked options (the user parsed).
+    pub fn options(self) -> anyhow::Result<(crate::PodDir, ExecOptions)> {
+        let user = parse_user(self.user.as_deref())?;
+        Ok((
+            crate::PodDir::new(self.pod_dir),
+            ExecOptions {
+                argv: self.cmd,
+                env: self.env,
+                cwd: self.workdir,
+                user,
+                interactive: self.interactive,
+                tty: self.tty,
+            },
+        ))
+    }
 }
 
 /// Parse the command line and set up logging (`BERTH_LOG`, set by stage0

@@ -7,17 +7,9 @@
 use crate::control::{relayed_signals, Session, Start};
 use anyhow::{bail, Context, Result};
 use berth_spec::control::Process;
+use berth_spec::stage1_cli::ExecOptions;
 use berth_spec::stage1_cli::RawMode;
-use berth_spec::{state, PodDir, PodSpec, User};
-
-pub struct ExecOptions {
-    pub argv: Vec<String>,
-    pub env: Vec<String>,
-    pub cwd: Option<String>,
-    pub user: Option<User>,
-    pub interactive: bool,
-    pub tty: bool,
-}
+use berth_spec::{state, PodDir, PodSpec};
 
 /// The process to start: the pod app's environment, user and directory
 /// unless overridden (the ns stage1's rules).
@@ -89,7 +81,7 @@ mod tests {
                 argv: vec!["id".into()],
                 env: vec![],
                 cwd: Some("/tmp".into()),
-                user: Some(User { uid: 7, gid: 8 }),
+                user: Some(berth_spec::User { uid: 7, gid: 8 }),
                 interactive: false,
                 tty: true,
             },

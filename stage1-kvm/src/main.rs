@@ -20,27 +20,9 @@ use std::time::Duration;
 fn main() {
     let result = match stage1_cli::parse().verb {
         Verb::Run { pod_dir } => run::run(&PodDir::new(pod_dir)),
-        Verb::Exec {
-            pod_dir,
-            interactive,
-            tty,
-            env,
-            workdir,
-            user,
-            cmd,
-        } => stage1_cli::parse_user(user.as_deref()).and_then(|user| {
-            exec::exec(
-                &PodDir::new(pod_dir),
-                exec::ExecOptions {
-                    argv: cmd,
-                    env,
-                    cwd: workdir,
-                    user,
-                    interactive,
-                    tty,
-                },
-            )
-        }),
+        Verb::Exec(args) => args
+            .options()
+            .and_then(|(pod, opts)| exec::exec(&pod, opts)),
         Verb::Stop {
             pod_dir,
             force,

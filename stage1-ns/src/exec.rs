@@ -8,20 +8,12 @@ use crate::init;
 use crate::security::Confinement;
 use crate::supervise::supervise;
 use anyhow::{Context, Result};
-use berth_spec::{state, PodDir, PodSpec, User};
+use berth_spec::stage1_cli::ExecOptions;
+use berth_spec::{state, PodDir, PodSpec};
 use nix::sched::CloneFlags;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::fs::File;
 use std::path::PathBuf;
-
-pub struct ExecOptions {
-    pub argv: Vec<String>,
-    pub env: Vec<String>,
-    pub cwd: Option<String>,
-    pub user: Option<User>,
-    pub interactive: bool,
-    pub tty: bool,
-}
 
 /// Namespaces joined, in this order; mnt last because it changes our root.
 const NAMESPACES: &[(&str, CloneFlags)] = &[
