@@ -11,7 +11,6 @@
 use berth_spec::PrivateNetwork;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -94,15 +93,9 @@ impl LeaseDir {
                 path: path.clone(),
                 source,
             })?;
-        loop {
-            // SAFETY: flock on a descriptor we own; no memory involved.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(NetLock(f));
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(LeaseError::Lock { path, source: e });
-            }
+        match berth_spec::state::flock(&f, libc::LOCK_EX) {
+            Ok(()) => Ok(NetLock(f)),
+            Err(source) => Err(LeaseError::Lock { path, source }),
         }
     }
 

@@ -68,12 +68,17 @@ pub fn set_cloexec(fd: &impl AsRawFd) {
     unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
 }
 
-fn flock(fd: &impl AsRawFd, op: i32) -> std::io::Result<()> {
-    // SAFETY: flock on an open descriptor; no memory involved.
-    if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
+/// flock(2) `op` on `fd`, retried when a signal interrupts a blocking wait.
+pub fn flock(fd: &impl AsRawFd, op: i32) -> std::io::Result<()> {
+    loop {
+        // SAFETY: flock on an open descriptor; no memory involved.
+        if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 
