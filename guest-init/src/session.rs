@@ -472,22 +472,16 @@ fn handshake_step(c: &mut Conn, buf: &mut [u8]) -> Result<Option<Process>, Sessi
 
 fn start_exec(mut conn: Conn, p: &Process, policy: ExecPolicy) -> Option<Session> {
     conn.send(&Message::Hello { version: VERSION });
-    let mut cfg = match AppConfig::from_process(p, policy.no_new_privs) {
-        Ok(c) => c,
-        Err(e) => {
-            conn.send(&Message::Failed {
-                status: berth_spec::EXIT_BERTH_FAILED,
-                message: console::chain(&e),
-            });
-            conn.send(&Message::Exit(berth_spec::EXIT_BERTH_FAILED));
-            return None;
-        }
-    };
-    if cfg.uid != 0 {
-        cfg.drop_ioperm = policy.drop_ioperm;
-    }
-    match app::spawn(&cfg) {
-        Ok(started) => {
+    let started = AppConfig::from_process(p, policy.no_new_privs)
+        .map(|mut cfg| {
+            if cfg.uid != 0 {
+                cfg.drop_ioperm = policy.drop_ioperm;
+            }
+            cfg
+        })
+        .and_then(|cfg| app::spawn(&cfg).map(|st| (st, cfg)));
+    match started {
+        Ok((started, cfg)) => {
             report_start(&mut conn, &started, &cfg);
             Some(Session {
                 conn,
@@ -495,6 +489,7 @@ fn start_exec(mut conn: Conn, p: &Process, policy: ExecPolicy) -> Option<Session
                 main: false,
             })
         }
+        // Nothing was started: the set-up failure is the whole session.
         Err(e) => {
             conn.send(&Message::Failed {
                 status: berth_spec::EXIT_BERTH_FAILED,
