@@ -911,6 +911,42 @@ fn pvm_flake_retry_only_on_its_signature() {
     }));
     assert!(r.is_err());
     assert_eq!(calls, 3);
+    // A detached pod that crashed that way, seen when its Env is dropped by
+    // the failing case, counts too; its plain failure does not.
+    let pod = |status: &str, app: &str, console: &str| {
+        let e = Env::new();
+        let dir = e.root.path().join("pods").join("web");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("status"), status).unwrap();
+        std::fs::write(dir.join("app.log"), app).unwrap();
+        std::fs::write(dir.join("console.log"), console).unwrap();
+        e
+    };
+    for (status, app, console, retried) in [
+        ("139\n", "", "", true),
+        ("0\n", "sh: line 1: Segmentation fault\n", "", true),
+        (
+            "",
+            "",
+            "[ 20.1] traps: exe[57] general protection fault ip:40aa90 sp:7ffc error:0 in busybox\n",
+            true,
+        ),
+        ("", "", "[ 20.1] sleep[60]: segfault at 0 ip 4a4d02 sp 7ffd error 4\n", true),
+        ("1\n", "wget: bad address\n", "[ 3.0] berth: app started\n", false),
+    ] {
+        let mut calls = 0;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            common::retrying_pvm_flake("self-test", || {
+                calls += 1;
+                let _e = pod(status, app, console);
+                if calls == 1 {
+                    panic!("stdout of client pod: left: \"\" right: \"hello\"");
+                }
+            })
+        }));
+        assert_eq!(r.is_ok(), retried, "{status:?} {app:?} {console:?}");
+        assert_eq!(calls, if retried { 2 } else { 1 });
+    }
 }
 
 // ---------------------------------------------------------------------------

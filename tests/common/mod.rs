@@ -178,6 +178,48 @@ impl Env {
         self.berth(&args)
     }
 
+    /// After a failure: what became of each pod still in the root (its
+    /// exit status, the end of its app.log, the guest's trap and panic
+    /// lines from console.log), on stderr. A detached pod that crashed with
+    /// the PVM static-TLS signature marks the case as having hit that flake,
+    /// which the test's own assertion message cannot show.
+    fn report_pods(&self) {
+        for pod in self.pods() {
+            let dir = self.root.path().join("pods").join(&pod);
+            let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            let status = read("status");
+            let app = read("app.log");
+            let console = read("console.log");
+            let traps: Vec<&str> = console
+                .lines()
+                .filter(|l| {
+                    [
+                        "segfault at",
+                        "general protection",
+                        "traps:",
+                        "Kernel panic",
+                        "berth",
+                    ]
+                    .iter()
+                    .any(|k| l.contains(k))
+                })
+                .collect();
+            let tail = |t: &str| {
+                let v: Vec<&str> = t.lines().collect();
+                v[v.len().saturating_sub(20)..].join("\n")
+            };
+            eprintln!(
+                "--- pod {pod} after the failure: status {:?}\n--- app.log (end):\n{}\n--- console.log traps:\n{}",
+                status.trim(),
+                tail(&app),
+                tail(&traps.join("\n"))
+            );
+            if pod_shows_pvm_tls_flake(status.trim(), &app, &console) {
+                PVM_FLAKE_SEEN.with(|f| f.set(true));
+            }
+        }
+    }
+
     pub fn pods(&self) -> Vec<String> {
         match std::fs::read_dir(self.root.path().join("pods")) {
             Ok(rd) => rd
@@ -194,6 +236,9 @@ impl Drop for Env {
     /// releases their network: taps, leases, nft rules, the test bridge),
     /// then gc.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.report_pods();
+        }
         for pod in self.pods() {
             let _ = self
                 .cmd()
@@ -286,11 +331,30 @@ pub fn retrying_pvm_flake(case: &str, mut f: impl FnMut()) {
             .map(String::as_str)
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or("");
-        if attempt == 3 || !shows_pvm_tls_flake(msg) {
+        let in_a_pod = PVM_FLAKE_SEEN.with(|f| f.replace(false));
+        if attempt == 3 || !(shows_pvm_tls_flake(msg) || in_a_pod) {
             std::panic::resume_unwind(payload);
         }
         eprintln!("{case}: kvm hit the PVM static-TLS flake (above); running the case again ({attempt} of 2)");
     }
+}
+
+thread_local! {
+    /// Set when an [`Env`] dropped during a failure held a pod that crashed
+    /// with the PVM static-TLS signature (see [`pod_shows_pvm_tls_flake`]).
+    static PVM_FLAKE_SEEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The PVM static-TLS signature in a pod left behind by a failed case: its
+/// app was killed by SIGSEGV (status 139), its shell reported a crashed
+/// child, or the guest kernel logged a user-mode segfault or general
+/// protection fault (no e2e case provokes either on purpose).
+pub fn pod_shows_pvm_tls_flake(status: &str, app_log: &str, console_log: &str) -> bool {
+    status == "139"
+        || shows_pvm_tls_flake(app_log)
+        || console_log
+            .lines()
+            .any(|l| l.contains("segfault at") || l.contains("general protection fault ip:"))
 }
 
 /// Is /dev/kvm provided by the nested PVM hypervisor (the CI hosts)?
