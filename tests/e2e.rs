@@ -1054,6 +1054,44 @@ fn nft_table(t: &str) -> Option<String> {
     o.status.success().then(|| stdout(&o))
 }
 
+/// Some free UDP port on the host.
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Send `what` to the UDP address `to`; the answer, if one comes within 2 s.
+fn udp_ask(to: &str, what: &str) -> Option<String> {
+    let c = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    c.send_to(what.as_bytes(), to).ok()?;
+    let mut buf = [0u8; 1500];
+    let n = c.recv(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// A directory holding `udp_echo` (tests/data/udp_echo.c), built static
+/// with musl-gcc (musl-tools).
+fn udp_echo_tool() -> tempfile::TempDir {
+    let tools = tempfile::tempdir().unwrap();
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/udp_echo.c");
+    let cc = std::process::Command::new("musl-gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(tools.path().join("udp_echo"))
+        .arg(src)
+        .output()
+        .expect("run musl-gcc (musl-tools)");
+    assert!(
+        cc.status.success(),
+        "musl-gcc: {}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    tools
+}
+
 /// Some free TCP port on the host.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -1071,13 +1109,20 @@ fn net_private_ports_pod_to_host_pod_to_pod_and_nat() {
         let gw = e.net.gateway();
         let hp = free_port();
         let publish = format!("{hp}:80");
-        // A web server publishing pod port 80 on host port `hp`.
+        let up_port = free_udp_port();
+        let publish_udp = format!("{up_port}:53/udp");
+        let tools = udp_echo_tool();
+        let tools_vol = format!("{}:/tools:ro", tools.path().display());
+        // A web server publishing pod port 80 on host port `hp`, and a UDP
+        // echo server publishing pod port 53 on `up_port` (a crash of the
+        // latter reaches app.log, where the PVM flake check looks).
         ok("web\n").check(
             "run -d web",
             &e.berth(&[
                 "run", "-d", "--name", "web", "--stage1", s, "--rootfs", &img, "-p", &publish,
-                "--", "sh", "-c",
-                "mkdir /www && echo hello-berth > /www/index.html && httpd -p 80 -h /www && echo up && sleep 1000",
+                "-p", &publish_udp, "-v", &tools_vol, "--", "sh", "-c",
+                "mkdir /www && echo hello-berth > /www/index.html && httpd -p 80 -h /www || exit 1; \
+                 { /tools/udp_echo 53 || echo \"udp_echo: status $?\"; } & echo up; sleep 1000",
             ]),
         );
         let info = inspect(&e, "web");
@@ -1101,6 +1146,15 @@ fn net_private_ports_pod_to_host_pod_to_pod_and_nat() {
                 got.is_some()
             });
             assert_eq!(got.as_deref(), Some("hello-berth\n"), "{url}");
+        }
+        // UDP: via localhost (the proxy) and the bridge address (DNAT).
+        for to in [format!("127.0.0.1:{up_port}"), format!("{gw}:{up_port}")] {
+            let mut got = None;
+            wait_for(&format!("an answer from udp {to}"), || {
+                got = udp_ask(&to, "ping");
+                got.is_some()
+            });
+            assert_eq!(got.as_deref(), Some("echo:ping"), "udp {to}");
         }
         // pod -> host: the gateway answers ping and a TCP listener on it.
         let l = std::net::TcpListener::bind((gw.as_str(), 0)).unwrap();

@@ -1,22 +1,39 @@
-//! The userspace localhost proxy for published TCP ports.
+//! The userspace localhost proxy for published ports.
 //!
 //! DNAT cannot send connections to 127.0.0.1 anywhere else without
 //! `route_localnet` (which exposes the host's loopback to the network), so
-//! `127.0.0.1:HOSTPORT` is served by this proxy instead: a listener in the
-//! host's network namespace, owned by the stage1 process (it lives exactly as
-//! long as the pod), that connects each client to `POD_ADDRESS:PODPORT`.
-//! Connections to the host's other addresses are DNATed by nftables and never
-//! reach it. UDP ports are DNATed from the host's addresses only.
+//! `127.0.0.1:HOSTPORT` is served by this proxy instead: listeners in the
+//! host's network namespace, owned by the stage1 process (they live exactly
+//! as long as the pod). A TCP client is connected to `POD_ADDRESS:PODPORT`
+//! and the bytes are copied both ways. A UDP client (one source address and
+//! port) gets a session: a socket connected to `POD_ADDRESS:PODPORT` that
+//! carries its datagrams to the pod and the pod's replies back to it, closed
+//! after [`UDP_IDLE`] without traffic either way (at most
+//! [`UDP_MAX_SESSIONS`] at a time; datagrams from further clients are
+//! dropped, as a full conntrack table would). Connections to the host's
+//! other addresses are DNATed by nftables and never reach the proxy.
 
 use berth_spec::{PortMapping, Protocol};
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A UDP session without a datagram either way for this long is closed
+/// (conntrack's default for an answered UDP flow is 120 s, docker-proxy's
+/// is 90 s; pods that need longer keep their flows busy).
+pub const UDP_IDLE: Duration = Duration::from_secs(90);
+
+/// Concurrent UDP sessions per published port.
+pub const UDP_MAX_SESSIONS: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("cannot listen on 127.0.0.1:{port} (is the port in use on the host?)")]
+    #[error("cannot listen on 127.0.0.1:{port}/{} (is the port in use on the host?)", protocol.as_str())]
     Bind {
         port: u16,
+        protocol: Protocol,
         #[source]
         source: std::io::Error,
     },
@@ -24,34 +41,51 @@ pub enum ProxyError {
     Thread(#[source] std::io::Error),
 }
 
-/// Listeners for the pod's TCP ports. The accept threads run until the
+/// Listeners for the pod's published ports. The threads run until the
 /// process exits; dropping this value does not stop them.
 pub struct LocalProxy {
-    pub ports: Vec<u16>,
+    /// The bound `(port, protocol)` pairs, in the order of the mappings.
+    pub ports: Vec<(u16, Protocol)>,
 }
 
-/// Bind `127.0.0.1:host_port` for every TCP mapping and start serving.
-/// All ports are bound before any thread starts, so a port conflict fails
-/// the whole call.
+enum Listener {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+/// Bind `127.0.0.1:host_port` for every mapping (TCP and UDP) and start
+/// serving. All ports are bound before any thread starts, so a port
+/// conflict fails the whole call.
 pub fn start(ports: &[PortMapping], pod: Ipv4Addr) -> Result<LocalProxy, ProxyError> {
     let mut listeners = Vec::new();
-    for p in ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
-        let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, p.host_port)).map_err(
-            |source| ProxyError::Bind {
-                port: p.host_port,
-                source,
-            },
-        )?;
+    for p in ports {
+        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, p.host_port);
+        let bind_error = |source| ProxyError::Bind {
+            port: p.host_port,
+            protocol: p.protocol,
+            source,
+        };
+        let l = match p.protocol {
+            Protocol::Tcp => Listener::Tcp(TcpListener::bind(addr).map_err(bind_error)?),
+            Protocol::Udp => Listener::Udp(UdpSocket::bind(addr).map_err(bind_error)?),
+        };
         listeners.push((l, SocketAddrV4::new(pod, p.pod_port)));
     }
-    let bound = listeners
-        .iter()
-        .filter_map(|(l, _)| l.local_addr().ok().map(|a| a.port()))
-        .collect();
+    let mut bound = Vec::new();
     for (l, target) in listeners {
+        let (port, protocol) = match &l {
+            Listener::Tcp(l) => (l.local_addr(), Protocol::Tcp),
+            Listener::Udp(l) => (l.local_addr(), Protocol::Udp),
+        };
+        if let Ok(a) = port {
+            bound.push((a.port(), protocol));
+        }
         std::thread::Builder::new()
-            .name(format!("proxy-{}", target.port()))
-            .spawn(move || serve(l, target))
+            .name(format!("proxy-{}-{}", protocol.as_str(), target.port()))
+            .spawn(move || match l {
+                Listener::Tcp(l) => serve(l, target),
+                Listener::Udp(l) => serve_udp(l, target, UDP_IDLE),
+            })
             .map_err(ProxyError::Thread)?;
     }
     Ok(LocalProxy { ports: bound })
@@ -94,6 +128,125 @@ fn copy(mut from: TcpStream, mut to: TcpStream) {
     let _ = to.shutdown(Shutdown::Write);
 }
 
+/// One UDP client's session: its socket towards the pod and when a
+/// datagram last went either way.
+struct UdpSession {
+    upstream: UdpSocket,
+    last: Mutex<Instant>,
+    idle: Duration,
+}
+
+impl UdpSession {
+    fn touch(&self) {
+        if let Ok(mut t) = self.last.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.last
+            .lock()
+            .map(|t| t.elapsed() >= self.idle)
+            .unwrap_or(true)
+    }
+}
+
+type UdpSessions = Arc<Mutex<HashMap<SocketAddr, Arc<UdpSession>>>>;
+
+/// Relay datagrams from clients of `l` to `target`, one session per client,
+/// each closed after `idle` without traffic.
+fn serve_udp(l: UdpSocket, target: SocketAddrV4, idle: Duration) {
+    let l = Arc::new(l);
+    let sessions: UdpSessions = Arc::default();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let Ok((n, client)) = l.recv_from(&mut buf) else {
+            continue;
+        };
+        let Some(session) = udp_session(&l, &sessions, client, target, idle) else {
+            continue;
+        };
+        session.touch();
+        // A refused earlier datagram (ICMP port unreachable) shows up as an
+        // error here; UDP has no connection to fail, so it is dropped.
+        let _ = session.upstream.send(&buf[..n]);
+    }
+}
+
+/// The session for `client`, started (socket connected to `target`, reply
+/// thread running) if it has none; `None` when the table is full or the
+/// socket cannot be made.
+fn udp_session(
+    l: &Arc<UdpSocket>,
+    sessions: &UdpSessions,
+    client: SocketAddr,
+    target: SocketAddrV4,
+    idle: Duration,
+) -> Option<Arc<UdpSession>> {
+    let mut table = sessions.lock().ok()?;
+    if let Some(s) = table.get(&client) {
+        return Some(s.clone());
+    }
+    if table.len() >= UDP_MAX_SESSIONS {
+        log::debug!("net: udp proxy to {target}: {UDP_MAX_SESSIONS} sessions, dropping {client}");
+        return None;
+    }
+    let upstream = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    upstream.connect(target).ok()?;
+    // Wake up now and then to notice an idle session.
+    upstream.set_read_timeout(Some(idle / 4)).ok()?;
+    let session = Arc::new(UdpSession {
+        upstream,
+        last: Mutex::new(Instant::now()),
+        idle,
+    });
+    let (l2, s2, t2) = (l.clone(), session.clone(), sessions.clone());
+    std::thread::Builder::new()
+        .name(format!("proxy-udp-{}", target.port()))
+        .spawn(move || udp_replies(&l2, &s2, &t2, client))
+        .ok()?;
+    table.insert(client, session.clone());
+    Some(session)
+}
+
+/// Send the pod's replies in `session` back to `client` through the
+/// listener, until the session has been idle for its `idle` time.
+fn udp_replies(
+    l: &UdpSocket,
+    session: &Arc<UdpSession>,
+    sessions: &UdpSessions,
+    client: SocketAddr,
+) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match session.upstream.recv(&mut buf) {
+            Ok(n) => {
+                session.touch();
+                let _ = l.send_to(&buf[..n], client);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                // Checked under the table's lock, so a datagram that
+                // found this session just before still gets a reply or
+                // a fresh session.
+                let Ok(mut table) = sessions.lock() else {
+                    return;
+                };
+                if session.idle() {
+                    table.remove(&client);
+                    return;
+                }
+            }
+            // ECONNREFUSED: the pod has no listener (yet); keep the session.
+            Err(_) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,7 +277,7 @@ mod tests {
             Ipv4Addr::LOCALHOST,
         )
         .unwrap();
-        assert_eq!(p.ports, vec![host_port]);
+        assert_eq!(p.ports, vec![(host_port, Protocol::Tcp)]);
         let mut c = TcpStream::connect(("127.0.0.1", host_port)).unwrap();
         c.write_all(b"hello").unwrap();
         c.shutdown(Shutdown::Write).unwrap();
@@ -143,5 +296,98 @@ mod tests {
             ),
             Err(ProxyError::Bind { .. })
         ));
+    }
+
+    /// A UDP "pod" on loopback answering every datagram with
+    /// `<datagram> from <source port>`.
+    fn udp_pod() -> u16 {
+        let pod = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = pod.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            loop {
+                let (n, from) = pod.recv_from(&mut buf).unwrap();
+                let reply = format!(
+                    "{} from {}",
+                    String::from_utf8_lossy(&buf[..n]),
+                    from.port()
+                );
+                pod.send_to(reply.as_bytes(), from).unwrap();
+            }
+        });
+        port
+    }
+
+    fn ask(c: &UdpSocket, to: SocketAddr, what: &str) -> String {
+        c.send_to(what.as_bytes(), to).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, from) = c.recv_from(&mut buf).unwrap();
+        assert_eq!(from, to, "the reply comes from the published address");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    fn client() -> UdpSocket {
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c
+    }
+
+    #[test]
+    fn proxies_udp_per_client_sessions() {
+        let pod_port = udp_pod();
+        let host_port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mapping = [PortMapping {
+            host_port,
+            pod_port,
+            protocol: Protocol::Udp,
+        }];
+        let p = start(&mapping, Ipv4Addr::LOCALHOST).unwrap();
+        assert_eq!(p.ports, vec![(host_port, Protocol::Udp)]);
+        let to: SocketAddr = ([127, 0, 0, 1], host_port).into();
+        let (a, b) = (client(), client());
+        let a1 = ask(&a, to, "a1");
+        let b1 = ask(&b, to, "b1");
+        let a2 = ask(&a, to, "a2");
+        // Each client keeps its own session (source port at the pod).
+        let port_of = |r: &str| r.rsplit(' ').next().unwrap().to_string();
+        assert!(
+            a1.starts_with("a1 from ") && a2.starts_with("a2 from "),
+            "{a1} {a2}"
+        );
+        assert_eq!(port_of(&a1), port_of(&a2));
+        assert!(b1.starts_with("b1 from "));
+        assert_ne!(port_of(&a1), port_of(&b1));
+        // The UDP port is taken now.
+        assert!(matches!(
+            start(&mapping, Ipv4Addr::LOCALHOST),
+            Err(ProxyError::Bind {
+                protocol: Protocol::Udp,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn idle_udp_sessions_are_closed() {
+        let pod_port = udp_pod();
+        let l = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = l.local_addr().unwrap();
+        let idle = Duration::from_millis(200);
+        std::thread::spawn(move || {
+            serve_udp(l, SocketAddrV4::new(Ipv4Addr::LOCALHOST, pod_port), idle)
+        });
+        let c = client();
+        let port_of = |r: String| r.rsplit(' ').next().unwrap().to_string();
+        let first = port_of(ask(&c, to, "x"));
+        // Traffic within the idle time keeps the session.
+        std::thread::sleep(idle / 2);
+        assert_eq!(port_of(ask(&c, to, "x")), first);
+        // After it, the next datagram gets a new session (new socket).
+        std::thread::sleep(idle * 3);
+        assert_ne!(port_of(ask(&c, to, "x")), first);
     }
 }
