@@ -11,8 +11,9 @@ use std::cell::UnsafeCell;
 use std::ffi::{c_void, CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
+use berth_spec::confine::{cap_mask, default_filters, parse_caps, ConfineError};
 use berth_spec::control::Process;
-use berth_spec::{PodSpec, EXIT_BERTH_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
+use berth_spec::{PodSpec, Security, EXIT_BERTH_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
@@ -30,6 +31,50 @@ pub enum AppError {
     Fork(#[source] Errno),
     #[error("cannot read the exec status of the app")]
     ReadStatus(#[source] Errno),
+    #[error(transparent)]
+    Confine(#[from] ConfineError),
+}
+
+/// The confinement the pod's spec asks for, the same as the ns stage1
+/// applies (`berth_spec::confine`), prepared before fork and applied by the
+/// child just before exec: capabilities outside the kept set leave the
+/// bounding set, the process keeps only those (none when it is not root),
+/// and the default seccomp filter is loaded last. The VM is the outer
+/// boundary; this keeps root in the pod from, e.g., mounting, loading
+/// modules or changing the hostname, as it cannot in an ns pod.
+#[derive(Debug, Clone, Default)]
+pub struct Confinement {
+    /// Capability numbers to drop from the bounding set.
+    pub drop_bounding: Vec<u8>,
+    /// Effective, permitted and inheritable sets of a root process (bit N =
+    /// capability N); a process switching to another user ends with none.
+    pub keep: u64,
+    /// Seccomp programs, loaded in order (each implies no_new_privs).
+    pub filters: Vec<seccompiler::BpfProgram>,
+}
+
+impl Confinement {
+    pub fn from_security(sec: &Security) -> Result<Confinement, AppError> {
+        let keep = parse_caps(&sec.capabilities)?;
+        // guest-init is root in the VM; only its supervise-mode tests may
+        // run without CAP_SETPCAP, and then the bounding set stays as it is
+        // (the other sets are lowered, which needs no privilege).
+        let may_drop = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP)
+            .unwrap_or(false);
+        Ok(Confinement {
+            drop_bounding: caps::all()
+                .into_iter()
+                .filter(|c| may_drop && !keep.contains(c))
+                .map(|c| c.index())
+                .collect(),
+            keep: cap_mask(&keep),
+            filters: if sec.seccomp {
+                default_filters()?
+            } else {
+                Vec::new()
+            },
+        })
+    }
 }
 
 /// How the process' standard streams are connected. Output always goes to
@@ -57,6 +102,7 @@ pub struct AppConfig {
     pub uid: u32,
     pub gid: u32,
     pub no_new_privs: bool,
+    pub confinement: Confinement,
     pub stdio: StdioSetup,
     /// Port range to drop from the inherited I/O permission bitmap (set when
     /// guest-init holds ioperm and the app is not root).
@@ -84,19 +130,32 @@ impl AppConfig {
             &p.cwd,
             p.user,
             spec.security.no_new_privileges,
+            Confinement::from_security(&spec.security)?,
             stdio,
         )
     }
 
     /// A process started by `berth exec` (its environment is already merged
-    /// by the host).
-    pub fn from_process(p: &Process, no_new_privs: bool) -> Result<AppConfig, AppError> {
+    /// by the host), confined like the app.
+    pub fn from_process(
+        p: &Process,
+        no_new_privs: bool,
+        confinement: &Confinement,
+    ) -> Result<AppConfig, AppError> {
         let stdio = if p.tty {
             StdioSetup::Tty
         } else {
             StdioSetup::Pipes { stdin: p.stdin }
         };
-        Self::new(&p.argv, &p.env, &p.cwd, p.user, no_new_privs, stdio)
+        Self::new(
+            &p.argv,
+            &p.env,
+            &p.cwd,
+            p.user,
+            no_new_privs,
+            confinement.clone(),
+            stdio,
+        )
     }
 
     fn new(
@@ -105,6 +164,7 @@ impl AppConfig {
         cwd: &str,
         user: berth_spec::User,
         no_new_privs: bool,
+        confinement: Confinement,
         stdio: StdioSetup,
     ) -> Result<AppConfig, AppError> {
         let path = env_strings
@@ -135,6 +195,7 @@ impl AppConfig {
             uid: user.uid,
             gid: user.gid,
             no_new_privs,
+            confinement,
             stdio,
             drop_ioperm: None,
         })
@@ -205,6 +266,8 @@ pub enum ChildStep {
     Stdio = 4,
     Exec = 5,
     NoNewPrivs = 6,
+    Capabilities = 7,
+    Seccomp = 8,
 }
 
 impl ChildStep {
@@ -216,6 +279,8 @@ impl ChildStep {
             4 => ChildStep::Stdio,
             5 => ChildStep::Exec,
             6 => ChildStep::NoNewPrivs,
+            7 => ChildStep::Capabilities,
+            8 => ChildStep::Seccomp,
             _ => return None,
         })
     }
@@ -272,6 +337,8 @@ impl StartFailure {
             ),
             ChildStep::Session => format!("berth: setsid: {desc}\n"),
             ChildStep::NoNewPrivs => format!("berth: cannot set no_new_privs: {desc}\n"),
+            ChildStep::Capabilities => format!("berth: cannot set the capabilities: {desc}\n"),
+            ChildStep::Seccomp => format!("berth: cannot load the seccomp filter: {desc}\n"),
             ChildStep::Stdio => format!("berth: cannot set up stdio: {desc}\n"),
         }
     }
@@ -493,6 +560,24 @@ pub fn spawn(cfg: &AppConfig) -> Result<Started, AppError> {
     })
 }
 
+/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit halves per set.
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
 /// The child between fork and exec. Returns only on failure.
 fn child(
     cfg: &AppConfig,
@@ -546,12 +631,60 @@ fn child(
         // no-op calls for root. Raw syscalls: musl's wrappers go through
         // __synccall (meant for multi-threaded processes), which adds three
         // rt_sigprocmask calls to each; this child is single-threaded.
+        // Confinement, in the ns stage1's order: the bounding set shrinks
+        // while CAP_SETPCAP is still held, the user switch happens while
+        // CAP_SETUID/SETGID are, the other sets are trimmed after it and
+        // seccomp comes last.
+        let conf = &cfg.confinement;
+        for &cap in &conf.drop_bounding {
+            if libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) < 0
+                && Errno::last() != Errno::EINVAL
+            {
+                // EINVAL: a capability this kernel does not have.
+                return fail(ChildStep::Capabilities);
+            }
+        }
         if (cfg.uid != 0 || cfg.gid != 0)
             && (libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) < 0
                 || libc::syscall(libc::SYS_setgid, cfg.gid) < 0
                 || libc::syscall(libc::SYS_setuid, cfg.uid) < 0)
         {
             return fail(ChildStep::User);
+        }
+        // Switching to a non-root uid has cleared the permitted and
+        // effective sets; this also empties the inheritable set then. The
+        // ambient set is empty: guest-init never raises it.
+        let keep = if cfg.uid == 0 { conf.keep } else { 0 };
+        let header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let half = |m: u64| CapData {
+            effective: m as u32,
+            permitted: m as u32,
+            inheritable: m as u32,
+        };
+        let data = [half(keep), half(keep >> 32)];
+        if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) < 0 {
+            return fail(ChildStep::Capabilities);
+        }
+        for prog in &conf.filters {
+            let fprog = libc::sock_fprog {
+                len: prog.len() as libc::c_ushort,
+                // seccompiler's sock_filter is #[repr(C)] with the kernel's
+                // layout, as libc's is.
+                filter: prog.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
+                || libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0,
+                    &fprog as *const libc::sock_fprog,
+                ) < 0
+            {
+                return fail(ChildStep::Seccomp);
+            }
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);

@@ -184,6 +184,7 @@ fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, ExecPolicy), Fatal>
     let mut cfg = AppConfig::from_spec(&spec).map_err(fatal("app"))?;
     let mut policy = ExecPolicy {
         no_new_privs: spec.security.no_new_privileges,
+        confinement: cfg.confinement.clone(),
         drop_ioperm: None,
     };
     if ports.out_works() {
@@ -320,6 +321,7 @@ fn supervised(spec_path: Option<&CStr>, exec_socket: Option<&CStr>) -> Result<i3
     let app_pid = main.pid();
     let policy = ExecPolicy {
         no_new_privs: spec.security.no_new_privileges,
+        confinement: cfg.confinement.clone(),
         drop_ioperm: None,
     };
     let code = session::run(

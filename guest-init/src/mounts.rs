@@ -7,6 +7,7 @@
 
 use std::ffi::{CStr, CString};
 
+use berth_spec::confine::{MASKED_PATHS, READONLY_PATHS};
 use berth_spec::PodSpec;
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
@@ -90,6 +91,12 @@ pub enum Step {
     Dir { path: String },
     /// A symlink; an existing entry is left alone.
     Symlink { target: &'static str, link: String },
+    /// Bind `path` onto itself and remount it read-only (skipped when
+    /// missing).
+    ReadOnly { path: String },
+    /// Hide `path`: `null` (the pod's /dev/null) bound over a file, an
+    /// empty read-only tmpfs over a directory (skipped when missing).
+    Mask { path: String, null: String },
 }
 
 #[cfg(test)]
@@ -101,6 +108,7 @@ impl Step {
             Step::Move { to, .. } => to,
             Step::Dir { path } => path,
             Step::Symlink { link, .. } => link,
+            Step::ReadOnly { path } | Step::Mask { path, .. } => path,
         }
     }
 }
@@ -128,7 +136,9 @@ pub fn initramfs_plan() -> Vec<Step> {
 /// /run directories (not tmpfs, as in the ns stage1).
 /// Then each volume (`spec.mounts[i]`): the virtio-fs share tagged
 /// `vol<i>` at its destination (missing directories created), read-only
-/// when asked (the host's server refuses writes to it too).
+/// when asked (the host's server refuses writes to it too). Last, as the ns
+/// stage1 does after its pivot_root, the read-only and masked parts of
+/// /proc and /sys (`berth_spec::confine`).
 pub fn pod_plan(spec: &PodSpec, root: &str) -> Result<Vec<Step>, MountError> {
     let at = |p: &str| format!("{}{p}", root.trim_end_matches('/'));
     let mut plan = vec![
@@ -197,6 +207,15 @@ pub fn pod_plan(spec: &PodSpec, root: &str) -> Result<Vec<Step>, MountError> {
             flags,
             data: None,
             mkdir: MkDir::Parents,
+        });
+    }
+    for p in READONLY_PATHS {
+        plan.push(Step::ReadOnly { path: at(p) });
+    }
+    for p in MASKED_PATHS {
+        plan.push(Step::Mask {
+            path: at(p),
+            null: at("/dev/null"),
         });
     }
     Ok(plan)
@@ -289,6 +308,8 @@ pub fn apply_step(step: &Step) -> Result<(), MountError> {
             })
         }
         Step::Dir { path } => mkdir(&cstr(path)?, path),
+        Step::ReadOnly { path } => read_only(path),
+        Step::Mask { path, null } => mask(path, null),
         Step::Symlink { target, link } => {
             match nix::unistd::symlinkat(*target, None, link.as_str()) {
                 Ok(()) | Err(Errno::EEXIST) => Ok(()),
@@ -299,6 +320,54 @@ pub fn apply_step(step: &Step) -> Result<(), MountError> {
                 }),
             }
         }
+    }
+}
+
+/// `mount` of a path source (string types spelled out once).
+fn mount_named(
+    source: &str,
+    target: &str,
+    fstype: Option<&'static str>,
+    flags: MsFlags,
+    data: Option<&'static str>,
+) -> Result<(), Errno> {
+    mount(Some(source), target, fstype, flags, data)
+}
+
+fn mount_error(fstype: &str, source: &str, target: &str, e: Errno) -> MountError {
+    MountError::Mount {
+        fstype: fstype.to_string(),
+        source_path: source.to_string(),
+        target: target.to_string(),
+        source: e,
+    }
+}
+
+/// [`Step::ReadOnly`]: 2 syscalls, 1 when `path` is missing.
+fn read_only(path: &str) -> Result<(), MountError> {
+    let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+    match mount_named(path, path, None, bind, None) {
+        Err(Errno::ENOENT) => return Ok(()),
+        r => r.map_err(|e| mount_error("bind", path, path, e))?,
+    }
+    let ro = bind | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC;
+    mount_named(path, path, None, ro, None).map_err(|e| mount_error("remount,ro", path, path, e))
+}
+
+/// [`Step::Mask`]: 1 syscall for a file or a missing path, 2 for a
+/// directory (binding a file over it fails with ENOTDIR first).
+fn mask(path: &str, null: &str) -> Result<(), MountError> {
+    match mount_named(null, path, None, MsFlags::MS_BIND, None) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(Errno::ENOTDIR) => mount_named(
+            "tmpfs",
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC,
+            Some("size=0"),
+        )
+        .map_err(|e| mount_error("tmpfs", "tmpfs", path, e)),
+        Err(e) => Err(mount_error("bind", null, path, e)),
     }
 }
 
@@ -375,8 +444,23 @@ mod tests {
     fn pod_plan_lists_the_standard_mounts() {
         let plan = pod_plan(&spec(), NEWROOT).expect("plan");
         let paths: Vec<&str> = plan.iter().map(Step::path).collect();
+        let hidden: Vec<String> = READONLY_PATHS
+            .iter()
+            .chain(MASKED_PATHS)
+            .map(|p| format!("/newroot{p}"))
+            .collect();
+        let (standard, confined) = paths.split_at(paths.len() - hidden.len());
+        assert_eq!(confined, hidden, "read-only then masked paths last");
+        assert!(matches!(
+            plan.iter().find(|s| s.path() == "/newroot/proc/sys"),
+            Some(Step::ReadOnly { .. })
+        ));
+        assert!(matches!(
+            plan.iter().find(|s| s.path() == "/newroot/proc/kcore"),
+            Some(Step::Mask { null, .. }) if null == "/newroot/dev/null"
+        ));
         assert_eq!(
-            paths,
+            standard,
             [
                 "/newroot/proc",
                 "/newroot/sys",

@@ -224,9 +224,10 @@ struct Session {
 }
 
 /// How exec'd processes are confined, inherited from the pod's app.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ExecPolicy {
     pub no_new_privs: bool,
+    pub confinement: app::Confinement,
     pub drop_ioperm: Option<(u16, u16)>,
 }
 
@@ -411,7 +412,7 @@ pub fn run(
             }
             let conn = pending.swap_remove(i);
             if let Some(p) = process {
-                if let Some(s) = start_exec(conn, &p, policy) {
+                if let Some(s) = start_exec(conn, &p, &policy) {
                     sessions.push(s);
                 }
             }
@@ -470,9 +471,9 @@ fn handshake_step(c: &mut Conn, buf: &mut [u8]) -> Result<Option<Process>, Sessi
     }
 }
 
-fn start_exec(mut conn: Conn, p: &Process, policy: ExecPolicy) -> Option<Session> {
+fn start_exec(mut conn: Conn, p: &Process, policy: &ExecPolicy) -> Option<Session> {
     conn.send(&Message::Hello { version: VERSION });
-    let started = AppConfig::from_process(p, policy.no_new_privs)
+    let started = AppConfig::from_process(p, policy.no_new_privs, &policy.confinement)
         .map(|mut cfg| {
             if cfg.uid != 0 {
                 cfg.drop_ioperm = policy.drop_ioperm;

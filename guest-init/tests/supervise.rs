@@ -479,6 +479,71 @@ fn user_is_switched() {
     assert_eq!(o.stdout, "65534\n65533\n65533\n");
 }
 
+/// `CapEff`, `CapBnd`, `NoNewPrivs` and `Seccomp` of /proc/self/status, in
+/// the file's order.
+const STATUS_LINES: &str = "grep -E '^(CapBnd|CapEff|NoNewPrivs|Seccomp):' /proc/self/status";
+
+fn cap_hex(names: &[String]) -> String {
+    let caps = berth_spec::confine::parse_caps(names).unwrap();
+    format!("{:016x}", berth_spec::confine::cap_mask(&caps))
+}
+
+#[test]
+fn the_app_and_exec_processes_are_confined_like_in_an_ns_pod() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut s = spec(&["/bin/sh", "-c", &format!("{STATUS_LINES}; sleep 100")]);
+    s.security.capabilities.retain(|c| c != "chown");
+    let keep = cap_hex(&s.security.capabilities);
+    let want = format!("CapEff:\t{keep}\nCapBnd:\t{keep}\nNoNewPrivs:\t1\nSeccomp:\t2\n");
+    let mut r = start(s);
+    // An exec'd process gets the same; a non-root one no capabilities.
+    let mut c = r.exec(process(&["sh", "-c", STATUS_LINES]));
+    let st = collect(&mut c);
+    assert_eq!(
+        (st.stdout.as_str(), st.exit),
+        (want.as_str(), Some(0)),
+        "{}",
+        st.stderr
+    );
+    let mut p = process(&["sh", "-c", STATUS_LINES]);
+    p.user = User {
+        uid: 65534,
+        gid: 65534,
+    };
+    let mut c = r.exec(p);
+    let st = collect(&mut c);
+    assert_eq!(
+        st.stdout,
+        format!("CapEff:\t0000000000000000\nCapBnd:\t{keep}\nNoNewPrivs:\t1\nSeccomp:\t2\n")
+    );
+    // The filter refuses what the capabilities would not stop either.
+    let mut c = r.exec(process(&[
+        "sh",
+        "-c",
+        "unshare -U true 2>/dev/null && echo ALLOWED || echo refused",
+    ]));
+    assert_eq!(collect(&mut c).stdout, "refused\n");
+    r.signal(15);
+    let o = r.finish();
+    assert_eq!(o.code, 143, "{}", o.stderr);
+    assert_eq!(o.stdout, want);
+    // Without seccomp, only the capabilities and no_new_privs apply.
+    let mut s = spec(&["/bin/sh", "-c", STATUS_LINES]);
+    s.security.seccomp = false;
+    s.security.no_new_privileges = false;
+    let keep = cap_hex(&s.security.capabilities);
+    let o = run(s);
+    assert_eq!(
+        o.stdout,
+        format!("CapEff:\t{keep}\nCapBnd:\t{keep}\nNoNewPrivs:\t0\nSeccomp:\t0\n"),
+        "{}",
+        o.stderr
+    );
+}
+
 #[test]
 fn bad_spec_is_a_berth_failure() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,6 +8,8 @@
 //! separate steps: parsing rejects unknown fields and foreign versions, and
 //! `validate` checks the semantic rules (absolute paths, name syntax, limits).
 
+#[cfg(feature = "confine")]
+pub mod confine;
 #[cfg(feature = "cli")]
 pub mod stage1_cli;
 #[cfg(feature = "cli")]

@@ -13,17 +13,13 @@ pub const STAGE1S: &[&str] = &["ns", "kvm"];
 
 /// Why `stage1` skips `case`, or None when it must pass it.
 ///
-/// kvm: in-guest confinement (capabilities, seccomp, masked /proc, a pid
-/// namespace hiding the guest's kernel threads) is not applied — the VM
-/// boundary is the isolation (README, "Limits"). Cases that would cost one
-/// boot per assertion on the PVM CI hosts run on kvm in their one-boot form,
-/// `probe_parity`.
+/// kvm: cases that would cost one boot per assertion on the PVM CI hosts
+/// run on kvm in their one-boot form, `probe_parity`.
 pub fn unsupported(stage1: &str, case: &str) -> Option<&'static str> {
     if stage1 != "kvm" {
         return None;
     }
     Some(match case {
-        "isolation" => "documented limit: the VM boundary is the isolation; guest-init applies no in-guest confinement",
         "env-cwd-hostname-user" | "overlay" | "reaper" => "covered in one boot by probe_parity",
         _ => return None,
     })
