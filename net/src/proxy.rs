@@ -166,16 +166,17 @@ fn serve_udp(l: UdpSocket, target: SocketAddrV4, idle: Duration) {
         let Some(session) = udp_session(&l, &sessions, client, target, idle) else {
             continue;
         };
-        session.touch();
         // A refused earlier datagram (ICMP port unreachable) shows up as an
         // error here; UDP has no connection to fail, so it is dropped.
         let _ = session.upstream.send(&buf[..n]);
     }
 }
 
-/// The session for `client`, started (socket connected to `target`, reply
-/// thread running) if it has none; `None` when the table is full or the
-/// socket cannot be made.
+/// The session for `client`, marked active, or started (socket connected to
+/// `target`, reply thread running) if it has none; `None` when the table is
+/// full or the socket cannot be made. Marking it under the table's lock is
+/// what lets the reply thread's idle check (under the same lock) never close
+/// a session a datagram is on its way through.
 fn udp_session(
     l: &Arc<UdpSocket>,
     sessions: &UdpSessions,
@@ -185,6 +186,7 @@ fn udp_session(
 ) -> Option<Arc<UdpSession>> {
     let mut table = sessions.lock().ok()?;
     if let Some(s) = table.get(&client) {
+        s.touch();
         return Some(s.clone());
     }
     if table.len() >= UDP_MAX_SESSIONS {
@@ -230,9 +232,7 @@ fn udp_replies(
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                // Checked under the table's lock, so a datagram that
-                // found this session just before still gets a reply or
-                // a fresh session.
+                // Checked under the table's lock (see udp_session).
                 let Ok(mut table) = sessions.lock() else {
                     return;
                 };
