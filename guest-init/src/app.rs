@@ -44,6 +44,8 @@ pub enum AppError {
 /// modules or changing the hostname, as it cannot in an ns pod.
 #[derive(Debug, Clone, Default)]
 pub struct Confinement {
+    /// Set `PR_SET_NO_NEW_PRIVS` (the spec's `no_new_privileges`).
+    pub no_new_privs: bool,
     /// Capability numbers to drop from the bounding set.
     pub drop_bounding: Vec<u8>,
     /// Effective, permitted and inheritable sets of a root process (bit N =
@@ -62,6 +64,7 @@ impl Confinement {
         let may_drop = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP)
             .unwrap_or(false);
         Ok(Confinement {
+            no_new_privs: sec.no_new_privileges,
             drop_bounding: caps::all()
                 .into_iter()
                 .filter(|c| may_drop && !keep.contains(c))
@@ -101,7 +104,6 @@ pub struct AppConfig {
     pub cwd: CString,
     pub uid: u32,
     pub gid: u32,
-    pub no_new_privs: bool,
     pub confinement: Confinement,
     pub stdio: StdioSetup,
     /// Port range to drop from the inherited I/O permission bitmap (set when
@@ -129,7 +131,6 @@ impl AppConfig {
             &spec.effective_env(),
             &p.cwd,
             p.user,
-            spec.security.no_new_privileges,
             Confinement::from_security(&spec.security)?,
             stdio,
         )
@@ -137,25 +138,13 @@ impl AppConfig {
 
     /// A process started by `berth exec` (its environment is already merged
     /// by the host), confined like the app.
-    pub fn from_process(
-        p: &Process,
-        no_new_privs: bool,
-        confinement: &Confinement,
-    ) -> Result<AppConfig, AppError> {
+    pub fn from_process(p: &Process, confinement: &Confinement) -> Result<AppConfig, AppError> {
         let stdio = if p.tty {
             StdioSetup::Tty
         } else {
             StdioSetup::Pipes { stdin: p.stdin }
         };
-        Self::new(
-            &p.argv,
-            &p.env,
-            &p.cwd,
-            p.user,
-            no_new_privs,
-            confinement.clone(),
-            stdio,
-        )
+        Self::new(&p.argv, &p.env, &p.cwd, p.user, confinement.clone(), stdio)
     }
 
     fn new(
@@ -163,7 +152,6 @@ impl AppConfig {
         env_strings: &[String],
         cwd: &str,
         user: berth_spec::User,
-        no_new_privs: bool,
         confinement: Confinement,
         stdio: StdioSetup,
     ) -> Result<AppConfig, AppError> {
@@ -194,7 +182,6 @@ impl AppConfig {
             cwd: cstring(cwd, "app.cwd")?,
             uid: user.uid,
             gid: user.gid,
-            no_new_privs,
             confinement,
             stdio,
             drop_ioperm: None,
@@ -602,7 +589,7 @@ fn child(
         if let Some((first, count)) = cfg.drop_ioperm {
             libc::ioperm(libc::c_ulong::from(first), libc::c_ulong::from(count), 0);
         }
-        if cfg.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+        if cfg.confinement.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
             return fail(ChildStep::NoNewPrivs);
         }
         // Stdio first, then cwd, then the user: the ns stage1's order (and

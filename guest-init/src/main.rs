@@ -183,7 +183,6 @@ fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, ExecPolicy), Fatal>
     let plan = mounts::pod_plan(&spec, mounts::NEWROOT).map_err(fatal("mounts"))?;
     let mut cfg = AppConfig::from_spec(&spec).map_err(fatal("app"))?;
     let mut policy = ExecPolicy {
-        no_new_privs: spec.security.no_new_privileges,
         confinement: cfg.confinement.clone(),
         drop_ioperm: None,
     };
@@ -320,7 +319,6 @@ fn supervised(spec_path: Option<&CStr>, exec_socket: Option<&CStr>) -> Result<i3
     let main = session::start_main(conn, &cfg).map_err(fatal("app"))?;
     let app_pid = main.pid();
     let policy = ExecPolicy {
-        no_new_privs: spec.security.no_new_privileges,
         confinement: cfg.confinement.clone(),
         drop_ioperm: None,
     };

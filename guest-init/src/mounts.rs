@@ -284,12 +284,7 @@ pub fn apply_step(step: &Step) -> Result<(), MountError> {
                     *data,
                 )
             })?;
-            r.map_err(|e| MountError::Mount {
-                fstype: fstype.to_string(),
-                source_path: source.to_string(),
-                target: target.clone(),
-                source: e,
-            })
+            r.map_err(|e| mount_error(fstype, source, target, e))
         }
         Step::Move { from, to, mkdir } => {
             let r = with_mountpoint(to, *mkdir, || {

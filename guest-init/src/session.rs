@@ -226,7 +226,6 @@ struct Session {
 /// How exec'd processes are confined, inherited from the pod's app.
 #[derive(Debug, Clone, Default)]
 pub struct ExecPolicy {
-    pub no_new_privs: bool,
     pub confinement: app::Confinement,
     pub drop_ioperm: Option<(u16, u16)>,
 }
@@ -473,7 +472,7 @@ fn handshake_step(c: &mut Conn, buf: &mut [u8]) -> Result<Option<Process>, Sessi
 
 fn start_exec(mut conn: Conn, p: &Process, policy: &ExecPolicy) -> Option<Session> {
     conn.send(&Message::Hello { version: VERSION });
-    let started = AppConfig::from_process(p, policy.no_new_privs, &policy.confinement)
+    let started = AppConfig::from_process(p, &policy.confinement)
         .map(|mut cfg| {
             if cfg.uid != 0 {
                 cfg.drop_ioperm = policy.drop_ioperm;
