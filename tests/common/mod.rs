@@ -320,6 +320,8 @@ pub fn each_stage1(case: &str, mut f: impl FnMut(&str)) {
 /// most, announced). ns cases and real KVM hosts are never retried.
 pub fn retrying_pvm_flake(case: &str, mut f: impl FnMut()) {
     for attempt in 1..=3 {
+        // Only this attempt's pods count.
+        PVM_FLAKE_SEEN.with(|f| f.set(false));
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut f));
         let Err(payload) = result else { return };
         let msg = payload
@@ -327,7 +329,7 @@ pub fn retrying_pvm_flake(case: &str, mut f: impl FnMut()) {
             .map(String::as_str)
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or("");
-        let in_a_pod = PVM_FLAKE_SEEN.with(|f| f.replace(false));
+        let in_a_pod = PVM_FLAKE_SEEN.with(|f| f.get());
         if attempt == 3 || !(shows_pvm_tls_flake(msg) || in_a_pod) {
             std::panic::resume_unwind(payload);
         }
