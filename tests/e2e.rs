@@ -452,7 +452,9 @@ fn lifecycle_detach_exec_stop_rm_and_limits() {
             "--",
             "sh",
             "-c",
-            "trap 'echo stopping; exit 0' TERM; echo up; while :; do sleep 0.05; done",
+            // One `sleep` for the pod's whole life, not one per loop turn:
+            // on PVM hosts every guest exec risks the static-TLS defect.
+            "trap 'echo stopping; exit 0' TERM; echo up; sleep 1000 & wait",
         ]);
         ok(&format!("{name}\n")).check("run -d", &o);
         let list = stdout(&e.berth(&["list", "--format", "json"]));
@@ -903,7 +905,7 @@ fn pvm_flake_retry_only_on_its_signature() {
     }));
     assert!(r.is_err());
     assert_eq!(calls, 1);
-    // At most two re-runs.
+    // At most PVM_RERUNS re-runs.
     let mut calls = 0;
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         common::retrying_pvm_flake("self-test", || {
@@ -912,7 +914,7 @@ fn pvm_flake_retry_only_on_its_signature() {
         })
     }));
     assert!(r.is_err());
-    assert_eq!(calls, 3);
+    assert_eq!(calls, common::PVM_RERUNS + 1);
     // A detached pod that crashed that way, seen when its Env is dropped by
     // the failing case, counts too; its plain failure does not.
     let pod = |status: &str, app: &str, console: &str| {
@@ -935,6 +937,12 @@ fn pvm_flake_retry_only_on_its_signature() {
         ),
         ("", "", "[ 20.1] sleep[60]: segfault at 0 ip 4a4d02 sp 7ffd error 4\n", true),
         ("1\n", "wget: bad address\n", "[ 3.0] berth: app started\n", false),
+        (
+            "",
+            "",
+            "[ 9.2] berth-guest-ini[7]: segfault at 8 ip 41c0 sp 7ffd error 4\n",
+            false,
+        ),
     ] {
         let mut calls = 0;
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -948,6 +956,55 @@ fn pvm_flake_retry_only_on_its_signature() {
         }));
         assert_eq!(r.is_ok(), retried, "{status:?} {app:?} {console:?}");
         assert_eq!(calls, if retried { 2 } else { 1 });
+    }
+}
+
+#[test]
+fn pvm_exec_rerun_only_on_a_guest_fault() {
+    use std::os::unix::process::ExitStatusExt;
+    let exited = |code: i32| std::process::Output {
+        status: std::process::ExitStatus::from_raw(code << 8),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let console = dir.path().join("console.log");
+    std::fs::write(&console, "[ 1.0] old: segfault at 0 ip 1 sp 2 error 4\n").unwrap();
+    let append = |line: &str| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&console)
+            .unwrap();
+        f.write_all(line.as_bytes()).unwrap();
+    };
+    // (what each call appends to the console and returns, calls expected)
+    let fault = "[ 20.1] sh[60]: segfault at 0 ip 4a4d02 sp 7ffd error 4\n";
+    let own = "[ 20.1] berth-guest-ini[9]: segfault at 0 ip 41c0 sp 7ffd error 4\n";
+    for (script, calls_expected, code_expected) in [
+        // A fault during the exec: run again, then it passes.
+        (vec![(fault, 139), ("", 0)], 2, 0),
+        // 139 without a fault line now (the old line does not count): kept.
+        (vec![("", 139)], 1, 139),
+        // Another status with a fault line: kept.
+        (vec![(fault, 1)], 1, 1),
+        // guest-init's own process crashing is a berth bug: kept.
+        (vec![(own, 139)], 1, 139),
+        // At most PVM_RERUNS re-runs.
+        (vec![(fault, 139); 6], common::PVM_RERUNS as usize + 1, 139),
+    ] {
+        let mut calls = 0;
+        let o = common::rerun_on_guest_fault("self-test", &console, || {
+            let (line, code) = script[calls];
+            calls += 1;
+            append(line);
+            exited(code)
+        });
+        assert_eq!(
+            (calls, o.status.code()),
+            (calls_expected, Some(code_expected)),
+            "{script:?}"
+        );
     }
 }
 

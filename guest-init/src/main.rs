@@ -226,7 +226,38 @@ fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, ExecPolicy), Fatal>
         .map_err(fatal("network"))?;
     }
     trace::mark("hostname and lo set");
+    if !trace::enabled() {
+        report_user_faults_on_console();
+    }
     Ok((cfg, policy))
+}
+
+/// The kernel boots with `quiet loglevel=0` (every console line costs boot
+/// time), which also hides the KERN_INFO line it prints when a guest
+/// process dies of a fault (`sh[42]: segfault at … ip … error …`). Once
+/// booted, let KERN_INFO through so that line reaches the pod's
+/// console.log: it is what tells a crashed app apart from one that called
+/// exit(139). A trace boot (`berth_trace=1`, usually with `loglevel=7` or 8)
+/// keeps the level it asked for. One syscall; failure only loses
+/// diagnostics.
+fn report_user_faults_on_console() {
+    const SYSLOG_ACTION_CONSOLE_LEVEL: libc::c_int = 8;
+    const KERN_INFO_AND_MORE_URGENT: libc::c_int = 7;
+    // SAFETY: klogctl(2) with this action reads no buffer (NULL, length is
+    // the new level).
+    if unsafe {
+        libc::klogctl(
+            SYSLOG_ACTION_CONSOLE_LEVEL,
+            std::ptr::null_mut(),
+            KERN_INFO_AND_MORE_URGENT,
+        )
+    } != 0
+    {
+        console::say(&format!(
+            "cannot raise the console log level: {}",
+            Errno::last()
+        ));
+    }
 }
 
 /// Steps 4 and 5: connect the control channel, start the app, serve it

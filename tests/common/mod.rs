@@ -144,24 +144,51 @@ impl Env {
 
     /// `berth <args>` with stdin from /dev/null.
     pub fn berth(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().expect("run berth")
+        self.retrying_pvm_exec(args, || self.cmd().args(args).output().expect("run berth"))
     }
 
     /// `berth <args>` with `input` on stdin.
     pub fn berth_input(&self, args: &[&str], input: &str) -> Output {
         use std::io::Write;
-        let mut child = self
-            .cmd()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn berth");
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(input.as_bytes()).expect("write stdin");
-        drop(stdin);
-        child.wait_with_output().expect("wait berth")
+        self.retrying_pvm_exec(args, || {
+            let mut child = self
+                .cmd()
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn berth");
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(input.as_bytes()).expect("write stdin");
+            drop(stdin);
+            child.wait_with_output().expect("wait berth")
+        })
+    }
+
+    /// The PVM static-TLS defect (see [`retrying_pvm_flake`]) at the
+    /// granularity of one `berth exec NAME -- CMD` into a kvm pod: when the
+    /// command exits 139 *and* the guest kernel logged, during it, a
+    /// user-mode fault of a process other than guest-init in the pod's
+    /// console.log, the command is run again ([`PVM_RERUNS`] times at most,
+    /// announced).
+    /// Anything else — other statuses, a 139 without a fault line (a
+    /// `kill -SEGV`), ns pods (no console.log), real KVM hosts — is
+    /// returned as is. Re-running one exec costs a second, re-running the
+    /// case a boot.
+    fn retrying_pvm_exec(&self, args: &[&str], mut run: impl FnMut() -> Output) -> Output {
+        match (args.first(), args.iter().position(|a| *a == "--")) {
+            (Some(&"exec"), Some(i)) if i > 1 && on_pvm() => {
+                let console = self
+                    .root
+                    .path()
+                    .join("pods")
+                    .join(args[i - 1])
+                    .join("console.log");
+                rerun_on_guest_fault(args[i - 1], &console, run)
+            }
+            _ => run(),
+        }
     }
 
     /// `berth run --rm --stage1=S --rootfs <busybox> <opts> -- <cmd>`.
@@ -316,10 +343,10 @@ pub fn each_stage1(case: &str, mut f: impl FnMut(&str)) {
 /// and then a fresh guest process gets a corrupted static-TLS block (see
 /// docs/pvm-tls-corruption.md) and dies on its first
 /// TLS access. Only there, and only when a kvm case fails with that
-/// signature in its message, the case is run again from scratch (twice at
-/// most, announced). ns cases and real KVM hosts are never retried.
+/// signature in its message or in a pod it left, the case is run again from
+/// scratch ([`PVM_RERUNS`] times at most, announced). ns cases and real KVM hosts are never retried.
 pub fn retrying_pvm_flake(case: &str, mut f: impl FnMut()) {
-    for attempt in 1..=3 {
+    for attempt in 1..=PVM_RERUNS + 1 {
         // Only this attempt's pods count.
         PVM_FLAKE_SEEN.with(|f| f.set(false));
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut f));
@@ -330,10 +357,10 @@ pub fn retrying_pvm_flake(case: &str, mut f: impl FnMut()) {
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or("");
         let in_a_pod = PVM_FLAKE_SEEN.with(|f| f.get());
-        if attempt == 3 || !(shows_pvm_tls_flake(msg) || in_a_pod) {
+        if attempt > PVM_RERUNS || !(shows_pvm_tls_flake(msg) || in_a_pod) {
             std::panic::resume_unwind(payload);
         }
-        eprintln!("{case}: kvm hit the PVM static-TLS flake (above); running the case again ({attempt} of 2)");
+        eprintln!("{case}: kvm hit the PVM static-TLS flake (above); running the case again ({attempt} of {PVM_RERUNS})");
     }
 }
 
@@ -348,11 +375,46 @@ thread_local! {
 /// child, or the guest kernel logged a user-mode segfault or general
 /// protection fault (no e2e case provokes either on purpose).
 pub fn pod_shows_pvm_tls_flake(status: &str, app_log: &str, console_log: &str) -> bool {
-    status == "139"
-        || shows_pvm_tls_flake(app_log)
-        || console_log
-            .lines()
-            .any(|l| l.contains("segfault at") || l.contains("general protection fault ip:"))
+    status == "139" || shows_pvm_tls_flake(app_log) || guest_user_fault(console_log).is_some()
+}
+
+/// How often a kvm case or exec that hit the PVM static-TLS defect is run
+/// again, at most.
+pub const PVM_RERUNS: u32 = 3;
+
+/// Run `run` (a `berth exec` into `pod`); while it exits 139 and `console`
+/// (the pod's console.log) gained a [`guest_user_fault`] line meanwhile,
+/// announce it and run it again, [`PVM_RERUNS`] times at most.
+pub fn rerun_on_guest_fault(pod: &str, console: &Path, mut run: impl FnMut() -> Output) -> Output {
+    let mut rerun = 0;
+    loop {
+        let seen = std::fs::metadata(console).map_or(0, |m| m.len());
+        let o = run();
+        if rerun == PVM_RERUNS || o.status.code() != Some(139) {
+            return o;
+        }
+        let log = std::fs::read(console).unwrap_or_default();
+        let fresh = String::from_utf8_lossy(log.get(seen as usize..).unwrap_or_default());
+        let Some(fault) = guest_user_fault(&fresh) else {
+            return o;
+        };
+        rerun += 1;
+        eprintln!(
+            "exec in {pod}: the guest process hit the PVM static-TLS defect ({}); running it again ({rerun} of {PVM_RERUNS})",
+            fault.trim()
+        );
+    }
+}
+
+/// The first line in a kvm pod's console output where the guest kernel
+/// reports a user-mode process killed by a fault (`sh[42]: segfault at …`,
+/// `traps: sh[42] general protection fault ip:…`), guest-init's own
+/// processes excepted: a crash there is a berth bug, never retried.
+pub fn guest_user_fault(console: &str) -> Option<&str> {
+    console.lines().find(|l| {
+        (l.contains("segfault at") || l.contains("general protection fault ip:"))
+            && !l.contains("berth-guest-ini")
+    })
 }
 
 /// Is /dev/kvm provided by the nested PVM hypervisor (the CI hosts)?
