@@ -18,28 +18,12 @@ use berth_spec::*;
 const BIN: &str = env!("CARGO_BIN_EXE_berth-guest-init");
 
 fn spec(argv: &[&str]) -> PodSpec {
-    PodSpec {
-        version: SPEC_VERSION,
-        name: "t".into(),
-        uuid: "0b9f3c2e-6a1d-4c8e-9f00-1234567890ab".into(),
-        machine_id: "0b9f3c2e6a1d4c8e9f001234567890ab".into(),
-        app: App {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            env: vec![],
-            cwd: "/".into(),
-            user: User { uid: 0, gid: 0 },
-        },
-        hostname: "t".into(),
-        rootfs: Rootfs {
-            image: "/img".into(),
-        },
-        mounts: vec![],
-        network: Network::none(),
-        resources: Resources::default(),
-        security: Security::default(),
-        stdio: berth_spec::Stdio::default(),
-        kvm: None,
-    }
+    PodSpec::new(
+        "t",
+        "0b9f3c2e-6a1d-4c8e-9f00-1234567890ab",
+        argv.iter().map(|s| s.to_string()).collect(),
+        "/img",
+    )
 }
 
 fn is_root() -> bool {

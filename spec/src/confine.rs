@@ -123,12 +123,31 @@ const X32_KEXEC_LOAD: i64 = 528;
 /// `clone`, whose CLONE_NEWUSER flag the first program can see and refuse.
 /// Syscalls of other architectures (i386 `int 0x80`) kill the process.
 pub fn default_filters() -> Result<Vec<BpfProgram>, ConfineError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for &nr in DENIED_SYSCALLS {
-        rules.insert(nr, Vec::new());
-        rules.insert(nr | X32_SYSCALL_BIT, Vec::new());
+    // `nr` in its native and its x32 form.
+    fn both_abis(rules: &mut BTreeMap<i64, Vec<SeccompRule>>, nr: i64, r: Vec<SeccompRule>) {
+        rules.insert(nr | X32_SYSCALL_BIT, r.clone());
+        rules.insert(nr, r);
     }
-    rules.insert(X32_KEXEC_LOAD | X32_SYSCALL_BIT, Vec::new());
+    // Everything in `rules` fails with `errno`, the rest is allowed.
+    fn program(
+        rules: BTreeMap<i64, Vec<SeccompRule>>,
+        errno: i32,
+    ) -> Result<BpfProgram, ConfineError> {
+        SeccompFilter::new(
+            rules,
+            SeccompAction::Allow,
+            SeccompAction::Errno(errno as u32),
+            TargetArch::x86_64,
+        )
+        .and_then(BpfProgram::try_from)
+        .map_err(ConfineError::SeccompBuild)
+    }
+
+    let mut deny = BTreeMap::new();
+    for &nr in DENIED_SYSCALLS {
+        both_abis(&mut deny, nr, Vec::new());
+    }
+    deny.insert(X32_KEXEC_LOAD | X32_SYSCALL_BIT, Vec::new());
     // No new user namespaces: refuse clone(CLONE_NEWUSER).
     let newuser = libc::CLONE_NEWUSER as u64;
     let clone_rule = SeccompRule::new(vec![SeccompCondition::new(
@@ -139,28 +158,12 @@ pub fn default_filters() -> Result<Vec<BpfProgram>, ConfineError> {
     )
     .map_err(ConfineError::SeccompBuild)?])
     .map_err(ConfineError::SeccompBuild)?;
-    rules.insert(libc::SYS_clone, vec![clone_rule.clone()]);
-    rules.insert(libc::SYS_clone | X32_SYSCALL_BIT, vec![clone_rule]);
-    let deny = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        TargetArch::x86_64,
-    )
-    .map_err(ConfineError::SeccompBuild)?;
+    both_abis(&mut deny, libc::SYS_clone, vec![clone_rule]);
     let mut clone3 = BTreeMap::new();
-    clone3.insert(libc::SYS_clone3, Vec::new());
-    clone3.insert(libc::SYS_clone3 | X32_SYSCALL_BIT, Vec::new());
-    let clone3 = SeccompFilter::new(
-        clone3,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        TargetArch::x86_64,
-    )
-    .map_err(ConfineError::SeccompBuild)?;
+    both_abis(&mut clone3, libc::SYS_clone3, Vec::new());
     Ok(vec![
-        deny.try_into().map_err(ConfineError::SeccompBuild)?,
-        clone3.try_into().map_err(ConfineError::SeccompBuild)?,
+        program(deny, libc::EPERM)?,
+        program(clone3, libc::ENOSYS)?,
     ])
 }
 

@@ -512,6 +512,35 @@ fn is_hex(s: &str, len: usize) -> bool {
 }
 
 impl PodSpec {
+    /// A pod running `argv` from `image` with defaults for everything else:
+    /// hostname = `name`, machine id = `uuid` without dashes, cwd `/`, root,
+    /// no mounts, `--net none`, no limits, the default security, no stdin
+    /// or tty, no kvm settings. Not validated.
+    pub fn new(name: &str, uuid: &str, argv: Vec<String>, image: impl Into<PathBuf>) -> PodSpec {
+        PodSpec {
+            version: SPEC_VERSION,
+            name: name.into(),
+            uuid: uuid.into(),
+            machine_id: uuid.replace('-', ""),
+            app: App {
+                argv,
+                env: Vec::new(),
+                cwd: "/".into(),
+                user: User { uid: 0, gid: 0 },
+            },
+            hostname: name.into(),
+            rootfs: Rootfs {
+                image: image.into(),
+            },
+            mounts: Vec::new(),
+            network: Network::none(),
+            resources: Resources::default(),
+            security: Security::default(),
+            stdio: Stdio::default(),
+            kvm: None,
+        }
+    }
+
     /// Parse `pod.json` text, rejecting unknown fields and other versions.
     pub fn from_json(text: &str) -> Result<PodSpec, SpecError> {
         #[derive(Deserialize)]

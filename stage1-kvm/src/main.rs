@@ -62,30 +62,14 @@ fn gc(pod: &PodDir) -> Result<()> {
 /// A valid spec for unit tests.
 #[cfg(test)]
 fn test_spec() -> berth_spec::PodSpec {
-    use berth_spec::*;
-    PodSpec {
-        version: SPEC_VERSION,
-        name: "t".into(),
-        uuid: "0b9f3c2e-6a1d-4c8e-9f00-1234567890ab".into(),
-        machine_id: "0b9f3c2e6a1d4c8e9f001234567890ab".into(),
-        app: App {
-            argv: vec!["app".into()],
-            env: vec!["A=1".into()],
-            cwd: "/srv".into(),
-            user: User { uid: 1, gid: 2 },
-        },
-        hostname: "t".into(),
-        rootfs: Rootfs {
-            image: "/img".into(),
-        },
-        mounts: vec![],
-        network: Network {
-            mode: NetworkMode::None,
-            private: None,
-        },
-        resources: Resources::default(),
-        security: Security::default(),
-        stdio: Stdio::default(),
-        kvm: None,
-    }
+    let mut spec = berth_spec::PodSpec::new(
+        "t",
+        "0b9f3c2e-6a1d-4c8e-9f00-1234567890ab",
+        vec!["app".into()],
+        "/img",
+    );
+    spec.app.env = vec!["A=1".into()];
+    spec.app.cwd = "/srv".into();
+    spec.app.user = berth_spec::User { uid: 1, gid: 2 };
+    spec
 }
