@@ -5,7 +5,8 @@
 #      port, as Firecracker's boot timer does) and the total wall time of
 #      `berth run --rm --stage1=kvm -- /bin/true`;
 #  (c) VMM RSS excluding guest RAM: the Rss of every mapping of the running
-#      stage1-kvm process except the guest-memory mapping (Firecracker's way).
+#      VMM process (the stage1-kvm's child) except the guest-memory mapping
+#      (Firecracker's way).
 # Targets: (a) <= 5 ms, (c) <= 5 MiB, boot-to-init <= 30 s on the PVM CI hosts.
 # There is no reference VMM to put beside it on these hosts (QEMU does not
 # boot under PVM, see shared/docs/KVM-ON-CI.md), so the targets are the

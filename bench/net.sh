@@ -45,20 +45,21 @@ TOML
 h=/host-usr
 iperf_in_pod="$h/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 --library-path $h/lib/x86_64-linux-gnu $h/bin/iperf3"
 
-# client_to ADDR -> "Gbit/s avg_rtt_ms"
+# client_to ADDR -> "Mbit/s avg_rtt_ms"
 client_to() {
-    local addr=$1 gbps rtt
+    local addr=$1 mbps rtt
     # Wait for the server (a kvm guest loads iperf3 over virtio-fs: seconds).
     for _ in $(seq 600); do iperf3 -c "$addr" -t 1 -J >/dev/null 2>&1 && break; sleep 0.1; done
     # iperf3 serves one test at a time: a slow (kvm) server may still be
     # finishing the probe above and answer "busy"; try again.
     for _ in $(seq 20); do
-        gbps=$(iperf3 -c "$addr" -t "$secs" -J | jq '.end.sum_received.bits_per_second // empty | . / 1e6')
-        [ -n "$gbps" ] && break
+        mbps=$(iperf3 -c "$addr" -t "$secs" -J | jq '.end.sum_received.bits_per_second // empty | . / 1e6')
+        [ -n "$mbps" ] && break
         sleep 1
     done
+    [ -n "$mbps" ] || { echo "bench: iperf3 to $addr failed" >&2; exit 1; }
     rtt=$(ping -c 200 -i 0.005 -q "$addr" | awk -F/ '/^rtt|^round-trip/ {print $5}')
-    printf '%.1f %.3f\n' "$gbps" "$rtt"
+    printf '%.1f %.3f\n' "$mbps" "$rtt"
 }
 
 # baseline: veth pair, host 198.18.253.1/30 <-> netns 198.18.253.2/30

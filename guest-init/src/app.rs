@@ -51,7 +51,7 @@ pub struct Confinement {
     /// Effective, permitted and inheritable sets of a root process (bit N =
     /// capability N); a process switching to another user ends with none.
     pub keep: u64,
-    /// Seccomp programs, loaded in order (each implies no_new_privs).
+    /// Seccomp programs, loaded in order (any implies no_new_privs).
     pub filters: Vec<seccompiler::BpfProgram>,
 }
 
@@ -589,7 +589,12 @@ fn child(
         if let Some((first, count)) = cfg.drop_ioperm {
             libc::ioperm(libc::c_ulong::from(first), libc::c_ulong::from(count), 0);
         }
-        if cfg.confinement.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+        // Seccomp filters need no_new_privs too (we hold CAP_SYS_ADMIN only
+        // until capset below): set once for both.
+        let conf = &cfg.confinement;
+        if (conf.no_new_privs || !conf.filters.is_empty())
+            && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
+        {
             return fail(ChildStep::NoNewPrivs);
         }
         // Stdio first, then cwd, then the user: the ns stage1's order (and
@@ -622,7 +627,6 @@ fn child(
         // while CAP_SETPCAP is still held, the user switch happens while
         // CAP_SETUID/SETGID are, the other sets are trimmed after it and
         // seccomp comes last.
-        let conf = &cfg.confinement;
         for &cap in &conf.drop_bounding {
             if libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) < 0
                 && Errno::last() != Errno::EINVAL
@@ -662,13 +666,12 @@ fn child(
                 // layout, as libc's is.
                 filter: prog.as_ptr() as *mut libc::sock_filter,
             };
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
-                || libc::syscall(
-                    libc::SYS_seccomp,
-                    libc::SECCOMP_SET_MODE_FILTER,
-                    0,
-                    &fprog as *const libc::sock_fprog,
-                ) < 0
+            if libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &fprog as *const libc::sock_fprog,
+            ) < 0
             {
                 return fail(ChildStep::Seccomp);
             }

@@ -241,8 +241,15 @@ fn udp_replies(
                     return;
                 }
             }
-            // ECONNREFUSED: the pod has no listener (yet); keep the session.
-            Err(_) => {}
+            // The pod has no listener (yet): keep the session.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            // Anything else would repeat on every call: end the session.
+            Err(_) => {
+                if let Ok(mut table) = sessions.lock() {
+                    table.remove(&client);
+                }
+                return;
+            }
         }
     }
 }

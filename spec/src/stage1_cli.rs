@@ -95,8 +95,8 @@ pub fn exit_with(result: anyhow::Result<i32>) -> ! {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("berth: {}", chain.join(": "));
+            // `{:#}`: the error and its causes, `a: b: c`.
+            eprintln!("berth: {e:#}");
             std::process::exit(EXIT_BERTH_FAILED);
         }
     }

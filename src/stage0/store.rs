@@ -130,16 +130,13 @@ impl Store {
                 source,
             })
             .and_then(|f| {
-                use std::os::fd::AsRawFd;
                 // Blocking: a concurrent `list` may hold a brief shared lock.
-                // SAFETY: flock on a descriptor we own; no memory involved.
-                if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                    Ok(f)
-                } else {
-                    Err(StoreError::Lock {
+                match berth_spec::state::flock(&f, libc::LOCK_EX) {
+                    Ok(()) => Ok(f),
+                    Err(e) => Err(StoreError::Lock {
                         path: lock_path.clone(),
-                        source: nix::Error::last(),
-                    })
+                        source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                    }),
                 }
             });
         match lock {

@@ -36,8 +36,8 @@ fn main() {
 }
 
 /// A kvm pod holds nothing on the host outside its directory (its overlay
-/// mount lived in the dead stage1's mount namespace, its tap died with the
-/// VMM), so gc checks that the pod is not running, releases its network
+/// mount lived in the dead VMM process's mount namespace, its tap died with
+/// that process), so gc checks that the pod is not running, releases its network
 /// (port rules, lease) and removes the dead VMM's sockets.
 fn gc(pod: &PodDir) -> Result<()> {
     match state::take_life_lock(pod) {

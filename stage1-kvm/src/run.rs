@@ -3,9 +3,10 @@
 //! connection, boot the VM, relay the app's streams and our signals over the
 //! control protocol, and exit with the app's status.
 //!
-//! Threads: the VMM's own (vCPUs, device event loop), a relay thread that
-//! serves the main control connection, and this one, which runs the VM and
-//! collects the outcome. The app's status comes from its `Exit` frame; the
+//! Processes and threads: the VMM runs in a forked child process (its own
+//! mount namespace, FUSE-server capabilities only; vCPU and device threads),
+//! which reports its outcome on a pipe; this process keeps a relay thread
+//! that serves the main control connection and waits for the VMM process. The app's status comes from its `Exit` frame; the
 //! status port guest-init writes before powering off is the fallback when
 //! the control channel never came up (a guest-init failure), and its
 //! message is then taken from the console log.
@@ -46,11 +47,7 @@ pub fn run(pod: &PodDir) -> Result<i32> {
     match boot_and_wait(pod, &ready) {
         Ok(code) => Ok(code),
         Err(e) => {
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            report(
-                &ready,
-                &format!("error {EXIT_BERTH_FAILED} {}", chain.join(": ")),
-            );
+            report(&ready, &format!("error {EXIT_BERTH_FAILED} {e:#}"));
             Err(e)
         }
     }
@@ -295,7 +292,10 @@ fn vmm_process(
     let result = (|| -> Result<VmmReport> {
         // Die with the supervising stage1 (kill -9 included).
         // SAFETY: prctl(PR_SET_PDEATHSIG) only affects this process.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } < 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("cannot tie the VMM process to the stage1's life");
+        }
         if nix::unistd::getppid() != parent {
             anyhow::bail!("the stage1 exited before its VMM started");
         }
@@ -319,9 +319,8 @@ fn vmm_process(
     let (line, code) = match result {
         Ok(r) => (r.encode(), 0),
         Err(e) => {
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
             let r = VmmReport {
-                error: Some(chain.join(": ")),
+                error: Some(format!("{e:#}")),
                 ..VmmReport::default()
             };
             (r.encode(), EXIT_BERTH_FAILED)
@@ -336,8 +335,21 @@ fn vmm_process(
 fn wait_vmm(child: nix::unistd::Pid, report: std::os::fd::OwnedFd) -> VmmReport {
     let mut line = String::new();
     let _ = std::io::Read::read_to_string(&mut std::fs::File::from(report), &mut line);
-    while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(child, None) {}
-    VmmReport::decode(&line)
+    let status = loop {
+        match nix::sys::wait::waitpid(child, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other,
+        }
+    };
+    let mut r = VmmReport::decode(&line);
+    if line.is_empty() {
+        if let Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) = status {
+            r.error = Some(format!(
+                "the VMM process was killed by {sig} without a report"
+            ));
+        }
+    }
+    r
 }
 
 /// Least privilege for the VMM: before its threads exist (capabilities are
