@@ -199,26 +199,32 @@ fn volumes_rw_and_ro() {
     });
 }
 
+/// A directory holding `name`, built static from tests/data/`name`.c with
+/// `cc` (cc from build-essential, or musl-gcc from musl-tools).
+fn static_tool(cc: &str, name: &str) -> tempfile::TempDir {
+    let tools = tempfile::tempdir().unwrap();
+    let src = format!("{}/tests/data/{name}.c", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(cc)
+        .args(["-static", "-O2", "-o"])
+        .arg(tools.path().join(name))
+        .arg(src)
+        .output()
+        .unwrap_or_else(|e| panic!("run {cc}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cc}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tools
+}
+
 /// `mmap(MAP_SHARED)` writes (journald and systemd depend on them) reach
 /// the host through a volume and the pod's rootfs.
 #[test]
 fn shared_mmap_writes_reach_the_host() {
     each_stage1("mmap", |s| {
         let e = Env::new();
-        let tools = tempfile::tempdir().unwrap();
-        let bin = tools.path().join("mmap_shared");
-        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/mmap_shared.c");
-        let cc = std::process::Command::new("cc")
-            .args(["-static", "-O2", "-o"])
-            .arg(&bin)
-            .arg(src)
-            .output()
-            .expect("run cc (build-essential)");
-        assert!(
-            cc.status.success(),
-            "cc: {}",
-            String::from_utf8_lossy(&cc.stderr)
-        );
+        let tools = static_tool("cc", "mmap_shared");
         let data = tempfile::tempdir().unwrap();
         let img = common::busybox().to_string_lossy().into_owned();
         let tools_vol = format!("{}:/tools:ro", tools.path().display());
@@ -1132,25 +1138,6 @@ fn udp_ask(to: &str, what: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-/// A directory holding `udp_echo` (tests/data/udp_echo.c), built static
-/// with musl-gcc (musl-tools).
-fn udp_echo_tool() -> tempfile::TempDir {
-    let tools = tempfile::tempdir().unwrap();
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/udp_echo.c");
-    let cc = std::process::Command::new("musl-gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(tools.path().join("udp_echo"))
-        .arg(src)
-        .output()
-        .expect("run musl-gcc (musl-tools)");
-    assert!(
-        cc.status.success(),
-        "musl-gcc: {}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
-    tools
-}
-
 /// Some free TCP port on the host.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -1170,7 +1157,7 @@ fn net_private_ports_pod_to_host_pod_to_pod_and_nat() {
         let publish = format!("{hp}:80");
         let up_port = free_udp_port();
         let publish_udp = format!("{up_port}:53/udp");
-        let tools = udp_echo_tool();
+        let tools = static_tool("musl-gcc", "udp_echo");
         let tools_vol = format!("{}:/tools:ro", tools.path().display());
         // A web server publishing pod port 80 on host port `hp`, and a UDP
         // echo server publishing pod port 53 on `up_port` (a crash of the

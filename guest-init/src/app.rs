@@ -11,7 +11,7 @@ use std::cell::UnsafeCell;
 use std::ffi::{c_void, CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
-use berth_spec::confine::{cap_mask, default_filters, parse_caps, ConfineError};
+use berth_spec::confine::{cap_mask, ConfineError, Policy};
 use berth_spec::control::Process;
 use berth_spec::{PodSpec, Security, EXIT_BERTH_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
 use nix::errno::Errno;
@@ -57,25 +57,16 @@ pub struct Confinement {
 
 impl Confinement {
     pub fn from_security(sec: &Security) -> Result<Confinement, AppError> {
-        let keep = parse_caps(&sec.capabilities)?;
-        // guest-init is root in the VM; only its supervise-mode tests may
-        // run without CAP_SETPCAP, and then the bounding set stays as it is
-        // (the other sets are lowered, which needs no privilege).
-        let may_drop = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP)
-            .unwrap_or(false);
+        let p = Policy::from_security(sec)?;
         Ok(Confinement {
-            no_new_privs: sec.no_new_privileges,
+            no_new_privs: p.no_new_privs,
             drop_bounding: caps::all()
                 .into_iter()
-                .filter(|c| may_drop && !keep.contains(c))
+                .filter(|c| !p.keep.contains(c))
                 .map(|c| c.index())
                 .collect(),
-            keep: cap_mask(&keep),
-            filters: if sec.seccomp {
-                default_filters()?
-            } else {
-                Vec::new()
-            },
+            keep: cap_mask(&p.keep),
+            filters: p.filters,
         })
     }
 }

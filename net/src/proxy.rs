@@ -71,15 +71,11 @@ pub fn start(ports: &[PortMapping], pod: Ipv4Addr) -> Result<LocalProxy, ProxyEr
         };
         listeners.push((l, SocketAddrV4::new(pod, p.pod_port)));
     }
-    let mut bound = Vec::new();
     for (l, target) in listeners {
-        let (port, protocol) = match &l {
-            Listener::Tcp(l) => (l.local_addr(), Protocol::Tcp),
-            Listener::Udp(l) => (l.local_addr(), Protocol::Udp),
+        let protocol = match &l {
+            Listener::Tcp(_) => Protocol::Tcp,
+            Listener::Udp(_) => Protocol::Udp,
         };
-        if let Ok(a) = port {
-            bound.push((a.port(), protocol));
-        }
         std::thread::Builder::new()
             .name(format!("proxy-{}-{}", protocol.as_str(), target.port()))
             .spawn(move || match l {
@@ -88,7 +84,9 @@ pub fn start(ports: &[PortMapping], pod: Ipv4Addr) -> Result<LocalProxy, ProxyEr
             })
             .map_err(ProxyError::Thread)?;
     }
-    Ok(LocalProxy { ports: bound })
+    Ok(LocalProxy {
+        ports: ports.iter().map(|p| (p.host_port, p.protocol)).collect(),
+    })
 }
 
 fn serve(l: TcpListener, target: SocketAddrV4) {

@@ -44,6 +44,30 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
+/// What a pod's [`crate::Security`] asks of its app's process, prepared
+/// before fork: the capabilities it keeps, no_new_privs, and the seccomp
+/// programs (none with seccomp off). Each stage1 applies it its own way.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub keep: CapsHashSet,
+    pub no_new_privs: bool,
+    pub filters: Vec<BpfProgram>,
+}
+
+impl Policy {
+    pub fn from_security(sec: &crate::Security) -> Result<Policy, ConfineError> {
+        Ok(Policy {
+            keep: parse_caps(&sec.capabilities)?,
+            no_new_privs: sec.no_new_privileges,
+            filters: if sec.seccomp {
+                default_filters()?
+            } else {
+                Vec::new()
+            },
+        })
+    }
+}
+
 /// Parse berth capability names (`net_raw`) into a set.
 pub fn parse_caps(names: &[String]) -> Result<CapsHashSet, ConfineError> {
     names

@@ -161,7 +161,7 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
             let code = vmm_process(cfg, &spec, pod, &keep, parent, exit_wr);
             std::process::exit(code)
         }
-        nix::unistd::ForkResult::Parent { child } => child,
+        nix::unistd::ForkResult::Parent { child } => VmmChild(child),
     };
     drop(exit_wr);
     // Our copies of the tap and console.log go: the tap must vanish with the
@@ -189,7 +189,7 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
             })
             .context("cannot start the control thread")?;
     }
-    let exit = wait_vmm(child, exit_rd);
+    let exit = wait_vmm(child.disarm(), exit_rd);
     // A VM that ran may still have the app's last output and Exit frame in
     // flight; a VMM that failed to boot never connected.
     let relayed = if exit.error.is_some() {
@@ -329,6 +329,27 @@ fn vmm_process(
     let mut f = std::fs::File::from(report);
     let _ = std::io::Write::write_all(&mut f, line.as_bytes());
     code
+}
+
+/// The VMM process until [`wait_vmm`] takes it over: should setting up the
+/// relay fail first, it is killed and reaped before the error goes up, so
+/// no VM outlives the failed start.
+struct VmmChild(nix::unistd::Pid);
+
+impl VmmChild {
+    fn disarm(self) -> nix::unistd::Pid {
+        let pid = self.0;
+        // Holds nothing but the pid: skipping Drop leaks nothing.
+        std::mem::forget(self);
+        pid
+    }
+}
+
+impl Drop for VmmChild {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGKILL);
+        while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(self.0, None) {}
+    }
 }
 
 /// Wait for the VMM process and read its report.

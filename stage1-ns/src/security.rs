@@ -6,7 +6,7 @@
 //! CAP_SETUID/SETGID; the remaining sets are trimmed after it; seccomp is
 //! loaded last so the filter never has to allow berth's own set-up calls.
 
-use berth_spec::confine::{default_filters, parse_caps, ConfineError};
+use berth_spec::confine::{ConfineError, Policy};
 use caps::{CapSet, Capability, CapsHashSet};
 use seccompiler::BpfProgram;
 
@@ -51,16 +51,13 @@ pub struct Confinement {
 
 impl Confinement {
     pub fn from_spec(spec: &berth_spec::PodSpec) -> Result<Confinement, SecurityError> {
+        let p = Policy::from_security(&spec.security)?;
         Ok(Confinement {
-            keep: parse_caps(&spec.security.capabilities)?,
+            keep: p.keep,
             uid: spec.app.user.uid,
             gid: spec.app.user.gid,
-            no_new_privs: spec.security.no_new_privileges,
-            filters: if spec.security.seccomp {
-                default_filters()?
-            } else {
-                Vec::new()
-            },
+            no_new_privs: p.no_new_privs,
+            filters: p.filters,
         })
     }
 }

@@ -403,7 +403,7 @@ impl MmioLine {
             vm.mem.clone(),
             device.clone(),
             self.interrupt,
-            clone_evts(&queue_evts.iter().collect::<Vec<_>>())?,
+            clone_evts(&queue_evts)?,
         )
         .map_err(BuildError::Mmio)?;
         dm.add_virtio_mmio(
@@ -418,8 +418,8 @@ impl MmioLine {
     }
 }
 
-fn clone_evts(evts: &[&EventFd]) -> Result<Vec<EventFd>, BuildError> {
-    evts.iter()
+fn clone_evts<'a>(evts: impl IntoIterator<Item = &'a EventFd>) -> Result<Vec<EventFd>, BuildError> {
+    evts.into_iter()
         .map(|e| e.try_clone())
         .collect::<Result<Vec<_>, _>>()
         .map_err(BuildError::EventFd)
@@ -598,7 +598,7 @@ impl Vm {
                 line.interrupt.clone(),
             )
             .map_err(|e| BuildError::Block(disk.path.clone(), e))?;
-            let evts = clone_evts(&[block.queue_evt()])?;
+            let evts = clone_evts([block.queue_evt()])?;
             let block = line.attach(&vm, &mut dm, block, evts)?;
             subscribers.push(Arc::new(Mutex::new(
                 BlockEventHandler::new(block).map_err(BuildError::EventFd)?,
@@ -613,7 +613,7 @@ impl Vm {
                 line.interrupt.clone(),
             )
             .map_err(|e| BuildError::Fs(share.tag.clone(), e))?;
-            let evts = clone_evts(&fs.queue_evts().iter().collect::<Vec<_>>())?;
+            let evts = clone_evts(fs.queue_evts())?;
             let fs = line.attach(&vm, &mut dm, fs, evts)?;
             subscribers.push(Arc::new(Mutex::new(
                 FsEventHandler::new(fs).map_err(BuildError::EventFd)?,
@@ -623,7 +623,7 @@ impl Vm {
             let line = MmioLine::new(&mut dm)?;
             let vsock = Vsock::new(vcfg.guest_cid, &vcfg.uds_path, line.interrupt.clone())
                 .map_err(|e| BuildError::Vsock(vcfg.uds_path.clone(), e))?;
-            let evts = clone_evts(&vsock.queue_evts().iter().collect::<Vec<_>>())?;
+            let evts = clone_evts(vsock.queue_evts())?;
             let vsock = line.attach(&vm, &mut dm, vsock, evts)?;
             subscribers.push(Arc::new(Mutex::new(
                 VsockEventHandler::new(vsock).map_err(BuildError::EventFd)?,
@@ -642,7 +642,7 @@ impl Vm {
             };
             let net = Net::new(&nic.tap, source, nic.mac, line.interrupt.clone())
                 .map_err(|e| BuildError::Net(nic.tap.clone(), e))?;
-            let evts = clone_evts(&[net.rx_evt(), net.tx_evt()])?;
+            let evts = clone_evts([net.rx_evt(), net.tx_evt()])?;
             let net = line.attach(&vm, &mut dm, net, evts)?;
             subscribers.push(Arc::new(Mutex::new(
                 NetEventHandler::new(net).map_err(BuildError::EventFd)?,
