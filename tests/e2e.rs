@@ -541,8 +541,7 @@ fn lifecycle_detach_exec_stop_rm_and_limits() {
         assert_eq!(o.status.code(), Some(125));
         assert!(stderr(&o).contains("is running"), "{}", stderr(&o));
         ok("").check("stop", &e.berth(&["stop", &name]));
-        let log = std::fs::read_to_string(e.root.path().join("pods").join(&name).join("app.log"))
-            .unwrap();
+        let log = std::fs::read_to_string(e.pod(&name).app_log()).unwrap();
         assert_eq!(log, "up\nstopping\n");
         let list = stdout(&e.berth(&["list", "--format", "json"]));
         let v: serde_json::Value = serde_json::from_str(&list).unwrap();
@@ -608,13 +607,13 @@ fn gc_cleans_up_after_a_killed_stage1() {
                 "1000",
             ]),
         );
-        let pod = e.root.path().join("pods").join(&name);
-        let leader: i32 = std::fs::read_to_string(pod.join("pid"))
+        let pod = e.pod(&name);
+        let leader: i32 = std::fs::read_to_string(pod.pid_file())
             .unwrap()
             .trim()
             .parse()
             .unwrap();
-        let stage1 = stage1_of(&pod).expect("the pod's stage1 process");
+        let stage1 = stage1_of(pod.path()).expect("the pod's stage1 process");
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(stage1),
             nix::sys::signal::Signal::SIGKILL,
@@ -845,7 +844,7 @@ fn start_detached(e: &Env, stage1: &str, name: &str, script: &str) -> std::path:
             script,
         ]),
     );
-    let log = e.root.path().join("pods").join(name).join("app.log");
+    let log = e.pod(name).app_log();
     wait_for(&format!("{name} to start"), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("up\n"))
     });

@@ -179,13 +179,7 @@ impl Env {
     fn retrying_pvm_exec(&self, args: &[&str], mut run: impl FnMut() -> Output) -> Output {
         match (args.first(), args.iter().position(|a| *a == "--")) {
             (Some(&"exec"), Some(i)) if i > 1 && on_pvm() => {
-                let console = self
-                    .root
-                    .path()
-                    .join("pods")
-                    .join(args[i - 1])
-                    .join("console.log");
-                rerun_on_guest_fault(args[i - 1], &console, run)
+                rerun_on_guest_fault(args[i - 1], &self.pod(args[i - 1]).console_log(), run)
             }
             _ => run(),
         }
@@ -208,11 +202,11 @@ impl Env {
     /// which the test's own assertion message cannot show.
     fn report_pods(&self) {
         for pod in self.pods() {
-            let dir = self.root.path().join("pods").join(&pod);
-            let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-            let status = read("status");
-            let app = read("app.log");
-            let console = read("console.log");
+            let dir = self.pod(&pod);
+            let read = |f: PathBuf| std::fs::read_to_string(f).unwrap_or_default();
+            let status = read(dir.status_file());
+            let app = read(dir.app_log());
+            let console = read(dir.console_log());
             let traps: Vec<&str> = console
                 .lines()
                 .filter(|l| {
@@ -241,6 +235,11 @@ impl Env {
                 PVM_FLAKE_SEEN.with(|f| f.set(true));
             }
         }
+    }
+
+    /// The directory of pod `name` in this root.
+    pub fn pod(&self, name: &str) -> berth_spec::PodDir {
+        berth_spec::PodDir::new(self.root.path().join("pods").join(name))
     }
 
     pub fn pods(&self) -> Vec<String> {
