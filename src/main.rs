@@ -51,6 +51,9 @@ enum Command {
 }
 
 fn main() {
+    // Before anything else: no inherited descriptor may reach a child of
+    // ours unless the user passes it (socket activation, --preserve-fds).
+    let listen = stage0::fds::sanitize();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -91,7 +94,7 @@ fn main() {
         .init();
     let store = stage0::store::Store::new(&cli.root);
     let result = match cli.cmd {
-        Command::Run(a) => cli::run::run(&store, *a),
+        Command::Run(a) => cli::run::run(&store, *a, &listen),
         Command::Exec(a) => cli::exec::exec(&store, a),
         Command::Stop(a) => cli::stop::stop(&store, a),
         Command::List(a) => cli::list::list(&store, a),

@@ -1228,7 +1228,9 @@ fn net_private_ports_pod_to_host_pod_to_pod_and_nat() {
              get http://{gw}:{hp}/index.html; \
              echo via-nat | nc 198.51.100.2 9000; echo done"
         );
-        let o = e.run(s, &[], &["sh", "-c", &script]);
+        // busybox's ping needs a raw socket, which pods do not get by
+        // default (iputils' ping uses the ICMP datagram sockets they have).
+        let o = e.run(s, &["--cap-add", "NET_RAW"], &["sh", "-c", &script]);
         ok("ping-ok\nhello-berth\nhello-berth\ndone\n").check("client pod", &o);
         assert_eq!(acc.join().unwrap(), "from-pod\n");
         let (peer, got) = upstream.join().unwrap();

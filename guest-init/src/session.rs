@@ -419,7 +419,10 @@ pub fn run(
         if accepted {
             if let Some(l) = listener {
                 match accept(l) {
-                    Ok(fd) => pending.push(Conn::new(fd)),
+                    Ok(Accepted::Host(fd)) => pending.push(Conn::new(fd)),
+                    Ok(Accepted::Refused(cid)) => console::say(&format!(
+                        "refused an exec connection from vsock CID {cid}: only the host may connect"
+                    )),
                     Err(Errno::EAGAIN | Errno::EINTR) => {}
                     Err(e) => {
                         console::say(&format!("cannot accept an exec connection: {}", e.desc()))
@@ -430,19 +433,50 @@ pub fn run(
     }
 }
 
-fn accept(l: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
-    // SAFETY: accept4 without an address; the new fd is ours.
+enum Accepted {
+    /// A connection from the host (or, in supervise mode, a unix socket).
+    Host(OwnedFd),
+    /// A vsock connection from another CID — in practice the guest itself
+    /// (vsock loopback): closed. Only the host may start exec processes, or
+    /// any guest process could get a root shell past `--user`.
+    Refused(u32),
+}
+
+fn accept(l: BorrowedFd<'_>) -> Result<Accepted, Errno> {
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut peer: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len =
+        libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_storage>()).unwrap_or(0);
+    // SAFETY: accept4 writes at most `len` bytes of the peer's address into
+    // `peer`, which outlives the call; the new fd is ours.
     let fd = unsafe {
         libc::accept4(
             l.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
+            (&mut peer as *mut libc::sockaddr_storage).cast(),
+            &mut len,
             libc::SOCK_CLOEXEC,
         )
     };
     let fd = Errno::result(fd)?;
     // SAFETY: the kernel just returned this fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(check_peer(fd, &peer))
+}
+
+/// Keep the connection only if it comes from the host's CID.
+fn check_peer(fd: OwnedFd, peer: &libc::sockaddr_storage) -> Accepted {
+    if i32::from(peer.ss_family) != libc::AF_VSOCK {
+        return Accepted::Host(fd);
+    }
+    // SAFETY: the family says the storage holds a sockaddr_vm, which is
+    // smaller than sockaddr_storage.
+    let vm: &libc::sockaddr_vm =
+        unsafe { &*(peer as *const libc::sockaddr_storage).cast::<libc::sockaddr_vm>() };
+    if vm.svm_cid == crate::vsock::HOST_CID {
+        Accepted::Host(fd)
+    } else {
+        Accepted::Refused(vm.svm_cid)
+    }
 }
 
 /// One read of an exec connection still in its handshake (host Hello, then
@@ -620,5 +654,33 @@ fn reap(sessions: &mut [Session]) -> Result<(), SessionError> {
             Err(Errno::EINTR) => {}
             Err(e) => return Err(SessionError::Wait(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_hosts_cid_may_exec() {
+        let vm = |cid: u32| {
+            // SAFETY: plain data, all-zero is valid.
+            let mut s: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            // SAFETY: sockaddr_vm fits in sockaddr_storage.
+            let v = unsafe {
+                &mut *(&mut s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_vm>()
+            };
+            v.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+            v.svm_cid = cid;
+            s
+        };
+        let fd = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        assert!(matches!(check_peer(fd(), &vm(2)), Accepted::Host(_)));
+        assert!(matches!(check_peer(fd(), &vm(3)), Accepted::Refused(3)));
+        assert!(matches!(check_peer(fd(), &vm(1)), Accepted::Refused(1)));
+        // SAFETY: plain data, all-zero is valid.
+        let mut unix: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        unix.ss_family = libc::AF_UNIX as libc::sa_family_t;
+        assert!(matches!(check_peer(fd(), &unix), Accepted::Host(_)));
     }
 }

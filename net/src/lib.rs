@@ -230,6 +230,21 @@ pub fn release(root: &Path, uuid: &str, net: &PrivateNetwork) -> Result<(), NetE
     Ok(())
 }
 
+/// Release a pod's network from its spec, if it has a private one; a
+/// failure is logged (every caller retries later: the stage1 at exit, `gc`,
+/// stage0), never fatal.
+pub fn release_pod(root: &Path, spec: &berth_spec::PodSpec) {
+    if let Some(net) = &spec.network.private {
+        if let Err(e) = release(root, &spec.uuid, net) {
+            log::warn!(
+                "cannot release the network of pod {}: {}",
+                spec.name,
+                berth_spec::ErrorChain(&e)
+            );
+        }
+    }
+}
+
 /// ns stage1: create the veth pair for the pod whose init is `pod_pid`: the
 /// host end (`net.host_ifname`) on the bridge and up, the pod end created
 /// directly in the pod's network namespace as `net.ifname` with `net.mac`,

@@ -133,6 +133,11 @@ const DENIED_SYSCALLS: &[i64] = &[
     libc::SYS_unshare,
     libc::SYS_vhangup,
     libc::SYS_syslog,
+    // io_uring: a second syscall interface whose operations seccomp cannot
+    // see (and a rich source of kernel bugs); libraries fall back.
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
 ];
 
 /// The x32 ABI reaches the same kernel entry points with bit 30 set in the
@@ -183,6 +188,17 @@ pub fn default_filters() -> Result<Vec<BpfProgram>, ConfineError> {
     .map_err(ConfineError::SeccompBuild)?])
     .map_err(ConfineError::SeccompBuild)?;
     both_abis(&mut deny, libc::SYS_clone, vec![clone_rule]);
+    // No AF_VSOCK sockets: vsock is not namespaced, so an ns pod could reach
+    // the host's vsock services, and a guest process guest-init's ports.
+    let vsock_rule = SeccompRule::new(vec![SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_VSOCK as u64,
+    )
+    .map_err(ConfineError::SeccompBuild)?])
+    .map_err(ConfineError::SeccompBuild)?;
+    both_abis(&mut deny, libc::SYS_socket, vec![vsock_rule]);
     let mut clone3 = BTreeMap::new();
     both_abis(&mut clone3, libc::SYS_clone3, Vec::new());
     Ok(vec![

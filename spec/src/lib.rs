@@ -8,6 +8,8 @@
 //! separate steps: parsing rejects unknown fields and foreign versions, and
 //! `validate` checks the semantic rules (absolute paths, name syntax, limits).
 
+#[cfg(feature = "cgroups")]
+pub mod cgroup;
 #[cfg(feature = "confine")]
 pub mod confine;
 #[cfg(feature = "cli")]
@@ -15,6 +17,8 @@ pub mod stage1_cli;
 #[cfg(feature = "cli")]
 pub use stage1_cli::exit_with;
 pub mod control;
+pub mod init_msg;
+pub mod report;
 pub mod state;
 
 use serde::{Deserialize, Serialize};
@@ -22,11 +26,14 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 /// Version of the `pod.json` format written by this stage0. Version 2 added
-/// `--net private` (`NetworkMode::Private` and `Network::private`); a version 1
-/// file is a valid version 2 file, so both are read (see
-/// [`MIN_SPEC_VERSION`]), and a stage1 that only knows version 1 refuses a
-/// version 2 file with a clear message instead of an "unknown variant".
-pub const SPEC_VERSION: u32 = 2;
+/// `--net private` (`NetworkMode::Private` and `Network::private`); version 3
+/// made `resources` the only place of the VM size and vCPU count (the
+/// version 2 `kvm.memory_mib` and `kvm.vcpus` are still read, and ignored:
+/// they were always derived from `resources` the same way). Older files are
+/// valid newer files, so all are read (see [`MIN_SPEC_VERSION`]), and a
+/// stage1 that only knows an older version refuses a newer file with a clear
+/// message instead of an "unknown field".
+pub const SPEC_VERSION: u32 = 3;
 
 /// Oldest `pod.json` version this berth still reads (pods written by an older
 /// stage0 stay listable and collectable).
@@ -37,10 +44,25 @@ pub const MIN_SPEC_VERSION: u32 = 1;
 /// the pod and hands it to stage1, so `gc` never sees a half-started pod.
 pub const ENV_LOCK_FD: &str = "BERTH_LOCK_FD";
 
-/// Environment variable naming an inherited pipe fd. stage1 writes one line to
-/// it once the app has been started (`ok <pid>`) or failed to start
-/// (`error <message>`), then closes it. Used by `berth run --detach`.
+/// Environment variable naming an inherited pipe fd on which stage1 writes
+/// its [`report::StartReport`] (one line) once the app has started or could
+/// not start, then closes it.
 pub const ENV_READY_FD: &str = "BERTH_READY_FD";
+
+/// Environment variable: how many inherited fds, starting at 3, stage0
+/// passes through a stage1 to the app (`--preserve-fds N`, or the sockets
+/// of systemd socket activation). Every other inherited fd is closed.
+pub const ENV_PASS_FDS: &str = "BERTH_PASS_FDS";
+
+/// Environment variable set (to the `LISTEN_FDNAMES` value, possibly empty)
+/// when the passed fds came from systemd socket activation: the app then
+/// gets `LISTEN_FDS`, `LISTEN_PID` (its own pid) and `LISTEN_FDNAMES`.
+pub const ENV_LISTEN_FDNAMES: &str = "BERTH_LISTEN_FDNAMES";
+
+/// VM size of a kvm pod without `--memory`.
+pub const KVM_DEFAULT_MEMORY: u64 = 256 << 20;
+/// The smallest VM berth boots.
+pub const KVM_MIN_MEMORY: u64 = 32 << 20;
 
 /// Signals a stage1 passes on to the app (and stage0 to its stage1): the
 /// ones a supervisor (a terminal, systemd, `kill`) uses to ask for a stop or
@@ -63,6 +85,36 @@ pub const EXIT_NOT_FOUND: i32 = 127;
 
 /// Default `PATH` for apps whose spec does not set one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// An error and its sources on one line, `a: b: c` — how every berth
+/// program prints an error.
+pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff` (hex, either case) → the six bytes.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
 
 /// Errors from parsing or validating a [`PodSpec`].
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +149,10 @@ pub struct PodSpec {
     pub rootfs: Rootfs,
     #[serde(default)]
     pub mounts: Vec<Mount>,
+    /// Host devices given to the pod (`--device`; ns only). The pod always
+    /// has null, zero, full, random, urandom, tty, console and ptmx/pts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<Device>,
     pub network: Network,
     #[serde(default)]
     pub resources: Resources,
@@ -150,6 +206,41 @@ pub struct Mount {
     pub destination: String,
     #[serde(default)]
     pub read_only: bool,
+}
+
+/// A host device node made in the pod's /dev and allowed by its device
+/// policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// Absolute path in the pod, below `/dev/`.
+    pub path: String,
+    pub kind: DeviceKind,
+    pub major: u32,
+    pub minor: u32,
+    /// Access allowed: a combination of `r`, `w`, `m` (mknod).
+    pub access: String,
+    /// Mode bits of the node (the host node's).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Char,
+    Block,
+}
+
+impl DeviceKind {
+    /// `c` or `b`, as device cgroups write it.
+    pub fn letter(self) -> char {
+        match self {
+            DeviceKind::Char => 'c',
+            DeviceKind::Block => 'b',
+        }
+    }
 }
 
 /// The pod's network. `private` is set exactly when `mode` is
@@ -280,11 +371,6 @@ pub fn valid_ifname(name: &str) -> bool {
             .all(|c| c.is_ascii_graphic() && c != b'/' && c != b':')
 }
 
-fn is_mac(s: &str) -> bool {
-    let parts: Vec<&str> = s.split(':').collect();
-    parts.len() == 6 && parts.iter().all(|p| is_hex(p, 2))
-}
-
 impl PrivateNetwork {
     fn validate(&self) -> Result<(), String> {
         if !(1..=30).contains(&self.prefix_len) {
@@ -312,14 +398,13 @@ impl PrivateNetwork {
                 return Err(format!("interface name {n:?} is not valid"));
             }
         }
-        if !is_mac(&self.mac) {
+        let Some(mac) = parse_mac(&self.mac).filter(|_| self.mac == self.mac.to_lowercase()) else {
             return Err(format!(
                 "mac {:?} is not a lowercase xx:xx:xx:xx:xx:xx address",
                 self.mac
             ));
-        }
-        let first = u8::from_str_radix(&self.mac[..2], 16).unwrap_or(1);
-        if first & 1 != 0 {
+        };
+        if mac[0] & 1 != 0 {
             return Err(format!("mac {} is a multicast address", self.mac));
         }
         if !valid_nft_name(&self.nft_table) {
@@ -353,7 +438,18 @@ pub fn valid_nft_name(name: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
-/// Resource limits; `None` means unlimited (kvm: the stage1 default).
+/// Resource limits; `None` means unlimited. They mean the same on both
+/// stage1s (docs/architecture.md, "Resource limits"):
+///
+/// - `memory`: ns — the pod cgroup's memory limit (swap included: none);
+///   kvm — the VM's RAM ([`KVM_DEFAULT_MEMORY`] when unset), and the VMM
+///   process's cgroup is bounded to that plus the VMM's own overhead.
+/// - `cpu_millis`: a CFS quota on the pod's cgroup (ns: the pod's
+///   processes; kvm: the VMM process, whose guest sees
+///   `cpu_millis` rounded up as vCPUs).
+/// - `pids`: the number of tasks of the pod's processes (kvm: enforced by
+///   guest-init in a guest cgroup around the app; the VMM's threads are
+///   bounded separately).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
@@ -366,6 +462,22 @@ pub struct Resources {
     /// Maximum number of tasks.
     #[serde(default)]
     pub pids: Option<u32>,
+    /// Bytes the pod may write to its root filesystem (the overlay's upper
+    /// layer lives on a file system of this size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<u64>,
+}
+
+impl Resources {
+    /// kvm: the VM's RAM in MiB.
+    pub fn vm_memory_mib(&self) -> u64 {
+        self.memory.unwrap_or(KVM_DEFAULT_MEMORY) >> 20
+    }
+
+    /// kvm: the guest's vCPUs, `cpu_millis` rounded up (1 when unset).
+    pub fn vcpus(&self) -> u32 {
+        self.cpu_millis.map_or(1, |m| m.div_ceil(1000))
+    }
 }
 
 /// Confinement applied to the app.
@@ -381,7 +493,10 @@ pub struct Security {
     pub no_new_privileges: bool,
 }
 
-/// The capability set kept by default (Docker's/Moby's default set): no
+/// The capability set kept by default: Docker's/Moby's default set without
+/// NET_RAW (as podman does: raw sockets let a pod forge ARP and IP on the
+/// bridge; ping works without it through ICMP datagram sockets, which each
+/// stage1 allows for every group in the pod's `ping_group_range`). No
 /// SYS_ADMIN, SYS_MODULE, SYS_RAWIO, SYS_TIME, SYS_PTRACE, MAC_ADMIN, NET_ADMIN...
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "chown",
@@ -393,7 +508,6 @@ pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "setuid",
     "setpcap",
     "net_bind_service",
-    "net_raw",
     "sys_chroot",
     "mknod",
     "audit_write",
@@ -468,15 +582,21 @@ pub struct Stdio {
     pub tty: bool,
 }
 
-/// kvm stage1 settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// kvm stage1 settings. The VM's size comes from [`Resources`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KvmSettings {
     /// Guest kernel (uncompressed vmlinux ELF); `None` = the installed default.
     #[serde(default)]
     pub kernel: Option<PathBuf>,
-    pub memory_mib: u32,
-    pub vcpus: u32,
+    /// Version 2 only: always `resources.memory` in MiB (or 256). Read and
+    /// ignored; never written.
+    #[serde(default, skip_serializing)]
+    memory_mib: Option<u32>,
+    /// Version 2 only: always `resources.cpu_millis` rounded up (or 1).
+    /// Read and ignored; never written.
+    #[serde(default, skip_serializing)]
+    vcpus: Option<u32>,
 }
 
 /// Is `name` acceptable as a pod name?
@@ -533,6 +653,7 @@ impl PodSpec {
                 image: image.into(),
             },
             mounts: Vec::new(),
+            devices: Vec::new(),
             network: Network::none(),
             resources: Resources::default(),
             security: Security::default(),
@@ -635,6 +756,17 @@ impl PodSpec {
                 ));
             }
         }
+        for d in &self.devices {
+            if !d.path.starts_with("/dev/") || !is_abs_clean(&d.path) {
+                return bad(format!("device path {:?} is not below /dev", d.path));
+            }
+            if d.access.is_empty() || !d.access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+                return bad(format!(
+                    "device access {:?} is not a combination of r, w, m",
+                    d.access
+                ));
+            }
+        }
         match (self.network.mode, &self.network.private) {
             (NetworkMode::Private, Some(p)) => p.validate().map_err(SpecError::Invalid)?,
             (NetworkMode::Private, None) => {
@@ -664,12 +796,18 @@ impl PodSpec {
                 ));
             }
         }
-        if let Some(k) = &self.kvm {
-            if k.vcpus == 0 || k.vcpus > 254 {
-                return bad(format!("vcpus {} is out of range 1..=254", k.vcpus));
+        if self.kvm.is_some() {
+            let vcpus = self.resources.vcpus();
+            if vcpus > 254 {
+                return bad(format!("vcpus {vcpus} is out of range 1..=254"));
             }
-            if k.memory_mib < 32 {
-                return bad(format!("VM memory {} MiB is below 32 MiB", k.memory_mib));
+            let mem = self.resources.memory.unwrap_or(KVM_DEFAULT_MEMORY);
+            if mem < KVM_MIN_MEMORY {
+                return bad(format!(
+                    "VM memory {} MiB is below {} MiB",
+                    mem >> 20,
+                    KVM_MIN_MEMORY >> 20
+                ));
             }
         }
         Ok(())
@@ -706,6 +844,29 @@ impl PodSpec {
         }
         out
     }
+}
+
+/// The overlayfs mount options for a pod's rootfs: `lowerdir=…,upperdir=…,
+/// workdir=…`, each path escaped (`,`, `:` and `\` are separators or escapes
+/// in overlayfs option values), so any directory name works.
+pub fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> String {
+    fn escape(p: &Path) -> String {
+        let s = p.to_string_lossy();
+        let mut out = String::with_capacity(s.len());
+        for c in s.chars() {
+            if matches!(c, ',' | ':' | '\\') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out
+    }
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        escape(lower),
+        escape(upper),
+        escape(work)
+    )
 }
 
 /// Is `s` a lowercase RFC 4122 textual UUID (8-4-4-4-12 hex digits)?
@@ -772,6 +933,16 @@ impl PodDir {
     pub fn stage1_file(&self) -> PathBuf {
         self.0.join("stage1")
     }
+    /// The pod's cgroup path (relative to each hierarchy's root), recorded
+    /// by its stage1.
+    pub fn cgroup_file(&self) -> PathBuf {
+        self.0.join("cgroup")
+    }
+    /// Why the pod ended, when it was not the app's own doing
+    /// (`oom-killed`), written by stage1 next to `status`.
+    pub fn exit_reason_file(&self) -> PathBuf {
+        self.0.join("exit-reason")
+    }
     /// Control socket for exec/stop (kvm).
     pub fn ctl_socket(&self) -> PathBuf {
         self.0.join("ctl.sock")
@@ -817,11 +988,13 @@ mod tests {
                 destination: "/data".into(),
                 read_only: true,
             }],
+            devices: Vec::new(),
             network: Network::none(),
             resources: Resources {
                 memory: Some(64 << 20),
                 cpu_millis: Some(500),
                 pids: Some(100),
+                disk: None,
             },
             security: Security::default(),
             stdio: Stdio::default(),
@@ -850,11 +1023,67 @@ mod tests {
     #[test]
     fn other_version_rejected() {
         let mut v: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
-        v["version"] = serde_json::json!(3);
+        v["version"] = serde_json::json!(SPEC_VERSION + 1);
         match PodSpec::from_json(&v.to_string()) {
-            Err(SpecError::Version { found: 3 }) => {}
+            Err(SpecError::Version { found }) if found == SPEC_VERSION + 1 => {}
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn version_2_kvm_settings_are_read_and_ignored() {
+        let mut s = sample();
+        s.kvm = Some(KvmSettings::default());
+        let mut v: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
+        assert!(v["kvm"].get("memory_mib").is_none(), "never written");
+        v["version"] = serde_json::json!(2);
+        v["kvm"]["memory_mib"] = serde_json::json!(64);
+        v["kvm"]["vcpus"] = serde_json::json!(1);
+        let back = PodSpec::from_json(&v.to_string()).expect("v2 parses");
+        back.validate().expect("valid");
+        assert_eq!(back.resources.vm_memory_mib(), 64);
+        assert_eq!(back.resources.vcpus(), 1);
+    }
+
+    #[test]
+    fn vm_size_comes_from_resources() {
+        let mut r = Resources::default();
+        assert_eq!(r.vm_memory_mib(), KVM_DEFAULT_MEMORY >> 20);
+        assert_eq!(r.vcpus(), 1);
+        r.memory = Some(512 << 20);
+        r.cpu_millis = Some(1500);
+        assert_eq!((r.vm_memory_mib(), r.vcpus()), (512, 2));
+    }
+
+    #[test]
+    fn overlay_options_are_escaped() {
+        assert_eq!(
+            overlay_options(Path::new("/a,b:c"), Path::new("/u\\v"), Path::new("/w")),
+            "lowerdir=/a\\,b\\:c,upperdir=/u\\\\v,workdir=/w"
+        );
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(parse_mac("02:0a:FF:00:10:01"), Some([2, 10, 255, 0, 16, 1]));
+        for bad in [
+            "",
+            "02:0a",
+            "02:0a:ff:00:10:zz",
+            "02:0a:ff:00:10:01:02",
+            "2:0a:ff:00:10:01",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn error_chains_print_on_one_line() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("inner"));
+        assert_eq!(ErrorChain(&e).to_string(), "outer: inner");
     }
 
     #[test]
@@ -889,11 +1118,15 @@ mod tests {
             (
                 "vcpus",
                 Box::new(|s| {
-                    s.kvm = Some(KvmSettings {
-                        kernel: None,
-                        memory_mib: 256,
-                        vcpus: 0,
-                    })
+                    s.kvm = Some(KvmSettings::default());
+                    s.resources.cpu_millis = Some(300_000);
+                }),
+            ),
+            (
+                "VM memory",
+                Box::new(|s| {
+                    s.kvm = Some(KvmSettings::default());
+                    s.resources.memory = Some(16 << 20);
                 }),
             ),
         ];

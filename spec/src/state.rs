@@ -2,9 +2,9 @@
 //! life lock, the start report to stage0, the `pid` and `status` files, and
 //! the `stop` escalation (SIGTERM to the leader, SIGKILL after a timeout).
 
-use crate::{PodDir, ENV_LOCK_FD, ENV_READY_FD};
+use crate::report::StartReport;
+use crate::{PodDir, ENV_LISTEN_FDNAMES, ENV_LOCK_FD, ENV_PASS_FDS, ENV_READY_FD};
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -129,6 +129,90 @@ pub fn is_running(pod: &PodDir) -> bool {
     }
 }
 
+/// The fds stage0 passes through a stage1 to the app: 3 .. 3 + `count`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassedFds {
+    pub count: u32,
+    /// Set when they came from systemd socket activation: the app gets
+    /// `LISTEN_FDS`, `LISTEN_PID` and these `LISTEN_FDNAMES`.
+    pub listen_fdnames: Option<String>,
+}
+
+impl PassedFds {
+    /// The first fd that is not passed.
+    pub fn end(&self) -> RawFd {
+        3 + self.count as RawFd
+    }
+
+    /// The environment the app gets for socket activation (`LISTEN_PID`
+    /// is added in the app's own process, once its pid is known).
+    pub fn listen_env(&self) -> Vec<String> {
+        match &self.listen_fdnames {
+            Some(names) if self.count > 0 => {
+                let mut v = vec![format!("LISTEN_FDS={}", self.count)];
+                if !names.is_empty() {
+                    v.push(format!("LISTEN_FDNAMES={names}"));
+                }
+                v
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// First thing a stage1 does: mark every inherited fd from 3 on
+/// close-on-exec except the ones stage0 passes through to the app
+/// ([`ENV_PASS_FDS`]); the lock and report fds are taken (and made
+/// close-on-exec) later by [`take_life_lock`] and [`Ready::from_env`].
+/// Nothing a stage1 inherited by accident can reach the pod: the app itself
+/// closes every fd from [`PassedFds::end`] on before it execs.
+pub fn sanitize_fds() -> PassedFds {
+    let count: u32 = std::env::var(ENV_PASS_FDS)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let listen_fdnames = std::env::var(ENV_LISTEN_FDNAMES).ok();
+    std::env::remove_var(ENV_PASS_FDS);
+    std::env::remove_var(ENV_LISTEN_FDNAMES);
+    let p = PassedFds {
+        count,
+        listen_fdnames,
+    };
+    close_from(p.end(), true);
+    for fd in 3..p.end() {
+        // SAFETY: F_SETFD on an inherited descriptor number.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    p
+}
+
+/// Close (or, with `cloexec`, mark close-on-exec) every fd from `first` on.
+/// Async-signal-safe: callable between fork and exec.
+pub fn close_from(first: RawFd, cloexec: bool) {
+    let flags = if cloexec {
+        libc::CLOSE_RANGE_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: close_range(2) only affects our descriptor table.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, flags) };
+    if r != 0 {
+        // Before Linux 5.11: every possible fd up to the soft limit.
+        // SAFETY: sysconf has no preconditions.
+        let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) }.clamp(1024, 1 << 20) as RawFd;
+        for fd in first..max {
+            // SAFETY: as above, on numbers that may or may not be open.
+            unsafe {
+                if cloexec {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                } else {
+                    libc::close(fd);
+                }
+            }
+        }
+    }
+}
+
 /// The one-line start report to stage0 (see [`ENV_READY_FD`]).
 pub struct Ready(Option<File>);
 
@@ -146,11 +230,16 @@ impl Ready {
         self.0.as_ref().map(|f| f.as_raw_fd())
     }
 
-    /// Send the line (once) and close the pipe.
-    pub fn send(&mut self, line: &str) {
+    /// Send the report (once) and close the pipe.
+    pub fn send(&mut self, report: &StartReport) {
         if let Some(mut f) = self.0.take() {
-            let _ = writeln!(f, "{line}");
+            let _ = report.write_to(&mut f);
         }
+    }
+
+    /// Has the report been sent (or was there nobody to send it to)?
+    pub fn sent(&self) -> bool {
+        self.0.is_none()
     }
 }
 
@@ -242,7 +331,8 @@ pub fn stop(pod: &PodDir, force: bool, timeout: Duration) -> Result<(), StateErr
     }
 }
 
-fn wait_stopped(pod: &PodDir, timeout: Duration) -> bool {
+/// Wait until the pod's life lock is free (at most `timeout`).
+pub fn wait_stopped(pod: &PodDir, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if !is_running(pod) {

@@ -1,7 +1,8 @@
-//! `berth gc`: remove every pod that is no longer running (exited, or whose
-//! stage1 was killed). Idempotent.
+//! `berth gc`: collect every pod that is no longer running — remove exited
+//! command pods and pods marked for removal; release what a killed stage1
+//! left behind. Idempotent.
 
-use crate::stage0::store;
+use crate::stage0::{gc, store};
 use anyhow::Result;
 use nix::fcntl::{Flock, FlockArg};
 
@@ -21,7 +22,7 @@ pub fn gc(store: &store::Store) -> Result<i32> {
         let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
             continue;
         };
-        match super::rm::remove_dead(&pod, Some(&lock)) {
+        match gc::remove(&pod, Some(&lock)) {
             Ok(()) => println!("{}", crate::stage0::pod_name(&pod)),
             Err(e) => {
                 eprintln!("berth: gc {}: {e:#}", crate::stage0::pod_name(&pod));

@@ -1,6 +1,6 @@
 //! `berth rm [-f] NAME...`
 
-use crate::stage0::{stage1, store};
+use crate::stage0::{gc, store};
 use anyhow::{bail, Result};
 use clap::Args;
 
@@ -28,28 +28,7 @@ pub fn rm(store: &store::Store, a: RmArgs) -> Result<i32> {
             }
             super::stop::stop_pod(pod, true, 0)?;
         }
-        remove_dead(pod, None)?;
+        gc::remove(pod, None)?;
     }
     Ok(0)
-}
-
-/// Let the pod's stage1 release host resources, then delete the directory.
-/// `lock`: the pod's life lock, when the caller holds it (handed to stage1).
-pub fn remove_dead(pod: &berth_spec::PodDir, lock: Option<&std::fs::File>) -> Result<()> {
-    if let Some(s1) = stage1::of_pod(pod) {
-        let mut cmd = stage1::command(&s1, "gc", pod, &[]);
-        if let Some(l) = lock {
-            stage1::pass_fds(&mut cmd, std::os::fd::AsRawFd::as_raw_fd(l), None);
-        }
-        let st = cmd.status();
-        if !matches!(st, Ok(s) if s.success()) {
-            bail!("stage1 gc failed for pod {}", crate::stage0::pod_name(pod));
-        }
-    }
-    // Whatever the stage1 did, the pod's network lease and host side go too.
-    if let Some(spec) = store::spec(pod) {
-        crate::stage0::net::release(&pod.state_root(), &spec)?;
-    }
-    store::remove(pod)?;
-    Ok(())
 }

@@ -1,5 +1,9 @@
 //! stage0: everything berth does before and around a stage1.
 
+pub mod build;
+pub mod fds;
+pub mod gc;
+pub mod launch;
 pub mod net;
 pub mod parse;
 pub mod pod;

@@ -40,7 +40,10 @@ impl Drop for NetGuard {
     fn drop(&mut self) {
         if self.armed {
             if let Err(e) = berth_net::release(&self.root, &self.uuid, &self.net) {
-                eprintln!("berth: cannot release the pod's network: {}", chain(&e));
+                eprintln!(
+                    "berth: cannot release the pod's network: {}",
+                    berth_spec::ErrorChain(&e)
+                );
             }
         }
     }
@@ -52,15 +55,4 @@ pub fn release(root: &Path, spec: &PodSpec) -> Result<(), berth_net::NetError> {
         Some(net) => berth_net::release(root, &spec.uuid, net),
         None => Ok(()),
     }
-}
-
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

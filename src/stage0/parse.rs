@@ -1,7 +1,7 @@
 //! Parsing of command-line values into spec values. Every error names the
 //! offending value.
 
-use berth_spec::{Mount, PortMapping, Protocol};
+use berth_spec::{Device, DeviceKind, Mount, PortMapping, Protocol};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -24,6 +24,112 @@ pub enum ParseError {
     Capability(String),
     #[error("invalid port {0:?}: expected HOSTPORT:PODPORT[/tcp|/udp] with ports 1-65535")]
     Port(String),
+    #[error("invalid --memory {0:?}: a pod needs at least {min} MiB", min = MIN_MEMORY >> 20)]
+    MemoryTooSmall(String),
+    #[error("invalid --pids {0:?}: expected a whole number from 2 (the pod's init counts as one) to {max}", max = MAX_PIDS)]
+    Pids(String),
+    #[error("invalid --disk {0:?}: expected a size of at least {min} MiB such as 512m or 2g", min = MIN_DISK >> 20)]
+    Disk(String),
+    #[error("invalid --device {0:?}: expected HOSTPATH[:PODPATH][:PERMS] naming a character or block device, PERMS from r, w, m")]
+    DeviceSyntax(String),
+    #[error("invalid --device {spec:?}: {path} is not a character or block device")]
+    NotADevice { spec: String, path: String },
+}
+
+/// The smallest memory limit a pod starts with (init and a small app).
+pub const MIN_MEMORY: u64 = 6 << 20;
+/// The kernel's highest pid limit (PID_MAX_LIMIT on 64-bit).
+pub const MAX_PIDS: u32 = 4 * 1024 * 1024;
+/// The smallest `--disk` (a fresh ext4 holding the overlay's upper layer).
+pub const MIN_DISK: u64 = 16 << 20;
+
+/// `--memory`: a size of at least [`MIN_MEMORY`].
+pub fn memory(s: &str) -> Result<u64, ParseError> {
+    let v = size(s)?;
+    if v < MIN_MEMORY {
+        return Err(ParseError::MemoryTooSmall(s.into()));
+    }
+    Ok(v)
+}
+
+/// `--pids`: 2 ..= [`MAX_PIDS`].
+pub fn pids(s: &str) -> Result<u32, ParseError> {
+    let err = || ParseError::Pids(s.into());
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(err());
+    }
+    s.parse::<u32>()
+        .ok()
+        .filter(|n| (2..=MAX_PIDS).contains(n))
+        .ok_or_else(err)
+}
+
+/// `--disk`: a size of at least [`MIN_DISK`].
+pub fn disk(s: &str) -> Result<u64, ParseError> {
+    size(s)
+        .ok()
+        .filter(|v| *v >= MIN_DISK)
+        .ok_or_else(|| ParseError::Disk(s.into()))
+}
+
+/// The host's RAM in bytes (MemTotal), if /proc/meminfo says.
+pub fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb << 10)
+}
+
+/// `--device HOSTPATH[:PODPATH][:PERMS]` (docker's syntax): the host node's
+/// type and numbers, the path in the pod (default: the same), and the
+/// access granted (default `rwm`).
+pub fn device(spec: &str) -> Result<Device, ParseError> {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::MetadataExt;
+    let syntax = || ParseError::DeviceSyntax(spec.into());
+    let is_perms =
+        |p: &str| !p.is_empty() && p.len() <= 3 && p.chars().all(|c| matches!(c, 'r' | 'w' | 'm'));
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (host, pod, access) = match parts.as_slice() {
+        [h] => (*h, *h, "rwm"),
+        [h, p] if is_perms(p) => (*h, *h, *p),
+        [h, p] => (*h, *p, "rwm"),
+        [h, p, a] if is_perms(a) => (*h, *p, *a),
+        _ => return Err(syntax()),
+    };
+    if !host.starts_with('/') || !pod.starts_with("/dev/") || pod.split('/').any(|c| c == "..") {
+        return Err(syntax());
+    }
+    let not_dev = || ParseError::NotADevice {
+        spec: spec.into(),
+        path: host.into(),
+    };
+    let meta = std::fs::metadata(host).map_err(|_| not_dev())?;
+    let ft = meta.file_type();
+    let kind = if ft.is_char_device() {
+        DeviceKind::Char
+    } else if ft.is_block_device() {
+        DeviceKind::Block
+    } else {
+        return Err(not_dev());
+    };
+    let rdev = meta.rdev();
+    Ok(Device {
+        path: normalize(pod),
+        kind,
+        major: libc::major(rdev),
+        minor: libc::minor(rdev),
+        access: access.to_string(),
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+    })
 }
 
 /// `-p HOSTPORT:PODPORT[/tcp|/udp]` (default tcp).
@@ -243,6 +349,47 @@ mod tests {
         for bad in ["", "m", "-1m", "0", "abc", "1x", "nan"] {
             assert!(size(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn limits() {
+        assert_eq!(memory("64m"), Ok(64 << 20));
+        assert_eq!(memory("1k"), Err(ParseError::MemoryTooSmall("1k".into())));
+        assert!(memory("1k").unwrap_err().to_string().contains("\"1k\""));
+        assert_eq!(pids("2"), Ok(2));
+        for bad in ["1", "0", "-1", "4294967295", "x", "", "+5"] {
+            let e = pids(bad).expect_err(bad).to_string();
+            assert_eq!(e.matches(&format!("{bad:?}")).count(), 1, "{e}");
+        }
+        assert_eq!(disk("1g"), Ok(1 << 30));
+        assert!(disk("1m").is_err());
+        assert!(host_memory().is_some_and(|m| m > MIN_MEMORY));
+    }
+
+    #[test]
+    fn devices() {
+        let d = device("/dev/null").unwrap();
+        assert_eq!((d.kind, d.major, d.minor), (DeviceKind::Char, 1, 3));
+        assert_eq!((d.path.as_str(), d.access.as_str()), ("/dev/null", "rwm"));
+        let d = device("/dev/zero:/dev/z0:r").unwrap();
+        assert_eq!((d.path.as_str(), d.access.as_str()), ("/dev/z0", "r"));
+        assert_eq!(device("/dev/zero:rw").unwrap().access, "rw");
+        for bad in [
+            "",
+            "dev/null",
+            "/dev/null:/tmp/x",
+            "/dev/null:/dev/x:rx",
+            "/dev/null:/dev/../x",
+        ] {
+            assert!(
+                matches!(device(bad), Err(ParseError::DeviceSyntax(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            device("/etc/passwd"),
+            Err(ParseError::NotADevice { .. })
+        ));
     }
 
     #[test]

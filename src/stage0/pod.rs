@@ -98,29 +98,22 @@ pub fn claim(store: &Store, name: &str) -> Result<NewPod, PodError> {
 impl NewPod {
     /// Write `pod.json` and `stage1`.
     pub fn write_spec(&self, spec: &PodSpec, stage1: &Path) -> Result<(), PodError> {
-        spec.validate()?;
-        write_files(self, spec, stage1)
+        write_spec(&self.dir, spec)?;
+        berth_spec::state::write_file(&self.dir.stage1_file(), &format!("{}\n", stage1.display()))
+            .map_err(|e| PodError::Write {
+                path: self.dir.stage1_file().display().to_string(),
+                source: std::io::Error::other(e),
+            })
     }
 }
 
-fn write_files(pod: &NewPod, spec: &PodSpec, stage1: &Path) -> Result<(), PodError> {
-    let w = |path: std::path::PathBuf, r: std::io::Result<()>| {
-        r.map_err(|source| PodError::Write {
-            path: path.display().to_string(),
-            source,
-        })
-    };
-    let spec_file = pod.dir.spec_file();
-    w(
-        spec_file.clone(),
-        std::fs::write(&spec_file, spec.to_json()),
-    )?;
-    let s1 = pod.dir.stage1_file();
-    w(
-        s1.clone(),
-        std::fs::write(&s1, format!("{}\n", stage1.display())),
-    )?;
-    Ok(())
+/// Validate and (atomically) write a pod's `pod.json`.
+pub fn write_spec(pod: &PodDir, spec: &PodSpec) -> Result<(), PodError> {
+    spec.validate()?;
+    berth_spec::state::write_file(&pod.spec_file(), &spec.to_json()).map_err(|e| PodError::Write {
+        path: pod.spec_file().display().to_string(),
+        source: std::io::Error::other(e),
+    })
 }
 
 #[cfg(test)]

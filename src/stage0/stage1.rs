@@ -1,6 +1,7 @@
 //! Locating and invoking a stage1 executable (the stage contract: verbs
 //! `run|exec|stop|gc POD_DIR`).
 
+use super::fds::PassFds;
 use berth_spec::{PodDir, ENV_LOCK_FD, ENV_READY_FD};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
@@ -55,11 +56,35 @@ pub fn resolve(choice: &str) -> Result<PathBuf, Stage1Error> {
         })
 }
 
-/// The stage1 recorded for a pod at creation.
+/// Is this the kvm stage1?
+pub fn is_kvm(stage1: &Path) -> bool {
+    stage1.file_name().and_then(|n| n.to_str()) == Some("berth-stage1-kvm")
+}
+
+/// The stage1 recorded for a pod at creation. A `stage1` file that is
+/// missing or names no executable (a half-written or damaged pod) falls
+/// back to the built-in stage1 the spec was made for, so such a pod can
+/// still be stopped and removed.
 pub fn of_pod(pod: &PodDir) -> Option<PathBuf> {
-    std::fs::read_to_string(pod.stage1_file())
+    let recorded = std::fs::read_to_string(pod.stage1_file())
         .ok()
         .map(|s| PathBuf::from(s.trim()))
+        .filter(|p| p.is_absolute() && is_executable(p));
+    recorded.or_else(|| {
+        let spec = berth_spec::PodSpec::load(pod).ok();
+        let builtin = if spec.is_some_and(|s| s.kvm.is_some()) {
+            "kvm"
+        } else {
+            "ns"
+        };
+        let p = resolve(builtin).ok()?;
+        log::warn!(
+            "pod {}: its stage1 file names no executable; using {}",
+            super::pod_name(pod),
+            p.display()
+        );
+        Some(p)
+    })
 }
 
 /// A stage1 command for `verb POD_DIR [args]`, with the log level passed on.
@@ -72,15 +97,21 @@ pub fn command(stage1: &Path, verb: &str, pod: &PodDir, args: &[String]) -> Comm
     c
 }
 
-/// Hand `fds` to the child: clear close-on-exec on them in the child only,
-/// and name them in the environment.
-pub fn pass_fds(c: &mut Command, lock: RawFd, ready: Option<&OwnedFd>) {
+/// Hand the life lock, the start report pipe and the passed-through fds to
+/// the child: clear close-on-exec on exactly those in the child only (every
+/// other fd of ours is close-on-exec, see [`super::fds::sanitize`]), and
+/// name them in the environment.
+pub fn pass_fds(c: &mut Command, lock: RawFd, ready: Option<&OwnedFd>, pass: &PassFds) {
     c.env(ENV_LOCK_FD, lock.to_string());
     let ready = ready.map(|r| r.as_raw_fd());
     if let Some(r) = ready {
         c.env(ENV_READY_FD, r.to_string());
     }
-    let fds: Vec<RawFd> = std::iter::once(lock).chain(ready).collect();
+    pass.export(c);
+    let fds: Vec<RawFd> = std::iter::once(lock)
+        .chain(ready)
+        .chain(pass.fds())
+        .collect();
     // SAFETY: the closure only calls fcntl, which is async-signal-safe.
     unsafe {
         c.pre_exec(move || {

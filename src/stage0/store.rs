@@ -101,13 +101,10 @@ impl Store {
     /// The lock is a plain flock on the returned file: closing our copy does
     /// not release it while stage1 holds a duplicate of the descriptor.
     pub fn create(&self, name: &str) -> Result<(PodDir, File), StoreError> {
-        let pods = self.pods_dir();
-        std::fs::create_dir_all(&pods).map_err(|source| StoreError::CreateRoot {
-            path: pods.clone(),
-            source,
-        })?;
+        self.ensure_pods_dir()?;
         let pod = self.pod(name);
-        match std::fs::create_dir(pod.path()) {
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().mode(0o700).create(pod.path()) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(StoreError::NameInUse(name.to_string()))
@@ -146,6 +143,34 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// `<root>` (0711: traversable, not listable) and `<root>/pods` (0700):
+    /// what pods write (set-uid binaries, device nodes in their upper
+    /// layers, sockets) must never be reachable by other host users, as
+    /// runc and podman keep their state.
+    fn ensure_pods_dir(&self) -> Result<PathBuf, StoreError> {
+        use std::os::unix::fs::PermissionsExt;
+        let pods = self.pods_dir();
+        std::fs::create_dir_all(&pods).map_err(|source| StoreError::CreateRoot {
+            path: pods.clone(),
+            source,
+        })?;
+        for (dir, mode) in [(&self.root, 0o711), (&pods, 0o700)] {
+            let meta = std::fs::metadata(dir).map_err(|source| StoreError::CreateRoot {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            if meta.permissions().mode() & 0o7777 != mode {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(
+                    |source| StoreError::CreateRoot {
+                        path: dir.to_path_buf(),
+                        source,
+                    },
+                )?;
+            }
+        }
+        Ok(pods)
     }
 
     /// All pods, sorted by name.
@@ -217,6 +242,11 @@ mod tests {
         let s = Store::new(d.path());
         let (pod, lock) = s.create("a").unwrap();
         assert!(pod.path().is_dir());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(d.path()), 0o711);
+        assert_eq!(mode(&d.path().join("pods")), 0o700);
+        assert_eq!(mode(pod.path()), 0o700);
         assert!(is_running(&pod), "the creation lock marks the pod busy");
         assert!(matches!(s.create("a"), Err(StoreError::NameInUse(_))));
         drop(lock);

@@ -10,6 +10,7 @@ mod exec;
 mod initramfs;
 mod rootfs;
 mod run;
+mod vmm;
 
 use anyhow::{bail, Result};
 use berth_spec::stage1_cli::{self, Verb};
@@ -18,6 +19,14 @@ use berth_spec::PodDir;
 use std::time::Duration;
 
 fn main() {
+    // Nothing stage0 did not mean to pass may reach the VMM or the guest.
+    let pass = state::sanitize_fds();
+    if pass.count > 0 {
+        stage1_cli::exit_with(Err(anyhow::anyhow!(
+            "cannot pass {} file descriptor(s) into a VM: --stage1=kvm shares no descriptors with the host",
+            pass.count
+        )));
+    }
     let result = match stage1_cli::parse().verb {
         Verb::Run { pod_dir } => run::run(&PodDir::new(pod_dir)),
         Verb::Exec(args) => args
@@ -27,7 +36,7 @@ fn main() {
             pod_dir,
             force,
             timeout,
-        } => state::stop(&PodDir::new(pod_dir), force, Duration::from_secs(timeout))
+        } => berth_spec::cgroup::stop(&PodDir::new(pod_dir), force, Duration::from_secs(timeout))
             .map(|()| 0)
             .map_err(Into::into),
         Verb::Gc { pod_dir } => gc(&PodDir::new(pod_dir)).map(|()| 0),
@@ -35,15 +44,20 @@ fn main() {
     stage1_cli::exit_with(result)
 }
 
-/// A kvm pod holds nothing on the host outside its directory (its overlay
+/// A kvm pod holds little on the host outside its directory (its overlay
 /// mount lived in the dead VMM process's mount namespace, its tap died with
-/// that process), so gc checks that the pod is not running, releases its network
-/// (port rules, lease) and removes the dead VMM's sockets.
+/// that process), so gc checks that the pod is not running, releases its
+/// network (port rules, lease) and its VMM's cgroup, and removes the dead
+/// VMM's sockets.
 fn gc(pod: &PodDir) -> Result<()> {
     match state::take_life_lock(pod) {
         Ok(_) | Err(StateError::Open { .. }) => {
-            if let Ok(spec) = berth_spec::PodSpec::load(pod) {
-                run::release_net(pod, &spec);
+            let spec = berth_spec::PodSpec::load(pod).ok();
+            if let Some(spec) = &spec {
+                berth_net::release_pod(&pod.state_root(), spec);
+            }
+            if let Some(rel) = berth_spec::cgroup::recorded(pod, spec.as_ref()) {
+                berth_spec::cgroup::PodCgroup::open(&rel)?.remove()?;
             }
             let ctl = pod.ctl_socket();
             for p in [

@@ -78,12 +78,7 @@ pub fn mount_overlay(spec: &PodSpec, pod: &PodDir) -> Result<(), RootfsError> {
     )
     .map_err(RootfsError::Unshare)?;
     let root = pod.rootfs();
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        spec.rootfs.image.display(),
-        pod.upper().display(),
-        pod.work().display()
-    );
+    let opts = berth_spec::overlay_options(&spec.rootfs.image, &pod.upper(), &pod.work());
     mount(
         Some("overlay"),
         &root,

@@ -5,7 +5,9 @@
 //! command) from "the app ran and exited 127".
 
 use crate::security::{confine, Confinement};
-use berth_spec::{EXIT_BERTH_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
+use crate::supervise::PodStdio;
+use berth_spec::state::PassedFds;
+use berth_spec::{ErrorChain, EXIT_BERTH_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
 use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::unistd::{ForkResult, Pid};
 use std::ffi::CString;
@@ -24,9 +26,13 @@ pub enum AppError {
 }
 
 /// How the new process's standard streams are set up.
-pub enum Stdio {
-    /// Inherit the caller's 0, 1, 2; stdin replaced by /dev/null unless `stdin`.
-    Inherit { stdin: bool },
+pub enum Stdio<'a> {
+    /// The caller's 0, 1, 2 (with `pipes` put in place of its terminals
+    /// first); stdin replaced by /dev/null unless `stdin`.
+    Inherit {
+        stdin: bool,
+        pipes: Option<&'a PodStdio>,
+    },
     /// Make the pty slave at this path the controlling terminal and 0, 1, 2.
     Tty(PathBuf),
 }
@@ -35,8 +41,11 @@ pub struct Launch<'a> {
     pub argv: Vec<String>,
     pub env: Vec<String>,
     pub cwd: String,
-    pub stdio: Stdio,
+    pub stdio: Stdio<'a>,
     pub confinement: &'a Confinement,
+    /// Inherited fds 3 .. that the process gets; every other fd is closed
+    /// at its exec.
+    pub pass: &'a PassedFds,
 }
 
 /// Result of a launch: the process started, or it failed before/at execve.
@@ -60,7 +69,9 @@ pub fn launch(l: &Launch<'_>) -> Result<Started, AppError> {
             .map_err(|_| AppError::Nul)
     };
     let argv = cstrings(&l.argv)?;
-    let env = cstrings(&l.env)?;
+    let mut env = l.env.clone();
+    env.extend(l.pass.listen_env());
+    let mut env = cstrings(&env)?;
     let path = l
         .env
         .iter()
@@ -74,6 +85,12 @@ pub fn launch(l: &Launch<'_>) -> Result<Started, AppError> {
     match unsafe { nix::unistd::fork() }.map_err(AppError::Fork)? {
         ForkResult::Child => {
             drop(rd);
+            if l.pass.listen_fdnames.is_some() && l.pass.count > 0 {
+                // Socket activation: LISTEN_PID names the app itself.
+                if let Ok(c) = CString::new(format!("LISTEN_PID={}", nix::unistd::getpid())) {
+                    env.push(c);
+                }
+            }
             let (code, msg) = child(l, &argv, &env, &path);
             let line = format!("{code} {msg}");
             let _ = nix::unistd::write(&wr, line.as_bytes());
@@ -111,8 +128,15 @@ fn child(l: &Launch<'_>, argv: &[CString], env: &[CString], path: &str) -> (i32,
         return fail(format!("working directory {:?}: {}", l.cwd, e.desc()));
     }
     if let Err(e) = confine(l.confinement) {
-        return fail(format!("{}", ErrChain(&e)));
+        return fail(format!("{}", ErrorChain(&e)));
     }
+    // Exactly 0, 1, 2 and the passed fds survive the exec: everything else
+    // (whatever this process inherited) is closed by it.
+    for fd in 3..l.pass.end() {
+        // SAFETY: F_SETFD on a passed descriptor we own.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    }
+    berth_spec::state::close_from(l.pass.end(), true);
     let cmd = &l.argv[0];
     let resolved = match resolve(cmd, path) {
         Ok(p) => p,
@@ -171,7 +195,10 @@ fn setup_stdio(stdio: &Stdio) -> nix::Result<()> {
     use nix::fcntl::{open, OFlag};
     use nix::sys::stat::Mode;
     match stdio {
-        Stdio::Inherit { stdin } => {
+        Stdio::Inherit { stdin, pipes } => {
+            if let Some(p) = pipes {
+                p.install()?;
+            }
             if !stdin {
                 let null = open("/dev/null", OFlag::O_RDONLY, Mode::empty())?;
                 nix::unistd::dup2(null, 0)?;
@@ -194,21 +221,6 @@ fn setup_stdio(stdio: &Stdio) -> nix::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Display an error with its `source()` chain on one line.
-pub struct ErrChain<'a>(pub &'a dyn std::error::Error);
-
-impl std::fmt::Display for ErrChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cur = self.0.source();
-        while let Some(e) = cur {
-            write!(f, ": {e}")?;
-            cur = e.source();
-        }
-        Ok(())
-    }
 }
 
 /// Exit status of a reaped process in shell convention: the exit code, or

@@ -1,11 +1,9 @@
 //! The channel between stage1 and the pod's init: a SOCK_SEQPACKET socketpair
-//! carrying short text messages, optionally with one fd (the pty master).
-//!
-//! Messages, in order:
-//! - stage1 → init: `go` once the init has been placed in the pod's cgroup.
-//! - init → stage1: `tty` + the pty master fd (only with `stdio.tty`).
-//! - init → stage1: `ok` when the app was exec'd, or `error <code> <message>`.
+//! carrying one [`InitMessage`] per datagram (the protocol and its sequence
+//! are documented in `berth_spec::init_msg`), optionally with one fd (the
+//! pty master with `tty`).
 
+use berth_spec::init_msg::{InitMessage, InitMessageError, MAX_MESSAGE};
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
     SockFlag, SockType,
@@ -21,6 +19,8 @@ pub enum ChanError {
     Send(#[source] nix::Error),
     #[error("cannot receive on the stage1/init channel")]
     Recv(#[source] nix::Error),
+    #[error(transparent)]
+    Malformed(#[from] InitMessageError),
 }
 
 pub struct Chan(OwnedFd);
@@ -37,8 +37,13 @@ pub fn pair() -> Result<(Chan, Chan), ChanError> {
 }
 
 impl Chan {
-    pub fn send(&self, msg: &str, fd: Option<RawFd>) -> Result<(), ChanError> {
-        let iov = [IoSlice::new(msg.as_bytes())];
+    pub fn raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    pub fn send(&self, msg: &InitMessage, fd: Option<RawFd>) -> Result<(), ChanError> {
+        let bytes = msg.encode();
+        let iov = [IoSlice::new(&bytes)];
         let fds;
         let cmsgs: &[ControlMessage] = match fd {
             Some(f) => {
@@ -53,8 +58,8 @@ impl Chan {
     }
 
     /// Receive one message; `None` when the peer has gone (EOF).
-    pub fn recv(&self) -> Result<Option<(String, Option<OwnedFd>)>, ChanError> {
-        let mut buf = [0u8; 4096];
+    pub fn recv(&self) -> Result<Option<(InitMessage, Option<OwnedFd>)>, ChanError> {
+        let mut buf = [0u8; MAX_MESSAGE];
         let mut cmsg = nix::cmsg_space!([RawFd; 1]);
         loop {
             let mut iov = [IoSliceMut::new(&mut buf)];
@@ -84,7 +89,38 @@ impl Chan {
             if n == 0 && fd.is_none() {
                 return Ok(None);
             }
-            return Ok(Some((String::from_utf8_lossy(&buf[..n]).into_owned(), fd)));
+            return Ok(Some((InitMessage::decode(&buf[..n])?, fd)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_fds_cross() {
+        let (a, b) = pair().unwrap();
+        a.send(&InitMessage::Go, None).unwrap();
+        let f = std::fs::File::open("/dev/null").unwrap();
+        b.send(&InitMessage::Tty, Some(f.as_raw_fd())).unwrap();
+        b.send(
+            &InitMessage::Failed {
+                code: 127,
+                message: "exec \"x\": command not found".into(),
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(b.recv().unwrap().map(|m| m.0), Some(InitMessage::Go));
+        let (m, fd) = a.recv().unwrap().unwrap();
+        assert_eq!(m, InitMessage::Tty);
+        assert!(fd.is_some());
+        assert!(matches!(
+            a.recv().unwrap(),
+            Some((InitMessage::Failed { code: 127, .. }, None))
+        ));
+        drop(b);
+        assert!(a.recv().unwrap().is_none(), "EOF once the peer is gone");
     }
 }

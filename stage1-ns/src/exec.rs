@@ -1,14 +1,25 @@
 //! `berth-stage1-ns exec POD_DIR [options] -- CMD...`: run a command inside a
 //! running pod (its namespaces, cgroup, confinement), relay its stdio and
 //! return its exit status.
+//!
+//! The entering process is hostile territory's neighbour: once it has
+//! joined the pod's namespaces, pod root could reach it until it has become
+//! the pod's process (the runc CVE-2019-5736 family). So it is made
+//! non-dumpable before joining (nothing in the pod may ptrace it or open its
+//! /proc/PID/{exe,mem,fd}); when the pod is allowed CAP_SYS_PTRACE (which
+//! overrides that), it first re-executes itself from a sealed memfd copy
+//! ([`crate::sealed`]), so /proc/PID/exe never names the host binary; it
+//! holds no host terminal (a pty of the pod's own with -t, pipes otherwise);
+//! and it keeps no fd but 0, 1, 2 at the command's exec.
 
 use crate::app::{self, Launch, Started, Stdio};
-use crate::cgroups::PodCgroup;
 use crate::init;
 use crate::security::Confinement;
-use crate::supervise::supervise;
+use crate::supervise::{supervise, Streams};
 use anyhow::{Context, Result};
+use berth_spec::cgroup::{self, PodCgroup};
 use berth_spec::stage1_cli::ExecOptions;
+use berth_spec::state::PassedFds;
 use berth_spec::{state, PodDir, PodSpec};
 use nix::sched::CloneFlags;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -27,6 +38,10 @@ const NAMESPACES: &[(&str, CloneFlags)] = &[
 
 pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
     let mut spec = PodSpec::load(pod).context("cannot load the pod spec")?;
+    if spec.security.capabilities.iter().any(|c| c == "sys_ptrace") {
+        crate::sealed::reexec_sealed().context("cannot re-execute from a sealed copy")?;
+    }
+    nix::sys::prctl::set_dumpable(false).context("cannot make the exec process non-dumpable")?;
     let leader = state::running_leader(pod)?;
     if let Some(u) = opts.user {
         spec.app.user = u;
@@ -41,7 +56,8 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
         let f = File::open(&path).with_context(|| format!("cannot open {path}"))?;
         ns.push((f, *flag, *name));
     }
-    PodCgroup::open(&spec.name)?.add(nix::unistd::getpid().as_raw())?;
+    let relative = cgroup::recorded(pod, Some(&spec)).context("the pod records no cgroup")?;
+    PodCgroup::open(&relative)?.add(nix::unistd::getpid().as_raw())?;
     for (f, flag, name) in &ns {
         nix::sched::setns(f, *flag)
             .with_context(|| format!("cannot join the pod's {name} namespace"))?;
@@ -51,7 +67,7 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
     handled.thread_block().context("cannot block signals")?;
     let sfd = SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("cannot create signalfd")?;
-    let (master, stdio) = if opts.tty {
+    let (streams, stdio, pipes) = if opts.tty {
         use nix::fcntl::OFlag;
         let m = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
             .context("cannot allocate a terminal in the pod")?;
@@ -64,14 +80,32 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
                 std::os::fd::IntoRawFd::into_raw_fd(m),
             )
         };
-        (Some(owned), Stdio::Tty(slave))
-    } else {
         (
-            None,
-            Stdio::Inherit {
+            Streams::Pty {
+                master: owned,
                 stdin: opts.interactive,
             },
+            Stdio::Tty(slave),
+            None,
         )
+    } else {
+        let (s, p) = Streams::for_pod(opts.interactive)
+            .context("cannot create the pipes for the command's streams")?;
+        (
+            s,
+            Stdio::Inherit {
+                stdin: opts.interactive,
+                pipes: None,
+            },
+            Some(p),
+        )
+    };
+    let stdio = match (stdio, &pipes) {
+        (Stdio::Inherit { stdin, .. }, Some(p)) => Stdio::Inherit {
+            stdin,
+            pipes: Some(p),
+        },
+        (other, _) => other,
     };
     let launch = Launch {
         argv: opts.argv,
@@ -79,9 +113,12 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
         cwd: opts.cwd.unwrap_or_else(|| spec.app.cwd.clone()),
         stdio,
         confinement: &confinement,
+        pass: &PassedFds::default(),
     };
-    match app::launch(&launch)? {
-        Started::Running(pid) => Ok(supervise(pid, &sfd, master, opts.interactive)),
+    let started = app::launch(&launch)?;
+    drop(pipes);
+    match started {
+        Started::Running(pid) => Ok(supervise(pid, &sfd, streams)),
         Started::Failed { pid, code, message } => {
             let _ = nix::sys::wait::waitpid(pid, None);
             eprintln!("berth: {message}");

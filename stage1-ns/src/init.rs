@@ -4,11 +4,14 @@
 //! When the app exits, init exits with the app's status; the kernel then kills
 //! whatever else is left in the PID namespace.
 
-use crate::app::{self, ErrChain, Launch, Started, Stdio};
+use crate::app::{self, Launch, Started, Stdio};
 use crate::chan::Chan;
 use crate::mounts;
 use crate::security::Confinement;
-use berth_spec::{PodDir, PodSpec, EXIT_BERTH_FAILED};
+use crate::supervise::PodStdio;
+use berth_spec::init_msg::InitMessage;
+use berth_spec::state::PassedFds;
+use berth_spec::{ErrorChain, PodDir, PodSpec, EXIT_BERTH_FAILED};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -40,11 +43,16 @@ pub fn is_forwarded(sig: Signal) -> bool {
     berth_spec::FORWARDED_SIGNALS.contains(&(sig as i32))
 }
 
+#[derive(Clone, Copy)]
 pub struct InitArgs<'a> {
     pub spec: &'a PodSpec,
     pub pod: &'a PodDir,
     pub chan: &'a Chan,
     pub confinement: &'a Confinement,
+    /// Pipes replacing stage1's terminals as init's (and so the app's) 0, 1, 2.
+    pub stdio: &'a PodStdio,
+    /// The fds passed through to the app (3 ..).
+    pub pass: &'a PassedFds,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +75,10 @@ enum InitError {
     Signalfd(#[source] nix::Error),
     #[error("cannot bring up the loopback interface")]
     Loopback(#[source] nix::Error),
+    #[error("cannot put the pod's standard streams in place")]
+    Stdio(#[source] nix::Error),
+    #[error("cannot allow ICMP echo sockets (net.ipv4.ping_group_range)")]
+    PingGroups(#[source] std::io::Error),
 }
 
 /// Entry point of the cloned child. Returns the process exit code.
@@ -74,20 +86,46 @@ pub fn main(a: InitArgs) -> isize {
     match run(&a) {
         Ok(code) => code as isize,
         Err(e) => {
-            let msg = format!("{}", ErrChain(&e));
+            let message = ErrorChain(&e).to_string();
+            let report = InitMessage::Failed {
+                code: EXIT_BERTH_FAILED,
+                message: message.clone(),
+            };
             // If stage1 is gone there is nobody to tell; stderr is all we have.
-            if a.chan
-                .send(&format!("error {EXIT_BERTH_FAILED} {msg}"), None)
-                .is_err()
-            {
-                eprintln!("berth: {msg}");
+            if a.chan.send(&report, None).is_err() {
+                eprintln!("berth: {message}");
             }
             EXIT_BERTH_FAILED as isize
         }
     }
 }
 
+/// Close every fd init inherited from stage1 except the channel and the
+/// fds passed through to the app: stage1's lock, signalfd, report pipe and
+/// its end of the channel are nothing a pod process may hold. Then make
+/// init non-dumpable: nothing in the pod may ptrace it or open its
+/// /proc/1/{exe,fd,mem,environ} (it runs the host's stage1 binary).
+fn shed_host_fds(a: &InitArgs) {
+    // The channel was made after the passed fds took 3 .. end.
+    let chan = a.chan.raw_fd().max(a.pass.end());
+    // SAFETY: close_range(2) only affects our descriptor table.
+    unsafe {
+        if chan > a.pass.end() {
+            libc::syscall(
+                libc::SYS_close_range,
+                a.pass.end() as u32,
+                (chan - 1) as u32,
+                0,
+            );
+        }
+        libc::syscall(libc::SYS_close_range, (chan + 1) as u32, u32::MAX, 0);
+    }
+    let _ = nix::sys::prctl::set_dumpable(false);
+}
+
 fn run(a: &InitArgs) -> Result<i32, InitError> {
+    a.stdio.install().map_err(InitError::Stdio)?;
+    shed_host_fds(a);
     // If stage1 dies, the pod dies with it (its PID 1 is gone, the kernel
     // kills the rest), so `gc` always finds a dead pod, never an orphan.
     // (getppid() is 0 in a new PID namespace, so a parent that died before
@@ -99,14 +137,20 @@ fn run(a: &InitArgs) -> Result<i32, InitError> {
     nix::unistd::sethostname(&a.spec.hostname)
         .map_err(|e| InitError::Hostname(a.spec.hostname.clone(), e))?;
     mounts::build_root(a.spec, a.pod)?;
+    let own_netns = a.spec.network.mode != berth_spec::NetworkMode::Host;
+    if own_netns {
+        // Before /proc/sys goes read-only; never with --net host (the
+        // sysctl would be the host's).
+        allow_ping()?;
+    }
     mounts::mask_paths()?;
     // none and private: our own network namespace, whose lo starts down
     // (stage1 plugs eth0 in meanwhile for private).
-    if a.spec.network.mode != berth_spec::NetworkMode::Host {
+    if own_netns {
         loopback_up().map_err(InitError::Loopback)?;
     }
     match a.chan.recv()? {
-        Some((m, _)) if m == "go" => {}
+        Some((InitMessage::Go, _)) => {}
         _ => return Err(InitError::ParentGone),
     }
     // Now in the pod's cgroup: root the cgroup namespace there.
@@ -119,8 +163,10 @@ fn run(a: &InitArgs) -> Result<i32, InitError> {
         mounts::bind_console(&slave)?;
         Stdio::Tty(slave)
     } else {
+        // init put the pipes in place as its own 0, 1, 2 already.
         Stdio::Inherit {
             stdin: a.spec.stdio.interactive,
+            pipes: None,
         }
     };
     let sfd = SignalFd::with_flags(&handled_signals(), SfdFlags::SFD_CLOEXEC)
@@ -131,19 +177,41 @@ fn run(a: &InitArgs) -> Result<i32, InitError> {
         cwd: a.spec.app.cwd.clone(),
         stdio,
         confinement: a.confinement,
+        pass: a.pass,
     };
     let app_pid = match app::launch(&launch)? {
         Started::Running(pid) => {
-            a.chan.send("ok", None)?;
+            a.chan.send(&InitMessage::Started, None)?;
             pid
         }
         Started::Failed { pid, code, message } => {
-            a.chan.send(&format!("error {code} {message}"), None)?;
+            a.chan.send(&InitMessage::Failed { code, message }, None)?;
             let _ = waitpid(pid, None);
             return Ok(code);
         }
     };
+    // From here init only reaps and forwards signals: keep nothing but
+    // CAP_KILL (to signal an app running as another user), so that even a
+    // pod given CAP_SYS_PTRACE gains nothing by taking init over.
+    if let Err(e) = crate::security::keep_only_kill() {
+        log::warn!(
+            "stage1-ns: pod init keeps its capabilities: {}",
+            ErrorChain(&e)
+        );
+    }
     Ok(reap_until(app_pid, &sfd))
+}
+
+/// ICMP echo ("ping") sockets for every group of the pod: `ping` works
+/// without CAP_NET_RAW, which pods do not get by default (podman does the
+/// same). The sysctl belongs to the pod's own network namespace.
+fn allow_ping() -> Result<(), InitError> {
+    match std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647") {
+        Ok(()) => Ok(()),
+        // A kernel without IPv4 ping sockets: nothing to allow.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(InitError::PingGroups(e)),
+    }
 }
 
 /// A new network namespace starts with `lo` down; `--net none` means
@@ -179,7 +247,7 @@ fn open_pty(chan: &Chan) -> Result<PathBuf, InitError> {
     nix::pty::grantpt(&master).map_err(InitError::Pty)?;
     nix::pty::unlockpt(&master).map_err(InitError::Pty)?;
     let name = nix::pty::ptsname_r(&master).map_err(InitError::Pty)?;
-    chan.send("tty", Some(master.as_raw_fd()))?;
+    chan.send(&InitMessage::Tty, Some(master.as_raw_fd()))?;
     Ok(PathBuf::from(name))
 }
 

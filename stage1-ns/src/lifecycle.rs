@@ -1,15 +1,15 @@
 //! `stop` and `gc`.
 
-use crate::cgroups::PodCgroup;
 use anyhow::{bail, Result};
+use berth_spec::cgroup::{self, PodCgroup};
 use berth_spec::state::{self, StateError};
 use berth_spec::{PodDir, PodSpec};
 use std::time::Duration;
 
-/// Ask the pod to stop (see `berth_spec::state::stop`): SIGTERM reaches the
-/// pod's init, which forwards it to the app.
+/// Ask the pod to stop (see `berth_spec::cgroup::stop`): SIGTERM reaches
+/// the pod's init, which forwards it to the app.
 pub fn stop(pod: &PodDir, force: bool, timeout: Duration) -> Result<()> {
-    Ok(state::stop(pod, force, timeout)?)
+    Ok(cgroup::stop(pod, force, timeout)?)
 }
 
 /// Release what a dead pod still holds on the host (its cgroup, killing any
@@ -29,11 +29,8 @@ pub fn gc(pod: &PodDir) -> Result<()> {
             berth_net::release(&pod.state_root(), &s.uuid, net)?;
         }
     }
-    let name = match spec {
-        Some(spec) => spec.name,
-        // A pod whose spec never got written still owns a cgroup by name.
-        None => state::pod_name(pod),
-    };
-    PodCgroup::open(&name)?.remove()?;
+    if let Some(rel) = cgroup::recorded(pod, spec.as_ref()) {
+        PodCgroup::open(&rel)?.remove()?;
+    }
     Ok(())
 }

@@ -4,13 +4,13 @@
 //! CMD...`, `stop POD_DIR [--force] [--timeout S]`, `gc POD_DIR`.
 
 mod app;
-mod cgroups;
 mod chan;
 mod exec;
 mod init;
 mod lifecycle;
 mod mounts;
 mod run;
+mod sealed;
 mod security;
 mod supervise;
 
@@ -19,8 +19,10 @@ use berth_spec::PodDir;
 use std::time::Duration;
 
 fn main() {
+    // Nothing stage0 did not mean to pass may reach a pod.
+    let pass = berth_spec::state::sanitize_fds();
     let result = match stage1_cli::parse().verb {
-        Verb::Run { pod_dir } => run::run(&PodDir::new(pod_dir)),
+        Verb::Run { pod_dir } => run::run(&PodDir::new(pod_dir), &pass),
         Verb::Exec(args) => args
             .options()
             .and_then(|(pod, opts)| exec::exec(&pod, opts)),

@@ -76,12 +76,7 @@ pub fn build_root(spec: &PodSpec, pod: &PodDir) -> Result<(), MountError> {
         return Err(MountError::MissingImage(spec.rootfs.image.clone()));
     }
     let root = pod.rootfs();
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        overlay_escape(&spec.rootfs.image),
-        overlay_escape(&pod.upper()),
-        overlay_escape(&pod.work())
-    );
+    let opts = berth_spec::overlay_options(&spec.rootfs.image, &pod.upper(), &pod.work());
     do_mount(
         Some("overlay"),
         &root,
@@ -439,28 +434,9 @@ fn ensure_file(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
     open_in_root(root, path, libc::O_PATH).map_err(err)
 }
 
-/// overlayfs option values cannot contain `,` or `:` unescaped.
-fn overlay_escape(p: &Path) -> String {
-    let s = p.to_string_lossy();
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, ',' | ':' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn overlay_options_escaped() {
-        assert_eq!(overlay_escape(Path::new("/a,b:c")), "/a\\,b\\:c");
-        assert_eq!(overlay_escape(Path::new("/plain")), "/plain");
-    }
 
     #[test]
     fn ensure_dir_stays_inside_root_through_symlinks() {

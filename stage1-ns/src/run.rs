@@ -1,159 +1,141 @@
 //! `berth-stage1-ns run POD_DIR`: create the namespaces and cgroup, start the
 //! pod's init, supervise it, record its exit status, clean up.
+//!
+//! The recipe ([`start_and_wait`]): load the spec and take the life lock;
+//! prepare what init needs (confinement, streams, the channel); clone init
+//! into its namespaces; while it builds the mounts, place it in the pod's
+//! cgroup (limits, device policy) and plug in its network; say `go`; relay
+//! the start report; supervise; record the status and release everything.
 
-use crate::app::ErrChain;
-use crate::cgroups::PodCgroup;
-use crate::chan;
+use crate::chan::{self, Chan};
 use crate::init::{self, InitArgs};
 use crate::security::Confinement;
-use crate::supervise::supervise;
-use anyhow::{bail, Context, Result};
-use berth_spec::state::{self, Ready};
-use berth_spec::{NetworkMode, PodDir, PodSpec, EXIT_BERTH_FAILED};
+use crate::supervise::{supervise, PodStdio, Streams};
+use anyhow::{Context, Result};
+use berth_spec::cgroup::{self, PodCgroup};
+use berth_spec::init_msg::InitMessage;
+use berth_spec::report::StartReport;
+use berth_spec::state::{self, PassedFds, Ready};
+use berth_spec::{ErrorChain, NetworkMode, PodDir, PodSpec};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
+use std::os::fd::OwnedFd;
 
 /// Stack for the cloned init. It only runs set-up code and a small loop, and
 /// the pages are touched lazily, so the size costs nothing until used.
 const INIT_STACK_SIZE: usize = 1 << 20;
 
-pub fn run(pod: &PodDir) -> Result<i32> {
+pub fn run(pod: &PodDir, pass: &PassedFds) -> Result<i32> {
     let mut ready = Ready::from_env();
-    match start_and_wait(pod, &mut ready) {
+    match start_and_wait(pod, pass, &mut ready) {
         Ok(code) => Ok(code),
         Err(e) => {
-            ready.send(&format!(
-                "error {EXIT_BERTH_FAILED} {}",
-                ErrChain(e.as_ref())
-            ));
+            ready.send(&StartReport::setup_failed(format!("{e:#}")));
             Err(e)
         }
     }
 }
 
-fn start_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
+fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i32> {
     let t0 = std::time::Instant::now();
     let step = |what: &str| log::debug!("stage1-ns: {what} after {:?}", t0.elapsed());
     let spec = PodSpec::load(pod).context("cannot load the pod spec")?;
     let _lock = state::take_life_lock(pod)?;
     let _ = std::fs::remove_file(pod.status_file());
+    let _ = std::fs::remove_file(pod.exit_reason_file());
     let confinement = Confinement::from_spec(&spec)?;
-    let private = spec.network.private.as_ref();
-    if let Some(net) = private {
+    if let Some(net) = &spec.network.private {
         // Into the overlay's upper layer before it is mounted: the pod sees
         // them as its /etc/resolv.conf and /etc/hosts.
         berth_net::etc::write(&pod.upper(), &spec.hostname, net)
             .context("cannot write the pod's /etc/resolv.conf and /etc/hosts")?;
     }
+    let relative = cgroup::pod_cgroup_path(&spec.uuid);
+    // Recorded before any process is placed in it: whatever happens next,
+    // `gc` knows which cgroup to remove.
+    cgroup::record(pod, &relative)?;
     let handled = init::handled_signals();
     handled
         .thread_block()
         .context("cannot block signals for the signalfd")?;
     let sfd = SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("cannot create signalfd")?;
+    let (streams, pod_stdio) = if spec.stdio.tty {
+        (None, PodStdio::default())
+    } else {
+        let (s, p) = Streams::for_pod(spec.stdio.interactive)
+            .context("cannot create the pipes for the pod's streams")?;
+        (Some(s), p)
+    };
     step("spec loaded");
 
     let (ours, theirs) = chan::pair()?;
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC;
-    if spec.network.mode != NetworkMode::Host {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
-    let ready_fd = ready.raw_fd();
-    let mut stack = vec![0u8; INIT_STACK_SIZE];
-    let cb = Box::new(|| {
-        // The child owns nothing of stage0's report pipe.
-        if let Some(fd) = ready_fd {
-            let _ = nix::unistd::close(fd);
-        }
-        init::main(InitArgs {
-            spec: &spec,
-            pod,
-            chan: &theirs,
-            confinement: &confinement,
-        })
-    });
-    // SAFETY: without CLONE_VM the child runs `cb` on `stack` in its own copy
-    // of our (single-threaded) address space, exactly like fork; it never
-    // returns into our frames because nix exits with the callback's value.
-    let child = unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) }
-        .context("cannot create the pod's namespaces (clone)")?;
+    let child = clone_init(&InitArgs {
+        spec: &spec,
+        pod,
+        chan: &theirs,
+        confinement: &confinement,
+        stdio: &pod_stdio,
+        pass,
+    })?;
     drop(theirs);
+    drop(pod_stdio);
     step("cloned init");
     // The cgroup is set up while init builds the pod's mounts.
-    let cgroup = match PodCgroup::open(&spec.name) {
+    let cgroup = match PodCgroup::open(&relative) {
         Ok(c) => c,
         Err(e) => {
             abort_child(child);
             return Err(e.into());
         }
     };
-
-    let started = (|| -> Result<Option<berth_net::proxy::LocalProxy>> {
-        state::write_file(&pod.pid_file(), &child.to_string())?;
-        cgroup.add(child.as_raw())?;
-        cgroup.apply(&spec.resources)?;
-        step("cgroup joined and limited");
-        let mut proxy = None;
-        if let Some(net) = private {
-            berth_net::attach_veth(net, child.as_raw())
-                .context("cannot plug the pod into the bridge")?;
-            proxy = Some(berth_net::proxy::start(&net.ports, net.address)?);
-            step("network attached");
-        }
-        ours.send("go", None)?;
-        Ok(proxy)
-    })();
-    let _proxy = match started {
+    let proxy = match place_and_plug(pod, &spec, &cgroup, child, &ours) {
         Ok(p) => p,
         Err(e) => {
+            // init may have failed first (and its report says why better
+            // than our broken pipe does).
+            let e = match init_failure(&ours) {
+                Some(message) => anyhow::anyhow!(message),
+                None => e,
+            };
             abort_child(child);
-            let _ = cgroup.remove();
-            release_net(pod, &spec);
+            release(pod, &spec, &cgroup);
             return Err(e);
         }
     };
+    step("network attached, go");
 
-    // Start-up messages from init: optional tty master, then ok/error.
-    let mut master = None;
-    loop {
-        match ours.recv()? {
-            Some((m, fd)) if m == "tty" => master = fd,
-            Some((m, _)) if m == "ok" => {
-                step("app started");
-                ready.send("ok");
-                break;
-            }
-            Some((m, _)) if m.starts_with("error ") => {
-                // Exec failures are reported by the app launcher with their
-                // own exit code (126/127); set-up failures with 125.
-                ready.send(&m);
-                let (code, msg) = m[6..].split_once(' ').unwrap_or(("125", &m[6..]));
-                eprintln!("berth: {msg}");
-                let code = code.parse().unwrap_or(EXIT_BERTH_FAILED);
-                let status = waitpid(child, None).ok().and_then(crate::app::exit_code);
-                finish(pod, &spec, &cgroup, status.unwrap_or(code))?;
-                return Ok(code);
-            }
-            Some(_) => {}
-            None => {
-                let status = waitpid(child, None).ok().and_then(crate::app::exit_code);
-                let _ = cgroup.remove();
-                release_net(pod, &spec);
-                bail!(
-                    "the pod's init exited during set-up (status {})",
-                    status.map_or("unknown".into(), |s| s.to_string())
-                );
-            }
+    let master = match await_start(&ours, ready)? {
+        Awaited::Started(master) => master,
+        Awaited::Failed(code) => {
+            let status = waitpid(child, None).ok().and_then(crate::app::exit_code);
+            finish(pod, &spec, &cgroup, status.unwrap_or(code))?;
+            return Ok(code);
         }
-    }
-    let code = supervise(child, &sfd, master, spec.stdio.interactive);
+        Awaited::InitGone => {
+            let status = waitpid(child, None).ok().and_then(crate::app::exit_code);
+            release(pod, &spec, &cgroup);
+            anyhow::bail!(
+                "the pod's init exited during set-up (status {})",
+                status.map_or("unknown".into(), |s| s.to_string())
+            );
+        }
+    };
+    step("app started");
+    let streams = match (master, streams) {
+        (Some(master), _) => Streams::Pty {
+            master,
+            stdin: spec.stdio.interactive,
+        },
+        (None, Some(s)) => s,
+        (None, None) => Streams::Direct,
+    };
+    let code = supervise(child, &sfd, streams);
     step("pod exited");
+    drop(proxy);
     finish(pod, &spec, &cgroup, code)?;
     step("cleaned up");
     state::remove_if_requested(pod);
@@ -161,27 +143,116 @@ fn start_and_wait(pod: &PodDir, ready: &mut Ready) -> Result<i32> {
     Ok(code)
 }
 
-/// Release the pod's network (if private), record the exit status and
-/// release the pod's cgroup.
-fn finish(pod: &PodDir, spec: &PodSpec, cgroup: &PodCgroup, code: i32) -> Result<()> {
-    release_net(pod, spec);
-    state::write_file(&pod.status_file(), &format!("{code}\n"))?;
-    if let Err(e) = cgroup.remove() {
-        log::warn!("stage1-ns: {}", ErrChain(&e));
+/// Clone the pod's init into its new namespaces.
+fn clone_init(a: &InitArgs) -> Result<Pid> {
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    if a.spec.network.mode != NetworkMode::Host {
+        flags |= CloneFlags::CLONE_NEWNET;
     }
+    let mut stack = vec![0u8; INIT_STACK_SIZE];
+    let cb = Box::new(|| init::main(*a));
+    // SAFETY: without CLONE_VM the child runs `cb` on `stack` in its own copy
+    // of our (single-threaded) address space, exactly like fork; it never
+    // returns into our frames because nix exits with the callback's value.
+    let child = unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) }
+        .context("cannot create the pod's namespaces (clone)")?;
+    Ok(child)
+}
+
+/// While init builds its mounts: record its pid, move it into the pod's
+/// cgroup and apply the limits and device policy, plug its network in, and
+/// let it go on. Returns the localhost port proxy (`-p`).
+fn place_and_plug(
+    pod: &PodDir,
+    spec: &PodSpec,
+    cgroup: &PodCgroup,
+    child: Pid,
+    chan: &Chan,
+) -> Result<Option<berth_net::proxy::LocalProxy>> {
+    state::write_file(&pod.pid_file(), &child.to_string())?;
+    cgroup.add(child.as_raw())?;
+    cgroup.apply(&spec.resources, &spec.devices)?;
+    let mut proxy = None;
+    if let Some(net) = &spec.network.private {
+        berth_net::attach_veth(net, child.as_raw())
+            .context("cannot plug the pod into the bridge")?;
+        proxy = Some(berth_net::proxy::start(&net.ports, net.address)?);
+    }
+    chan.send(&InitMessage::Go, None)?;
+    Ok(proxy)
+}
+
+/// A failure init reported already (non-blocking: only what is queued).
+fn init_failure(chan: &Chan) -> Option<String> {
+    let mut fds = [nix::poll::PollFd::new(
+        // SAFETY: the channel's fd is open for the duration of this call.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(chan.raw_fd()) },
+        nix::poll::PollFlags::POLLIN,
+    )];
+    if !matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)), Ok(n) if n > 0) {
+        return None;
+    }
+    loop {
+        match chan.recv() {
+            Ok(Some((InitMessage::Failed { message, .. }, _))) => return Some(message),
+            Ok(Some(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+enum Awaited {
+    /// The app runs; the pty master with a terminal.
+    Started(Option<OwnedFd>),
+    /// It did not start; the report went to stage0, exit with this code.
+    Failed(i32),
+    /// init exited without a report.
+    InitGone,
+}
+
+/// init's start-up messages: optional tty master, then started/failed.
+fn await_start(chan: &Chan, ready: &mut Ready) -> Result<Awaited> {
+    let mut master = None;
+    loop {
+        match chan.recv()? {
+            Some((InitMessage::Tty, fd)) => master = fd,
+            Some((InitMessage::Started, _)) => {
+                ready.send(&StartReport::Started);
+                return Ok(Awaited::Started(master));
+            }
+            Some((InitMessage::Failed { code, message }, _)) => {
+                // Exec failures come with their own exit code (126/127),
+                // set-up failures with 125.
+                eprintln!("berth: {message}");
+                ready.send(&StartReport::Failed { code, message });
+                return Ok(Awaited::Failed(code));
+            }
+            Some((InitMessage::Go, _)) => {}
+            None => return Ok(Awaited::InitGone),
+        }
+    }
+}
+
+/// Release the pod's network (if private), record the exit status (and
+/// why, when the kernel's OOM killer ended it) and release the cgroup.
+fn finish(pod: &PodDir, spec: &PodSpec, cgroup: &PodCgroup, code: i32) -> Result<()> {
+    if cgroup.oom_killed() {
+        let _ = state::write_file(&pod.exit_reason_file(), "oom-killed\n");
+    }
+    state::write_file(&pod.status_file(), &format!("{code}\n"))?;
+    release(pod, spec, cgroup);
     Ok(())
 }
 
-/// Give back the pod's address, interfaces and port rules (idempotent; a
-/// failure is logged, and `gc` retries).
-pub fn release_net(pod: &PodDir, spec: &PodSpec) {
-    if let Some(net) = &spec.network.private {
-        if let Err(e) = berth_net::release(&pod.state_root(), &spec.uuid, net) {
-            log::warn!(
-                "stage1-ns: cannot release the pod's network: {}",
-                ErrChain(&e)
-            );
-        }
+/// Give back the pod's cgroup, address, interfaces and port rules
+/// (idempotent; a failure is logged, and `gc` retries).
+fn release(pod: &PodDir, spec: &PodSpec, cgroup: &PodCgroup) {
+    berth_net::release_pod(&pod.state_root(), spec);
+    if let Err(e) = cgroup.remove() {
+        log::warn!("stage1-ns: {}", ErrorChain(&e));
     }
 }
 

@@ -105,3 +105,25 @@ pub fn confine(c: &Confinement) -> Result<(), SecurityError> {
     }
     Ok(())
 }
+
+/// For the pod's init once the app runs: drop every capability but
+/// CAP_KILL from all sets (the bounding set too), and set no_new_privs.
+pub fn keep_only_kill() -> Result<(), SecurityError> {
+    let keep: CapsHashSet = [Capability::CAP_KILL].into_iter().collect();
+    for cap in caps::all() {
+        if cap != Capability::CAP_KILL
+            && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false)
+        {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(|source| SecurityError::DropBounding { cap, source })?;
+        }
+    }
+    let set = |set: CapSet, value: &CapsHashSet| {
+        caps::set(None, set, value).map_err(|source| SecurityError::SetCaps { set, source })
+    };
+    set(CapSet::Ambient, &CapsHashSet::new())?;
+    set(CapSet::Inheritable, &CapsHashSet::new())?;
+    set(CapSet::Effective, &keep)?;
+    set(CapSet::Permitted, &keep)?;
+    nix::sys::prctl::set_no_new_privs().map_err(SecurityError::NoNewPrivs)
+}

@@ -1,6 +1,14 @@
 //! The stage1 side of a running process (the pod's init for `run`, the
-//! command for `exec`): forward signals to it, relay a pty if there is one,
-//! and return its exit status once it has been reaped.
+//! command for `exec`): forward signals to it, relay its streams, and return
+//! its exit status once it has been reaped.
+//!
+//! No process of a pod ever holds a terminal of the host: with `-t` it gets
+//! a pty of its own (the master stays here), and without `-t` each of our
+//! stdin/stdout/stderr that is a terminal is replaced by a pipe that this
+//! side relays ([`Streams::for_pod`]) — a terminal fd in the pod would let
+//! pod root push input into the host shell (TIOCSTI) or change its modes.
+//! Streams that are not terminals (files, pipes, /dev/null) are handed over
+//! as they are, with no copying.
 
 use crate::app;
 use crate::init::is_forwarded;
@@ -11,7 +19,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// Copy the host terminal's window size to the pod's pty.
 pub fn sync_winsize(master: BorrowedFd) {
@@ -27,31 +35,177 @@ pub fn sync_winsize(master: BorrowedFd) {
     }
 }
 
-/// Supervise `child` until it exits; returns its status in shell convention.
-pub fn supervise(child: Pid, sfd: &SignalFd, master: Option<OwnedFd>, relay_stdin: bool) -> i32 {
-    let _raw = match &master {
-        Some(m) => {
-            sync_winsize(m.as_fd());
-            if relay_stdin {
-                RawMode::enter()
-            } else {
-                None
+/// Is `fd` a terminal?
+pub fn is_tty(fd: RawFd) -> bool {
+    // SAFETY: isatty only queries the descriptor.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+/// The pod's ends of the pipes that stand in for our terminals: what its
+/// fds 0, 1, 2 become (`None`: it keeps ours, which is no terminal).
+#[derive(Default)]
+pub struct PodStdio {
+    pub fds: [Option<OwnedFd>; 3],
+}
+
+impl PodStdio {
+    /// In the pod's process (between fork/clone and exec): put the pipes in
+    /// place as 0, 1, 2. Async-signal-safe.
+    pub fn install(&self) -> nix::Result<()> {
+        for (target, fd) in self.fds.iter().enumerate() {
+            if let Some(fd) = fd {
+                nix::unistd::dup2(fd.as_raw_fd(), target as RawFd)?;
             }
         }
-        None => None,
-    };
-    let mut stdin_open = relay_stdin && master.is_some();
-    let mut master_open = master.is_some();
+        Ok(())
+    }
+}
+
+/// Our side of the process's streams.
+pub enum Streams {
+    /// Nothing to relay: it holds our 0, 1, 2 (none is a terminal).
+    Direct,
+    /// Its own pty: the master is relayed to our stdout, our stdin (with
+    /// `stdin`) to the master, our window size follows.
+    Pty { master: OwnedFd, stdin: bool },
+    /// Pipes in place of our terminals.
+    Pipes {
+        /// Write end: our stdin goes there.
+        stdin: Option<OwnedFd>,
+        /// Read ends: relayed to our stdout / stderr.
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+    },
+}
+
+impl Streams {
+    /// Pipes for each of our stdin (only with `interactive`; otherwise the
+    /// pod reads /dev/null anyway), stdout and stderr that is a terminal.
+    pub fn for_pod(interactive: bool) -> nix::Result<(Streams, PodStdio)> {
+        let tty = [interactive && is_tty(0), is_tty(1), is_tty(2)];
+        if !tty.iter().any(|t| *t) {
+            return Ok((Streams::Direct, PodStdio::default()));
+        }
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
+        let mut pod = PodStdio::default();
+        let stdin = if tty[0] {
+            let (r, w) = pipe()?;
+            pod.fds[0] = Some(r);
+            Some(w)
+        } else {
+            None
+        };
+        let mut out = [None, None];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if tty[i + 1] {
+                let (r, w) = pipe()?;
+                pod.fds[i + 1] = Some(w);
+                *slot = Some(r);
+            }
+        }
+        let [stdout, stderr] = out;
+        Ok((
+            Streams::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            },
+            pod,
+        ))
+    }
+}
+
+/// One direction of the relay.
+struct Copy {
+    from: OwnedFd,
+    /// Our fd it goes to (1 or 2), or the pod's end (`to_pod`).
+    to: RawFd,
+    /// Our stdin → the pod: on EOF, a pty gets ^D, a pipe is closed.
+    to_pod: Option<OwnedFd>,
+    is_pty_input: bool,
+}
+
+/// Supervise `child` until it exits; returns its status in shell convention.
+pub fn supervise(child: Pid, sfd: &SignalFd, streams: Streams) -> i32 {
+    let mut raw = None;
+    let mut master_for_winsize = None;
+    let mut copies: Vec<Copy> = Vec::new();
+    match streams {
+        Streams::Direct => {}
+        Streams::Pty { master, stdin } => {
+            sync_winsize(master.as_fd());
+            master_for_winsize = master.try_clone().ok();
+            if stdin {
+                raw = RawMode::enter();
+                if let (Ok(input), Ok(dst)) = (dup_stdin(), master.try_clone()) {
+                    copies.push(Copy {
+                        from: input,
+                        to: -1,
+                        to_pod: Some(dst),
+                        is_pty_input: true,
+                    });
+                }
+            }
+            copies.push(Copy {
+                from: master,
+                to: 1,
+                to_pod: None,
+                is_pty_input: false,
+            });
+        }
+        Streams::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            if let (Some(w), Ok(input)) = (stdin, dup_stdin()) {
+                copies.push(Copy {
+                    from: input,
+                    to: -1,
+                    to_pod: Some(w),
+                    is_pty_input: false,
+                });
+            }
+            for (r, to) in [(stdout, 1), (stderr, 2)] {
+                if let Some(r) = r {
+                    copies.push(Copy {
+                        from: r,
+                        to,
+                        to_pod: None,
+                        is_pty_input: false,
+                    });
+                }
+            }
+        }
+    }
+    let code = relay(child, sfd, &mut copies, master_for_winsize.as_ref());
+    // The process is gone: print what it wrote before, without waiting for
+    // descendants that may still hold the streams.
+    let mut buf = vec![0u8; 16 * 1024];
+    for c in copies.iter().filter(|c| c.to_pod.is_none()) {
+        drain(c.from.as_fd(), c.to, &mut buf);
+    }
+    drop(raw);
+    code
+}
+
+/// A duplicate of our stdin, so the copy owns what it polls.
+fn dup_stdin() -> nix::Result<OwnedFd> {
+    std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EBADF)))
+}
+
+fn relay(child: Pid, sfd: &SignalFd, copies: &mut Vec<Copy>, master: Option<&OwnedFd>) -> i32 {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-        let stdin = std::io::stdin();
-        if let (true, Some(m)) = (master_open, &master) {
-            fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
-        }
-        if stdin_open {
-            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
-        }
+        fds.extend(
+            copies
+                .iter()
+                .map(|c| PollFd::new(c.from.as_fd(), PollFlags::POLLIN)),
+        );
         match poll(&mut fds, PollTimeout::NONE) {
             Err(nix::Error::EINTR) => continue,
             Err(_) => break,
@@ -66,27 +220,34 @@ pub fn supervise(child: Pid, sfd: &SignalFd, master: Option<OwnedFd>, relay_stdi
             })
             .collect();
         drop(fds);
-        let mut idx = 1;
-        if let (true, Some(m)) = (master_open, &master) {
-            if ready[idx] && !copy(m.as_fd(), std::io::stdout().as_fd(), &mut buf) {
-                master_open = false;
+        // Copies first (output before the exit status), then signals.
+        let mut i = copies.len();
+        while i > 0 {
+            i -= 1;
+            if !ready[i + 1] {
+                continue;
             }
-            idx += 1;
-        }
-        if stdin_open && ready[idx] {
-            if let Some(m) = &master {
-                if !copy(std::io::stdin().as_fd(), m.as_fd(), &mut buf) {
-                    stdin_open = false;
-                    // Forward EOF the way a terminal would: VEOF (^D).
-                    let _ = nix::unistd::write(m, &[4u8]);
+            let c = &copies[i];
+            let to = match &c.to_pod {
+                Some(p) => p.as_raw_fd(),
+                None => c.to,
+            };
+            // SAFETY: `to` is one of our open descriptors for as long as
+            // `copies[i]` lives (ours 1/2, or the owned pod end).
+            let to = unsafe { BorrowedFd::borrow_raw(to) };
+            if !copy(c.from.as_fd(), to, &mut buf) {
+                let c = copies.remove(i);
+                if c.is_pty_input {
+                    if let Some(p) = &c.to_pod {
+                        // Forward EOF the way a terminal would: VEOF (^D).
+                        let _ = nix::unistd::write(p, &[4u8]);
+                    }
                 }
+                // A pipe's write end closes with `c`: the pod reads EOF.
             }
         }
         if ready[0] {
-            if let Some(code) = handle_signals(child, sfd, master.as_ref()) {
-                if let (true, Some(m)) = (master_open, &master) {
-                    drain(m.as_fd(), &mut buf);
-                }
+            if let Some(code) = handle_signals(child, sfd, master) {
                 return code;
             }
         }
@@ -149,15 +310,17 @@ fn write_all(to: BorrowedFd, mut data: &[u8]) -> bool {
     true
 }
 
-/// After the process exits, print whatever output is still in the pty.
-fn drain(master: BorrowedFd, buf: &mut [u8]) {
+/// After the process exits, copy what is already buffered in `from`.
+fn drain(from: BorrowedFd, to: RawFd, buf: &mut [u8]) {
+    // SAFETY: `to` is our stdout or stderr, open for the whole process.
+    let to = unsafe { BorrowedFd::borrow_raw(to) };
     loop {
-        let mut fds = [PollFd::new(master, PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(from, PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::ZERO) {
             Ok(n) if n > 0 => {}
             _ => return,
         }
-        if !copy(master, std::io::stdout().as_fd(), buf) {
+        if !copy(from, to, buf) {
             return;
         }
     }
