@@ -211,6 +211,9 @@ fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, ExecPolicy), Fatal>
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| InitError::Hostname(spec.hostname.clone(), e))
         .map_err(fatal("hostname"))?;
+    if let Some(max) = spec.resources.pids {
+        mounts::limit_pids(max).map_err(fatal("pids limit"))?;
+    }
     if let Err(e) = net::loopback_up() {
         // Not fatal: a kernel without INET simply has no loopback to offer.
         console::say(&format!("network: {}", console::chain(&e)));

@@ -412,6 +412,58 @@ pub fn switch_root() -> Result<(), MountError> {
     Ok(())
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("cannot mount cgroup2 on {CGROUP_MOUNT}")]
+    Mount(#[source] Errno),
+    #[error("cannot write {value:?} to {file}")]
+    Write {
+        file: &'static str,
+        value: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot create the pod's guest cgroup")]
+    MkDir(#[source] Errno),
+}
+
+/// Where the guest's cgroup2 is mounted, briefly, to set the pids limit.
+const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
+
+/// `--pids N` in the VM, with the ns stage1's meaning: the pod's processes
+/// (guest-init counts as one, like the ns pod's init) live in a cgroup with
+/// `pids.max = N`. guest-init moves itself there, so the app and every exec
+/// process inherit it, then unmounts the hierarchy again: the pod's
+/// processes never see it, so they cannot raise their own limit.
+pub fn limit_pids(max: u32) -> Result<(), LimitError> {
+    mount(
+        Some("cgroup2"),
+        CGROUP_MOUNT,
+        Some("cgroup2"),
+        NOSUID_NODEV_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(LimitError::Mount)?;
+    let r = (|| {
+        let write = |file: &'static str, value: String| {
+            std::fs::write(file, value.as_bytes()).map_err(|e| LimitError::Write {
+                file,
+                value,
+                source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            })
+        };
+        match nix::unistd::mkdir("/sys/fs/cgroup/pod", Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(LimitError::MkDir(e)),
+        }
+        write("/sys/fs/cgroup/cgroup.subtree_control", "+pids".into())?;
+        write("/sys/fs/cgroup/pod/pids.max", max.to_string())?;
+        write("/sys/fs/cgroup/pod/cgroup.procs", "0".into())
+    })();
+    let _ = nix::mount::umount2(CGROUP_MOUNT, nix::mount::MntFlags::MNT_DETACH);
+    r
+}
+
 /// Remount the root read-only at shutdown, which also flushes it. Falls back
 /// to sync(2) when the remount fails (e.g. a file still open for writing).
 pub fn remount_root_ro() -> Result<(), Errno> {

@@ -8,10 +8,12 @@
 //! separate steps: parsing rejects unknown fields and foreign versions, and
 //! `validate` checks the semantic rules (absolute paths, name syntax, limits).
 
-#[cfg(feature = "cgroups")]
+#[cfg(feature = "stage1")]
 pub mod cgroup;
 #[cfg(feature = "confine")]
 pub mod confine;
+#[cfg(feature = "stage1")]
+pub mod disk;
 #[cfg(feature = "cli")]
 pub mod stage1_cli;
 #[cfg(feature = "cli")]
@@ -908,6 +910,15 @@ impl PodDir {
     /// Mount point of the assembled root filesystem.
     pub fn rootfs(&self) -> PathBuf {
         self.0.join("rootfs")
+    }
+    /// The overlay's directory, holding `upper/` and `work/` (with `--disk`,
+    /// the mount point of the pod's own file system).
+    pub fn overlay_dir(&self) -> PathBuf {
+        self.0.join("overlay")
+    }
+    /// `--disk`: the ext4 image holding the overlay's upper layer.
+    pub fn disk_image(&self) -> PathBuf {
+        self.0.join("disk.img")
     }
     /// Overlay upper directory: every change the pod makes to its rootfs.
     pub fn upper(&self) -> PathBuf {

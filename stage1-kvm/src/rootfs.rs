@@ -20,6 +20,10 @@ pub enum RootfsError {
         #[source]
         source: nix::Error,
     },
+    #[error(transparent)]
+    Disk(#[from] berth_spec::disk::DiskError),
+    #[error("cannot write the pod's /etc/resolv.conf and /etc/hosts")]
+    Etc(#[source] std::io::Error),
     #[error("rootfs image {0} is not a directory")]
     MissingImage(PathBuf),
     #[error(
@@ -77,6 +81,14 @@ pub fn mount_overlay(spec: &PodSpec, pod: &PodDir) -> Result<(), RootfsError> {
         None::<&str>,
     )
     .map_err(RootfsError::Unshare)?;
+    if spec.resources.disk.is_some() {
+        berth_spec::disk::mount(pod)?;
+    }
+    if let Some(net) = &spec.network.private {
+        // Into the overlay's upper layer before it is mounted: the guest
+        // sees them as its /etc/resolv.conf and /etc/hosts.
+        berth_net::etc::write(&pod.upper(), &spec.hostname, net).map_err(RootfsError::Etc)?;
+    }
     let root = pod.rootfs();
     let opts = berth_spec::overlay_options(&spec.rootfs.image, &pod.upper(), &pod.work());
     mount(

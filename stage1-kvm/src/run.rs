@@ -118,11 +118,8 @@ fn vm_config(spec: &PodSpec, pod: &PodDir) -> Result<(vmm::VmConfig, UnixListene
         .with_context(|| format!("cannot read {}", init_path.display()))?;
     let cpio =
         initramfs::build(&init, spec.to_json().as_bytes()).context("cannot build the initramfs")?;
-    if let Some(net) = &spec.network.private {
-        // Into the overlay's upper layer before it is mounted: the guest
-        // sees them as its /etc/resolv.conf and /etc/hosts.
-        berth_net::etc::write(&pod.upper(), &spec.hostname, net)
-            .context("cannot write the pod's /etc/resolv.conf and /etc/hosts")?;
+    if let Some(size) = spec.resources.disk {
+        berth_spec::disk::ensure_image(pod, size)?;
     }
     let shares = rootfs::shares(spec, pod)?;
     let ctl = pod.ctl_socket();

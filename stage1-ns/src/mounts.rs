@@ -29,6 +29,10 @@ pub enum MountError {
     MissingSource(PathBuf),
     #[error("rootfs image {0} is not a directory")]
     MissingImage(PathBuf),
+    #[error(transparent)]
+    Disk(#[from] berth_spec::disk::DiskError),
+    #[error("cannot write the pod's /etc/resolv.conf and /etc/hosts")]
+    Etc(#[source] std::io::Error),
     #[error("cannot pivot_root into {path}")]
     Pivot {
         path: PathBuf,
@@ -74,6 +78,14 @@ pub fn build_root(spec: &PodSpec, pod: &PodDir) -> Result<(), MountError> {
     )?;
     if !spec.rootfs.image.is_dir() {
         return Err(MountError::MissingImage(spec.rootfs.image.clone()));
+    }
+    if spec.resources.disk.is_some() {
+        berth_spec::disk::mount(pod)?;
+    }
+    if let Some(net) = &spec.network.private {
+        // Into the overlay's upper layer before it is mounted: the pod sees
+        // them as its /etc/resolv.conf and /etc/hosts.
+        berth_net::etc::write(&pod.upper(), &spec.hostname, net).map_err(MountError::Etc)?;
     }
     let root = pod.rootfs();
     let opts = berth_spec::overlay_options(&spec.rootfs.image, &pod.upper(), &pod.work());

@@ -47,11 +47,8 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
     let _ = std::fs::remove_file(pod.status_file());
     let _ = std::fs::remove_file(pod.exit_reason_file());
     let confinement = Confinement::from_spec(&spec)?;
-    if let Some(net) = &spec.network.private {
-        // Into the overlay's upper layer before it is mounted: the pod sees
-        // them as its /etc/resolv.conf and /etc/hosts.
-        berth_net::etc::write(&pod.upper(), &spec.hostname, net)
-            .context("cannot write the pod's /etc/resolv.conf and /etc/hosts")?;
+    if let Some(size) = spec.resources.disk {
+        berth_spec::disk::ensure_image(pod, size)?;
     }
     let relative = cgroup::pod_cgroup_path(&spec.uuid);
     // Recorded before any process is placed in it: whatever happens next,
