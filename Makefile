@@ -60,6 +60,7 @@ kernel:
 images:
 	@bash images/busybox.sh >/dev/null
 	@bash images/debian.sh >/dev/null
+	@bash tests/testhost/testhost.sh build >/dev/null
 
 test: setup check unit
 
