@@ -18,8 +18,8 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 # systemd-container for the benchmark's reference runtimes; hyperfine and jq
 # for the benchmarks; musl-tools for the static guest-init; nftables for
 # --net private (NAT, published ports), curl, iperf3 and ping for its tests and
-# bench/net.sh; strace for bench/kvm-io.sh.
-APT_PACKAGES := busybox-static runc crun systemd-container hyperfine jq nftables curl iperf3 iputils-ping strace \
+# bench/net.sh; strace for bench/kvm-io.sh; debootstrap for the Debian test image.
+APT_PACKAGES := busybox-static runc crun systemd-container hyperfine jq nftables curl iperf3 iputils-ping strace debootstrap \
                 musl-tools build-essential pkg-config iproute2 procps e2fsprogs \
                 linux-source-6.1 flex bison bc libelf-dev libssl-dev xz-utils patch
 RUST_TARGETS := x86_64-unknown-linux-musl
@@ -59,6 +59,8 @@ kernel:
 
 images:
 	@bash images/busybox.sh >/dev/null
+	@bash images/debian.sh >/dev/null
+	@bash tests/testhost/testhost.sh build >/dev/null
 
 test: setup check unit
 
