@@ -427,3 +427,115 @@ pub fn on_pvm() -> bool {
 pub fn shows_pvm_tls_flake(failure: &str) -> bool {
     failure.contains("Segmentation fault") || failure.contains("Some(139)")
 }
+
+/// A directory holding `name`, built static from tests/data/`name`.c with
+/// `cc` (cc from build-essential, or musl-gcc from musl-tools).
+pub fn static_tool(cc: &str, name: &str) -> tempfile::TempDir {
+    let tools = tempfile::tempdir().expect("tempdir");
+    let src = format!("{}/tests/data/{name}.c", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(cc)
+        .args(["-static", "-O2", "-o"])
+        .arg(tools.path().join(name))
+        .arg(src)
+        .output()
+        .unwrap_or_else(|e| panic!("run {cc}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cc}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A pod's users (-u 1000) must be able to reach it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tools.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod tools dir");
+    tools
+}
+
+/// Poll `f` every 20 ms until it holds; panic after `secs` seconds.
+pub fn wait_secs(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The pid of the `berth-stage1-* run POD_DIR` process supervising a pod.
+pub fn stage1_pid(pod: &Path) -> Option<i32> {
+    let want = pod.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            (args.len() >= 3
+                && args[0].contains("berth-stage1-")
+                && args[1] == "run"
+                && args[2] == want)
+                .then_some(pid)
+        })
+}
+
+/// Descriptors a caller of `berth` holds without close-on-exec (a shell's
+/// `exec 7</root`): a directory, an O_PATH descriptor and a listening
+/// socket, all of the host. None of them may reach a pod.
+pub struct LeakedFds {
+    pub dir: std::fs::File,
+    pub path: std::os::fd::OwnedFd,
+    pub socket: std::net::TcpListener,
+}
+
+impl LeakedFds {
+    pub fn new() -> LeakedFds {
+        use std::os::fd::FromRawFd;
+        let dir = std::fs::File::open("/root").expect("open /root");
+        // SAFETY: open(2) with a valid C string; the result is checked.
+        let fd = unsafe { libc::open(c"/etc".as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+        assert!(fd >= 0, "open /etc O_PATH");
+        // SAFETY: fd is a fresh descriptor we alone own.
+        let path = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        LeakedFds { dir, path, socket }
+    }
+
+    /// The descriptor numbers, as the child sees them.
+    pub fn fds(&self) -> [i32; 3] {
+        use std::os::fd::AsRawFd;
+        [
+            self.dir.as_raw_fd(),
+            self.path.as_raw_fd(),
+            self.socket.as_raw_fd(),
+        ]
+    }
+
+    /// Make `c` inherit them (clear close-on-exec in the child only).
+    pub fn inherit_into(&self, c: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        let fds = self.fds();
+        // SAFETY: the closure only calls fcntl, which is async-signal-safe.
+        unsafe {
+            c.pre_exec(move || {
+                for fd in fds {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+impl Default for LeakedFds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
