@@ -935,11 +935,23 @@ static void a_iopl(void) {
 /* I/O port access without asking: a process that inherited an I/O
  * permission bitmap (kvm: guest-init's, for berth's BOOT_MARK/STATUS ports)
  * can `in`/`out` there. Only reads, in a child, which faults when barred. */
+#define FAULTED 42
+static void on_fault(int sig) {
+    (void)sig;
+    _exit(FAULTED);
+}
+
 static void a_io_port(void) {
     const unsigned short ports[] = {BOOT_MARK_PORT, STATUS_PORT, 0x80};
     for (int i = 0; i < 3; i++) {
         pid_t c = fork();
         if (c == 0) {
+            /* A handled fault leaves no "general protection fault" line in
+             * the (kvm) console, which the e2e harness would read as the
+             * PVM flake. */
+            struct sigaction sa = {.sa_handler = on_fault};
+            sigaction(SIGSEGV, &sa, NULL);
+            sigaction(SIGBUS, &sa, NULL);
             unsigned char v;
             unsigned short port = ports[i];
             __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
@@ -952,7 +964,7 @@ static void a_io_port(void) {
                     ports[i]);
         /* (Named SIGSEGV, not "Segmentation fault": the e2e harness reads
          * that phrase as a crash.) */
-        if (WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV)
+        if (WIFEXITED(st) && WEXITSTATUS(st) == FAULTED)
             note("in 0x%x faults (SIGSEGV)", ports[i]);
         else
             note("in 0x%x: status 0x%x", ports[i], st);
@@ -1100,7 +1112,7 @@ static void run_attempt(const struct entry *a) {
         attempt = a->name;
         report_fd = p[1];
         how[0] = 0;
-        alarm(120);
+        alarm(300);
         a->fn();
         blocked_how(); /* not reached: every attempt ends itself */
     }

@@ -123,14 +123,19 @@ static int tty(void) {
     return 0;
 }
 
+/* In 1 MiB steps, each touched: a VM's kernel that refuses one big
+ * allocation (overcommit heuristics) still runs out of memory, as a
+ * cgroup does. */
 static int alloc(const char *mib) {
-    size_t n = (size_t)atol(mib) << 20;
-    char *p = malloc(n);
-    if (!p) {
-        printf("alloc: malloc failed\n");
-        return 1;
+    long n = atol(mib);
+    for (long i = 0; i < n; i++) {
+        char *p = malloc(1 << 20);
+        if (!p) {
+            printf("alloc: malloc failed after %ld MiB\n", i);
+            return 1;
+        }
+        for (size_t k = 0; k < (1 << 20); k += 4096) p[k] = 1;
     }
-    for (size_t i = 0; i < n; i += 4096) p[i] = 1;
     printf("allocated %s MiB\n", mib);
     return 0;
 }
