@@ -36,6 +36,10 @@ pub struct Cli {
 enum Command {
     /// Create a pod and run a command in it.
     Run(Box<cli::run::RunArgs>),
+    /// Create a service pod: systemd inside, running only the given units.
+    Create(Box<cli::create::CreateArgs>),
+    /// Start a created (or stopped) pod in the background.
+    Start(cli::start::StartArgs),
     /// Run a command inside a running pod.
     Exec(cli::exec::ExecArgs),
     /// Stop a running pod.
@@ -95,6 +99,8 @@ fn main() {
     let store = stage0::store::Store::new(&cli.root);
     let result = match cli.cmd {
         Command::Run(a) => cli::run::run(&store, *a, &listen),
+        Command::Create(a) => cli::create::create(&store, *a),
+        Command::Start(a) => cli::start::start(&store, a),
         Command::Exec(a) => cli::exec::exec(&store, a),
         Command::Stop(a) => cli::stop::stop(&store, a),
         Command::List(a) => cli::list::list(&store, a),
@@ -103,4 +109,13 @@ fn main() {
         Command::Gc => cli::gc::gc(&store),
     };
     berth_spec::exit_with(result)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

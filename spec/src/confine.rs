@@ -59,10 +59,10 @@ impl Policy {
         Ok(Policy {
             keep: parse_caps(&sec.capabilities)?,
             no_new_privs: sec.no_new_privileges,
-            filters: if sec.seccomp {
-                default_filters()?
-            } else {
-                Vec::new()
+            filters: match (sec.seccomp, sec.seccomp_profile) {
+                (false, _) => Vec::new(),
+                (true, crate::SeccompProfile::Default) => default_filters()?,
+                (true, crate::SeccompProfile::Systemd) => systemd_filters()?,
             },
         })
     }
@@ -140,6 +140,29 @@ const DENIED_SYSCALLS: &[i64] = &[
     libc::SYS_io_uring_register,
 ];
 
+/// What the systemd profile allows beyond the default: systemd (PID 1 of a
+/// service pod) and its units mount file systems and make namespaces for
+/// their sandboxing (PrivateTmp=, ProtectSystem=, PrivateUsers=…), and use
+/// kernel keyrings — inside the pod's own mount namespace, as with
+/// systemd-nspawn.
+const SYSTEMD_ALLOWED: &[i64] = &[
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_mount_setattr,
+    libc::SYS_setns,
+    libc::SYS_unshare,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+];
+
 /// The x32 ABI reaches the same kernel entry points with bit 30 set in the
 /// syscall number (and the audit arch still x86_64), so every denied number is
 /// denied in its x32 form as well. kexec_load also has an x32-only number.
@@ -152,6 +175,18 @@ const X32_KEXEC_LOAD: i64 = 528;
 /// `clone`, whose CLONE_NEWUSER flag the first program can see and refuse.
 /// Syscalls of other architectures (i386 `int 0x80`) kill the process.
 pub fn default_filters() -> Result<Vec<BpfProgram>, ConfineError> {
+    filters(&[], true)
+}
+
+/// The filter of a service pod (systemd as PID 1): the default one minus
+/// [`SYSTEMD_ALLOWED`], and user namespaces allowed. clone3 still answers
+/// ENOSYS; kexec, modules, bpf, perf, io_uring, raw I/O and the rest stay
+/// refused.
+pub fn systemd_filters() -> Result<Vec<BpfProgram>, ConfineError> {
+    filters(SYSTEMD_ALLOWED, false)
+}
+
+fn filters(allowed: &[i64], deny_newuser: bool) -> Result<Vec<BpfProgram>, ConfineError> {
     // `nr` in its native and its x32 form.
     fn both_abis(rules: &mut BTreeMap<i64, Vec<SeccompRule>>, nr: i64, r: Vec<SeccompRule>) {
         rules.insert(nr | X32_SYSCALL_BIT, r.clone());
@@ -173,7 +208,7 @@ pub fn default_filters() -> Result<Vec<BpfProgram>, ConfineError> {
     }
 
     let mut deny = BTreeMap::new();
-    for &nr in DENIED_SYSCALLS {
+    for &nr in DENIED_SYSCALLS.iter().filter(|nr| !allowed.contains(nr)) {
         both_abis(&mut deny, nr, Vec::new());
     }
     deny.insert(X32_KEXEC_LOAD | X32_SYSCALL_BIT, Vec::new());
@@ -187,7 +222,9 @@ pub fn default_filters() -> Result<Vec<BpfProgram>, ConfineError> {
     )
     .map_err(ConfineError::SeccompBuild)?])
     .map_err(ConfineError::SeccompBuild)?;
-    both_abis(&mut deny, libc::SYS_clone, vec![clone_rule]);
+    if deny_newuser {
+        both_abis(&mut deny, libc::SYS_clone, vec![clone_rule]);
+    }
     // No AF_VSOCK sockets: vsock is not namespaced, so an ns pod could reach
     // the host's vsock services, and a guest process guest-init's ports.
     let vsock_rule = SeccompRule::new(vec![SeccompCondition::new(

@@ -293,10 +293,12 @@ const STOP_POLL: Duration = Duration::from_millis(10);
 /// How long `stop` waits after SIGKILL before giving up.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
-/// Stop a pod: SIGTERM to its leader (each stage1 passes it on to the app),
-/// SIGKILL after `timeout`, or at once with `force`. Returns when the life
-/// lock is released. Stopping a pod that is not running is not an error.
-pub fn stop(pod: &PodDir, force: bool, timeout: Duration) -> Result<(), StateError> {
+/// Stop a pod: `signal` to its leader (SIGTERM, which each stage1 passes on
+/// to the app; SIGRTMIN+3, systemd's "halt", for an ns service pod whose
+/// leader is systemd), SIGKILL after `timeout`, or at once with `force`.
+/// Returns when the life lock is released. Stopping a pod that is not
+/// running is not an error.
+pub fn stop(pod: &PodDir, signal: i32, force: bool, timeout: Duration) -> Result<(), StateError> {
     let leader = match running_leader(pod) {
         Ok(p) => p,
         Err(StateError::NotRunning(_)) => return Ok(()),
@@ -311,19 +313,19 @@ pub fn stop(pod: &PodDir, force: bool, timeout: Duration) -> Result<(), StateErr
     if !is_running(pod) {
         return Ok(());
     }
-    let signal = |sig| {
+    let send = |sig| {
         pidfd_signal(&pidfd, sig).map_err(|source| StateError::Signal {
             pid: leader,
             source,
         })
     };
     if !force {
-        signal(libc::SIGTERM)?;
+        send(signal)?;
         if wait_stopped(pod, timeout) {
             return Ok(());
         }
     }
-    signal(libc::SIGKILL)?;
+    send(libc::SIGKILL)?;
     if wait_stopped(pod, KILL_WAIT) {
         Ok(())
     } else {
@@ -398,7 +400,7 @@ mod tests {
         ));
         drop(lock);
         assert!(!is_running(&pod));
-        stop(&pod, false, Duration::from_secs(1)).unwrap();
+        stop(&pod, libc::SIGTERM, false, Duration::from_secs(1)).unwrap();
         write_file(&pod.status_file(), "3\n").unwrap();
         assert_eq!(std::fs::read_to_string(pod.status_file()).unwrap(), "3\n");
     }
@@ -421,7 +423,7 @@ mod tests {
             drop(lock);
             st
         });
-        stop(&pod, false, Duration::from_secs(5)).unwrap();
+        stop(&pod, libc::SIGTERM, false, Duration::from_secs(5)).unwrap();
         let st = waiter.join().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(st.signal(), Some(libc::SIGTERM));

@@ -1,5 +1,6 @@
 //! One module per verb.
 
+pub mod create;
 pub mod exec;
 pub mod gc;
 pub mod inspect;
@@ -7,4 +8,5 @@ pub mod list;
 pub mod pod_args;
 pub mod rm;
 pub mod run;
+pub mod start;
 pub mod stop;

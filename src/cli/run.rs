@@ -40,6 +40,7 @@ pub struct RunArgs {
 pub fn run(store: &Store, a: RunArgs, listen: &fds::PassFds) -> Result<i32> {
     let pass = fds::pass(listen, a.preserve_fds)?;
     let built = build::spec(
+        store,
         &a.pod,
         AppOptions {
             argv: a.cmd.clone(),
@@ -48,6 +49,8 @@ pub fn run(store: &Store, a: RunArgs, listen: &fds::PassFds) -> Result<i32> {
                 interactive: a.interactive,
                 tty: a.tty,
             },
+            service: None,
+            host_share: false,
         },
     )?;
     if pass.count > 0 && built.spec.kvm.is_some() {
@@ -71,7 +74,6 @@ pub fn run(store: &Store, a: RunArgs, listen: &fds::PassFds) -> Result<i32> {
         pod: &new.dir,
         lock,
         stage1: built.stage1,
-        ports: built.ports,
         attach: if a.detach {
             Attach::Detached
         } else {

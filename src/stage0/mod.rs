@@ -7,6 +7,7 @@ pub mod launch;
 pub mod net;
 pub mod parse;
 pub mod pod;
+pub mod service;
 pub mod stage1;
 pub mod store;
 

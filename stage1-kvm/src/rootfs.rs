@@ -90,7 +90,7 @@ pub fn mount_overlay(spec: &PodSpec, pod: &PodDir) -> Result<(), RootfsError> {
         berth_net::etc::write(&pod.upper(), &spec.hostname, net).map_err(RootfsError::Etc)?;
     }
     let root = pod.rootfs();
-    let opts = berth_spec::overlay_options(&spec.rootfs.image, &pod.upper(), &pod.work());
+    let opts = spec.rootfs.overlay_options(&pod.upper(), &pod.work());
     mount(
         Some("overlay"),
         &root,

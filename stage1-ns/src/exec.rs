@@ -118,11 +118,36 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
     let started = app::launch(&launch)?;
     drop(pipes);
     match started {
-        Started::Running(pid) => Ok(supervise(pid, &sfd, streams)),
+        Started::Running(pid) => Ok(supervise(pid, &sfd, streams, None)),
         Started::Failed { pid, code, message } => {
             let _ = nix::sys::wait::waitpid(pid, None);
             eprintln!("berth: {message}");
             Ok(code)
         }
     }
+}
+
+/// Run `argv` in the running pod through this stage1's `exec` verb and
+/// return what it printed (at most 1 MiB; its status is not an error:
+/// `systemctl show` of a failed unit exits 0, and callers judge the
+/// output).
+pub fn capture(pod: &PodDir, argv: &[String]) -> Result<String> {
+    use std::io::Read;
+    let exe = std::env::current_exe().context("cannot find our own executable")?;
+    let mut child = std::process::Command::new(exe)
+        .arg("exec")
+        .arg(pod.path())
+        .arg("--")
+        .args(argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("cannot start an exec in the pod")?;
+    let mut out = Vec::new();
+    if let Some(o) = child.stdout.take() {
+        let _ = o.take(1 << 20).read_to_end(&mut out);
+    }
+    child.wait().context("cannot wait for the exec")?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }

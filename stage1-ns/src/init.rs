@@ -155,6 +155,9 @@ fn run(a: &InitArgs) -> Result<i32, InitError> {
     }
     // Now in the pod's cgroup: root the cgroup namespace there.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(InitError::CgroupNs)?;
+    if a.spec.service.is_some() {
+        return exec_systemd(a);
+    }
     // Leave the host's session: terminal-generated signals reach stage1 (and
     // are forwarded once), never the pod directly.
     let _ = nix::unistd::setsid();
@@ -200,6 +203,33 @@ fn run(a: &InitArgs) -> Result<i32, InitError> {
         );
     }
     Ok(reap_until(app_pid, &sfd))
+}
+
+/// A service pod: init becomes systemd (PID 1 of the pod), with its
+/// console on a pty of the pod's own and a writable cgroup2 tree rooted at
+/// the pod's cgroup (its cgroup namespace). The channel closes with the
+/// exec (close-on-exec): that is how stage1 learns systemd runs; a failure
+/// to exec is reported on it as for any app.
+fn exec_systemd(a: &InitArgs) -> Result<i32, InitError> {
+    mounts::mount_cgroup2()?;
+    let slave = open_pty(a.chan)?;
+    mounts::bind_console(&slave)?;
+    let mut env = a.spec.effective_env();
+    env.push(format!(
+        "NOTIFY_SOCKET={}",
+        berth_spec::SERVICE_NOTIFY_SOCKET
+    ));
+    let launch = Launch {
+        argv: a.spec.app.argv.clone(),
+        env,
+        cwd: "/".into(),
+        stdio: Stdio::Tty(slave),
+        confinement: a.confinement,
+        pass: a.pass,
+    };
+    let (code, message) = app::exec_in_place(&launch)?;
+    a.chan.send(&InitMessage::Failed { code, message }, None)?;
+    Ok(code)
 }
 
 /// ICMP echo ("ping") sockets for every group of the pod: `ping` works

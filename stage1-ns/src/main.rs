@@ -12,6 +12,7 @@ mod mounts;
 mod run;
 mod sealed;
 mod security;
+mod service;
 mod supervise;
 
 use berth_spec::stage1_cli::{self, Verb};

@@ -88,7 +88,7 @@ pub fn build_root(spec: &PodSpec, pod: &PodDir) -> Result<(), MountError> {
         berth_net::etc::write(&pod.upper(), &spec.hostname, net).map_err(MountError::Etc)?;
     }
     let root = pod.rootfs();
-    let opts = berth_spec::overlay_options(&spec.rootfs.image, &pod.upper(), &pod.work());
+    let opts = spec.rootfs.overlay_options(&pod.upper(), &pod.work());
     do_mount(
         Some("overlay"),
         &root,
@@ -123,8 +123,55 @@ pub fn build_root(spec: &PodSpec, pod: &PodDir) -> Result<(), MountError> {
     for m in &spec.mounts {
         bind_volume(&root_fd, m)?;
     }
+    if spec.service.is_some() {
+        run_host(&root_fd, pod)?;
+    }
     drop(root_fd);
     pivot(&root)
+}
+
+/// A service pod's /run (a fresh tmpfs, as systemd expects of a container
+/// manager) with systemd's container interface in /run/host:
+/// `container-manager` naming berth and `notify`, stage1's socket for
+/// systemd's sd_notify messages (its READY=1).
+fn run_host(root: &OwnedFd, pod: &PodDir) -> Result<(), MountError> {
+    let run = ensure_dir(root, "/run")?;
+    do_mount(
+        Some("tmpfs"),
+        &fd_path(&run),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=20%"),
+    )?;
+    let host = ensure_dir(root, "/run/host")?;
+    let host = fd_path(&host);
+    let manager = host.join("container-manager");
+    std::fs::write(&manager, "berth\n").map_err(|e| MountError::Create {
+        path: "/run/host/container-manager".into(),
+        source: io_to_nix(e),
+    })?;
+    let notify = ensure_file(root, berth_spec::SERVICE_NOTIFY_SOCKET)?;
+    let src = pod.notify_socket();
+    do_mount(
+        Some(&src.to_string_lossy()),
+        &fd_path(&notify),
+        None,
+        MsFlags::MS_BIND,
+        None,
+    )
+}
+
+/// A service pod's /sys/fs/cgroup: cgroup2, read-write, rooted (through the
+/// pod's cgroup namespace) at the pod's own cgroup, for its systemd to
+/// manage. Called once init is in that namespace.
+pub fn mount_cgroup2() -> Result<(), MountError> {
+    do_mount(
+        Some("cgroup2"),
+        Path::new("/sys/fs/cgroup"),
+        Some("cgroup2"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )
 }
 
 /// The pod's /dev: a small tmpfs with the usual character devices, a private

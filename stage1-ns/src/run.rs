@@ -10,7 +10,7 @@
 use crate::chan::{self, Chan};
 use crate::init::{self, InitArgs};
 use crate::security::Confinement;
-use crate::supervise::{supervise, PodStdio, Streams};
+use crate::supervise::{supervise, Notify, PodStdio, Streams};
 use anyhow::{Context, Result};
 use berth_spec::cgroup::{self, PodCgroup};
 use berth_spec::init_msg::InitMessage;
@@ -50,6 +50,12 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
     if let Some(size) = spec.resources.disk {
         berth_spec::disk::ensure_image(pod, size)?;
     }
+    // A service pod's systemd reports READY=1 here (init mounts it at
+    // /run/host/notify).
+    let notify = match &spec.service {
+        Some(_) => Some(bind_notify(pod)?),
+        None => None,
+    };
     let relative = cgroup::pod_cgroup_path(&spec.uuid);
     // Recorded before any process is placed in it: whatever happens next,
     // `gc` knows which cgroup to remove.
@@ -105,7 +111,7 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
     };
     step("network attached, go");
 
-    let master = match await_start(&ours, ready)? {
+    let master = match await_start(&ours, ready, spec.service.is_some())? {
         Awaited::Started(master) => master,
         Awaited::Failed(code) => {
             let status = waitpid(child, None).ok().and_then(crate::app::exit_code);
@@ -130,7 +136,35 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
         (None, Some(s)) => s,
         (None, None) => Streams::Direct,
     };
-    let code = supervise(child, &sfd, streams);
+    let code = match &notify {
+        Some(sock) => {
+            let mut on_ready = || {
+                let report = crate::service::check_units(pod, &spec);
+                if let StartReport::Failed { message, .. } = &report {
+                    log::warn!("stage1-ns: {message}: halting the pod");
+                    // SIGRTMIN+3: systemd's halt.
+                    let _ = kill_raw(child, libc::SIGRTMIN() + 3);
+                }
+                ready.send(&report);
+            };
+            supervise(
+                child,
+                &sfd,
+                streams,
+                Some(Notify {
+                    sock,
+                    on_ready: &mut on_ready,
+                }),
+            )
+        }
+        None => supervise(child, &sfd, streams, None),
+    };
+    if !ready.sent() {
+        ready.send(&StartReport::setup_failed(format!(
+            "systemd exited (status {code}) before the pod's units were active; see `berth logs {}`",
+            spec.name
+        )));
+    }
     step("pod exited");
     drop(proxy);
     finish(pod, &spec, &cgroup, code)?;
@@ -210,11 +244,14 @@ enum Awaited {
     InitGone,
 }
 
-/// init's start-up messages: optional tty master, then started/failed.
-fn await_start(chan: &Chan, ready: &mut Ready) -> Result<Awaited> {
+/// init's start-up messages: optional tty master, then started/failed. A
+/// service pod's init execs systemd, which closes the channel: the start is
+/// reported later, once systemd is ready and its units are active.
+fn await_start(chan: &Chan, ready: &mut Ready, service: bool) -> Result<Awaited> {
     let mut master = None;
     loop {
         match chan.recv()? {
+            None if service && master.is_some() => return Ok(Awaited::Started(master)),
             Some((InitMessage::Tty, fd)) => master = fd,
             Some((InitMessage::Started, _)) => {
                 ready.send(&StartReport::Started);
@@ -250,6 +287,26 @@ fn release(pod: &PodDir, spec: &PodSpec, cgroup: &PodCgroup) {
     berth_net::release_pod(&pod.state_root(), spec);
     if let Err(e) = cgroup.remove() {
         log::warn!("stage1-ns: {}", ErrorChain(&e));
+    }
+}
+
+/// Bind the service pod's notify socket in the pod directory.
+fn bind_notify(pod: &PodDir) -> Result<std::os::unix::net::UnixDatagram> {
+    let path = pod.notify_socket();
+    let _ = std::fs::remove_file(&path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&path)
+        .with_context(|| format!("cannot bind {}", path.display()))?;
+    sock.set_nonblocking(true)
+        .context("cannot make the notify socket non-blocking")?;
+    Ok(sock)
+}
+
+fn kill_raw(pid: Pid, sig: i32) -> std::io::Result<()> {
+    // SAFETY: kill(2) with a pid and a signal number; no memory involved.
+    if unsafe { libc::kill(pid.as_raw(), sig) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -63,7 +63,22 @@ impl Confinement {
 }
 
 /// Apply the confinement to the calling process (the app, just before exec).
+/// A capability the host withholds from berth itself (not in our bounding
+/// set) cannot be given to the pod and is left out.
 pub fn confine(c: &Confinement) -> Result<(), SecurityError> {
+    let held: CapsHashSet = c
+        .keep
+        .iter()
+        .copied()
+        .filter(|cap| caps::has_cap(None, CapSet::Bounding, *cap).unwrap_or(false))
+        .collect();
+    let c = &Confinement {
+        keep: held,
+        uid: c.uid,
+        gid: c.gid,
+        no_new_privs: c.no_new_privs,
+        filters: c.filters.clone(),
+    };
     for cap in caps::all() {
         if !c.keep.contains(&cap) {
             match caps::drop(None, CapSet::Bounding, cap) {

@@ -125,8 +125,21 @@ struct Copy {
     is_pty_input: bool,
 }
 
+/// A service pod's systemd tells its readiness on this socket (sd_notify):
+/// `on_ready` runs once, at its first `READY=1`.
+pub struct Notify<'a> {
+    pub sock: &'a std::os::unix::net::UnixDatagram,
+    pub on_ready: &'a mut dyn FnMut(),
+}
+
+/// Does an sd_notify datagram say `READY=1`? (Newline-separated
+/// assignments; anything else is ignored.)
+pub fn says_ready(datagram: &[u8]) -> bool {
+    datagram.split(|b| *b == b'\n').any(|l| l == b"READY=1")
+}
+
 /// Supervise `child` until it exits; returns its status in shell convention.
-pub fn supervise(child: Pid, sfd: &SignalFd, streams: Streams) -> i32 {
+pub fn supervise(child: Pid, sfd: &SignalFd, streams: Streams, notify: Option<Notify>) -> i32 {
     let mut raw = None;
     let mut master_for_winsize = None;
     let mut copies: Vec<Copy> = Vec::new();
@@ -178,7 +191,7 @@ pub fn supervise(child: Pid, sfd: &SignalFd, streams: Streams) -> i32 {
             }
         }
     }
-    let code = relay(child, sfd, &mut copies, master_for_winsize.as_ref());
+    let code = relay(child, sfd, &mut copies, master_for_winsize.as_ref(), notify);
     // The process is gone: print what it wrote before, without waiting for
     // descendants that may still hold the streams.
     let mut buf = vec![0u8; 16 * 1024];
@@ -197,7 +210,13 @@ fn dup_stdin() -> nix::Result<OwnedFd> {
         .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EBADF)))
 }
 
-fn relay(child: Pid, sfd: &SignalFd, copies: &mut Vec<Copy>, master: Option<&OwnedFd>) -> i32 {
+fn relay(
+    child: Pid,
+    sfd: &SignalFd,
+    copies: &mut Vec<Copy>,
+    master: Option<&OwnedFd>,
+    mut notify: Option<Notify>,
+) -> i32 {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
@@ -206,6 +225,9 @@ fn relay(child: Pid, sfd: &SignalFd, copies: &mut Vec<Copy>, master: Option<&Own
                 .iter()
                 .map(|c| PollFd::new(c.from.as_fd(), PollFlags::POLLIN)),
         );
+        if let Some(n) = &notify {
+            fds.push(PollFd::new(n.sock.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Err(nix::Error::EINTR) => continue,
             Err(_) => break,
@@ -220,6 +242,20 @@ fn relay(child: Pid, sfd: &SignalFd, copies: &mut Vec<Copy>, master: Option<&Own
             })
             .collect();
         drop(fds);
+        if ready.len() > copies.len() + 1 && ready[copies.len() + 1] {
+            let mut got_ready = false;
+            if let Some(n) = &notify {
+                // Drain what is queued; a datagram is at most one page.
+                while let Ok(len) = n.sock.recv(&mut buf) {
+                    got_ready |= says_ready(&buf[..len]);
+                }
+            }
+            if got_ready {
+                if let Some(n) = notify.take() {
+                    (n.on_ready)();
+                }
+            }
+        }
         // Copies first (output before the exit status), then signals.
         let mut i = copies.len();
         while i > 0 {
@@ -323,5 +359,19 @@ fn drain(from: BorrowedFd, to: RawFd, buf: &mut [u8]) {
         if !copy(from, to, buf) {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_is_one_assignment_among_others() {
+        assert!(says_ready(b"READY=1"));
+        assert!(says_ready(b"STATUS=Startup finished\nREADY=1\n"));
+        assert!(!says_ready(b"READY=0"));
+        assert!(!says_ready(b"XREADY=1"));
+        assert!(!says_ready(b""));
     }
 }

@@ -123,8 +123,8 @@ pub enum StopError {
 /// Stop a pod ([`crate::state::stop`]); a running pod whose `pid` file is
 /// damaged is stopped by killing everything in its cgroup (ns: the pod's
 /// processes; kvm: the VMM, after which the stage1 ends too).
-pub fn stop(pod: &PodDir, force: bool, timeout: Duration) -> Result<(), StopError> {
-    match crate::state::stop(pod, force, timeout) {
+pub fn stop(pod: &PodDir, signal: i32, force: bool, timeout: Duration) -> Result<(), StopError> {
+    match crate::state::stop(pod, signal, force, timeout) {
         Err(crate::state::StateError::NoPid { name }) => {
             let spec = PodSpec::load(pod).ok();
             let rel = recorded(pod, spec.as_ref()).ok_or(StopError::NoRecord(name.clone()))?;
