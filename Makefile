@@ -14,12 +14,14 @@ BERTH_CACHE ?= /var/cache/berth
 export BERTH_CACHE
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-# Debian packages: busybox-static for the test image; runc, crun and
+# Debian packages (installed with a policy-rc.d that refuses to start any
+# service: nginx is for --host-share pods, the host must not run it):
+# busybox-static for the test image; runc, crun and
 # systemd-container for the benchmark's reference runtimes; hyperfine and jq
 # for the benchmarks; musl-tools for the static guest-init; nftables for
 # --net private (NAT, published ports), curl, iperf3 and ping for its tests and
 # bench/net.sh; strace for bench/kvm-io.sh; debootstrap for the Debian test image.
-APT_PACKAGES := busybox-static runc crun systemd-container hyperfine jq nftables curl iperf3 iputils-ping strace debootstrap \
+APT_PACKAGES := busybox-static runc crun systemd-container hyperfine jq nftables curl iperf3 iputils-ping strace debootstrap nginx \
                 musl-tools build-essential pkg-config iproute2 procps e2fsprogs \
                 linux-source-6.1 flex bison bc libelf-dev libssl-dev xz-utils patch
 RUST_TARGETS := x86_64-unknown-linux-musl
@@ -36,7 +38,9 @@ apt:
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	    echo "setup: installing $$missing"; \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	    rc=$$?; rm -f /usr/sbin/policy-rc.d; exit $$rc; \
 	fi
 
 rust:

@@ -40,6 +40,12 @@ enum Command {
     Create(Box<cli::create::CreateArgs>),
     /// Start a created (or stopped) pod in the background.
     Start(cli::start::StartArgs),
+    /// A pod's state and, for a service pod, its units' states.
+    Status(cli::status::StatusArgs),
+    /// A service pod's journal (-u: one unit's), or a command pod's output.
+    Logs(cli::logs::LogsArgs),
+    /// An interactive root shell in a running pod (^] detaches).
+    Connect(cli::connect::ConnectArgs),
     /// Run a command inside a running pod.
     Exec(cli::exec::ExecArgs),
     /// Stop a running pod.
@@ -101,6 +107,9 @@ fn main() {
         Command::Run(a) => cli::run::run(&store, *a, &listen),
         Command::Create(a) => cli::create::create(&store, *a),
         Command::Start(a) => cli::start::start(&store, a),
+        Command::Status(a) => cli::status::status(&store, a),
+        Command::Logs(a) => cli::logs::logs(&store, a),
+        Command::Connect(a) => cli::connect::connect(&store, a),
         Command::Exec(a) => cli::exec::exec(&store, a),
         Command::Stop(a) => cli::stop::stop(&store, a),
         Command::List(a) => cli::list::list(&store, a),

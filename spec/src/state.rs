@@ -288,6 +288,24 @@ pub fn remove_if_requested(pod: &PodDir) {
     }
 }
 
+/// Run `cmd` (stdin /dev/null, stderr dropped) and return what it printed
+/// on stdout, at most 1 MiB. Its exit status is not judged: callers parse
+/// the output (which, from inside a pod, is the pod's and untrusted).
+pub fn capture_output(cmd: &mut std::process::Command) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut out = Vec::new();
+    if let Some(o) = child.stdout.take() {
+        let _ = o.take(1 << 20).read_to_end(&mut out);
+    }
+    child.wait()?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// How often `stop` looks whether the pod has gone.
 const STOP_POLL: Duration = Duration::from_millis(10);
 /// How long `stop` waits after SIGKILL before giving up.

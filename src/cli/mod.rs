@@ -1,12 +1,15 @@
 //! One module per verb.
 
+pub mod connect;
 pub mod create;
 pub mod exec;
 pub mod gc;
 pub mod inspect;
 pub mod list;
+pub mod logs;
 pub mod pod_args;
 pub mod rm;
 pub mod run;
 pub mod start;
+pub mod status;
 pub mod stop;

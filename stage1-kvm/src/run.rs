@@ -238,7 +238,7 @@ fn serve_main(
             );
         }
     }
-    Ok(Relay::Exited(s.relay(stdin, tty, sigs)?))
+    Ok(Relay::Exited(s.relay(stdin, tty, sigs, None)?))
 }
 
 /// Wait until guest-init connects (`None`) or a signal asks us to stop

@@ -84,6 +84,7 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
             Streams::Pty {
                 master: owned,
                 stdin: opts.interactive,
+                escape: opts.escape,
             },
             Stdio::Tty(slave),
             None,
@@ -127,27 +128,11 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
     }
 }
 
-/// Run `argv` in the running pod through this stage1's `exec` verb and
-/// return what it printed (at most 1 MiB; its status is not an error:
-/// `systemctl show` of a failed unit exits 0, and callers judge the
-/// output).
+/// Run `argv` in the running pod through this stage1's own `exec` verb and
+/// return what it printed (see `berth_spec::state::capture_output`).
 pub fn capture(pod: &PodDir, argv: &[String]) -> Result<String> {
-    use std::io::Read;
     let exe = std::env::current_exe().context("cannot find our own executable")?;
-    let mut child = std::process::Command::new(exe)
-        .arg("exec")
-        .arg(pod.path())
-        .arg("--")
-        .args(argv)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("cannot start an exec in the pod")?;
-    let mut out = Vec::new();
-    if let Some(o) = child.stdout.take() {
-        let _ = o.take(1 << 20).read_to_end(&mut out);
-    }
-    child.wait().context("cannot wait for the exec")?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("exec").arg(pod.path()).arg("--").args(argv);
+    berth_spec::state::capture_output(&mut cmd).context("cannot run an exec in the pod")
 }

@@ -132,6 +132,7 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
         (Some(master), _) => Streams::Pty {
             master,
             stdin: spec.stdio.interactive,
+            escape: None,
         },
         (None, Some(s)) => s,
         (None, None) => Streams::Direct,

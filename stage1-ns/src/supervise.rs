@@ -66,8 +66,13 @@ pub enum Streams {
     /// Nothing to relay: it holds our 0, 1, 2 (none is a terminal).
     Direct,
     /// Its own pty: the master is relayed to our stdout, our stdin (with
-    /// `stdin`) to the master, our window size follows.
-    Pty { master: OwnedFd, stdin: bool },
+    /// `stdin`) to the master, our window size follows. `escape`: a byte
+    /// on our stdin that detaches (`berth connect`'s ^]): the pty hangs up.
+    Pty {
+        master: OwnedFd,
+        stdin: bool,
+        escape: Option<u8>,
+    },
     /// Pipes in place of our terminals.
     Pipes {
         /// Write end: our stdin goes there.
@@ -123,6 +128,15 @@ struct Copy {
     /// Our stdin → the pod: on EOF, a pty gets ^D, a pipe is closed.
     to_pod: Option<OwnedFd>,
     is_pty_input: bool,
+    /// Our stdin → the pod: this byte detaches instead of being copied.
+    escape: Option<u8>,
+}
+
+/// What the relay loop ended with.
+enum Ended {
+    Exited(i32),
+    /// The escape byte came: stop relaying, hang up.
+    Detached,
 }
 
 /// A service pod's systemd tells its readiness on this socket (sd_notify):
@@ -145,7 +159,11 @@ pub fn supervise(child: Pid, sfd: &SignalFd, streams: Streams, notify: Option<No
     let mut copies: Vec<Copy> = Vec::new();
     match streams {
         Streams::Direct => {}
-        Streams::Pty { master, stdin } => {
+        Streams::Pty {
+            master,
+            stdin,
+            escape,
+        } => {
             sync_winsize(master.as_fd());
             master_for_winsize = master.try_clone().ok();
             if stdin {
@@ -156,6 +174,7 @@ pub fn supervise(child: Pid, sfd: &SignalFd, streams: Streams, notify: Option<No
                         to: -1,
                         to_pod: Some(dst),
                         is_pty_input: true,
+                        escape,
                     });
                 }
             }
@@ -164,6 +183,7 @@ pub fn supervise(child: Pid, sfd: &SignalFd, streams: Streams, notify: Option<No
                 to: 1,
                 to_pod: None,
                 is_pty_input: false,
+                escape: None,
             });
         }
         Streams::Pipes {
@@ -177,6 +197,7 @@ pub fn supervise(child: Pid, sfd: &SignalFd, streams: Streams, notify: Option<No
                     to: -1,
                     to_pod: Some(w),
                     is_pty_input: false,
+                    escape: None,
                 });
             }
             for (r, to) in [(stdout, 1), (stderr, 2)] {
@@ -186,12 +207,22 @@ pub fn supervise(child: Pid, sfd: &SignalFd, streams: Streams, notify: Option<No
                         to,
                         to_pod: None,
                         is_pty_input: false,
+                        escape: None,
                     });
                 }
             }
         }
     }
-    let code = relay(child, sfd, &mut copies, master_for_winsize.as_ref(), notify);
+    let code = match relay(child, sfd, &mut copies, master_for_winsize.as_ref(), notify) {
+        Ended::Exited(code) => code,
+        Ended::Detached => {
+            drop(raw);
+            // Every end of the pty closes: the session gets SIGHUP.
+            copies.clear();
+            drop(master_for_winsize);
+            return hang_up(child);
+        }
+    };
     // The process is gone: print what it wrote before, without waiting for
     // descendants that may still hold the streams.
     let mut buf = vec![0u8; 16 * 1024];
@@ -216,7 +247,7 @@ fn relay(
     copies: &mut Vec<Copy>,
     master: Option<&OwnedFd>,
     mut notify: Option<Notify>,
-) -> i32 {
+) -> Ended {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
@@ -271,27 +302,73 @@ fn relay(
             // SAFETY: `to` is one of our open descriptors for as long as
             // `copies[i]` lives (ours 1/2, or the owned pod end).
             let to = unsafe { BorrowedFd::borrow_raw(to) };
-            if !copy(c.from.as_fd(), to, &mut buf) {
-                let c = copies.remove(i);
-                if c.is_pty_input {
-                    if let Some(p) = &c.to_pod {
-                        // Forward EOF the way a terminal would: VEOF (^D).
-                        let _ = nix::unistd::write(p, &[4u8]);
-                    }
+            if let Some(esc) = c.escape {
+                match copy_until(c.from.as_fd(), to, &mut buf, esc) {
+                    Copied::Escaped => return Ended::Detached,
+                    Copied::More => continue,
+                    Copied::Eof => {}
                 }
-                // A pipe's write end closes with `c`: the pod reads EOF.
+            } else if copy(c.from.as_fd(), to, &mut buf) {
+                continue;
             }
+            let c = copies.remove(i);
+            if c.is_pty_input {
+                if let Some(p) = &c.to_pod {
+                    // Forward EOF the way a terminal would: VEOF (^D).
+                    let _ = nix::unistd::write(p, &[4u8]);
+                }
+            }
+            // A pipe's write end closes with `c`: the pod reads EOF.
         }
         if ready[0] {
             if let Some(code) = handle_signals(child, sfd, master) {
-                return code;
+                return Ended::Exited(code);
             }
         }
     }
     // poll failed: fall back to a plain wait.
-    match waitpid(child, None) {
+    Ended::Exited(match waitpid(child, None) {
         Ok(st) => app::exit_code(st).unwrap_or(EXIT_BERTH_FAILED),
         Err(_) => EXIT_BERTH_FAILED,
+    })
+}
+
+/// After a detach: the process got SIGHUP from its terminal's hang-up;
+/// give it a moment, then kill it. The session ended as the user asked: 0.
+fn hang_up(child: Pid) -> i32 {
+    let _ = kill(child, Signal::SIGHUP);
+    for _ in 0..100 {
+        if !matches!(
+            waitpid(child, Some(WaitPidFlag::WNOHANG)),
+            Ok(WaitStatus::StillAlive)
+        ) {
+            return 0;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = kill(child, Signal::SIGKILL);
+    let _ = waitpid(child, None);
+    0
+}
+
+enum Copied {
+    More,
+    Eof,
+    Escaped,
+}
+
+/// Copy one chunk up to the escape byte (not included).
+fn copy_until(from: BorrowedFd, to: BorrowedFd, buf: &mut [u8], esc: u8) -> Copied {
+    match nix::unistd::read(from.as_raw_fd(), buf) {
+        Ok(0) | Err(_) => Copied::Eof,
+        Ok(n) => match buf[..n].iter().position(|b| *b == esc) {
+            Some(i) => {
+                write_all(to, &buf[..i]);
+                Copied::Escaped
+            }
+            None if write_all(to, &buf[..n]) => Copied::More,
+            None => Copied::Eof,
+        },
     }
 }
 

@@ -289,6 +289,19 @@ impl PodCgroup {
     /// Kill whatever is left in the cgroup and remove it from every hierarchy.
     /// Removing a cgroup that does not exist is not an error.
     pub fn remove(&self) -> Result<(), CgroupError> {
+        if let Some(dir) = self.v2_dir() {
+            // The whole subtree (a service pod's systemd makes its own
+            // cgroups below the pod's): cgroup.kill (Linux 5.14+), then the
+            // children, deepest first.
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        remove_dir_retry(&e.path())?;
+                    }
+                }
+            }
+        }
         self.manager
             .remove()
             .map_err(|source| CgroupError::Remove {
@@ -312,8 +325,17 @@ fn swap_accounting() -> bool {
             && Path::new("/proc/swaps").exists()
 }
 
-/// rmdir a cgroup directory, retrying briefly while exiting tasks drain.
+/// rmdir a cgroup directory and every cgroup below it (a service pod's
+/// systemd makes its own), deepest first, retrying briefly while exiting
+/// tasks drain.
 fn remove_dir_retry(dir: &Path) -> Result<(), CgroupError> {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_dir_retry(&e.path())?;
+            }
+        }
+    }
     let mut delay = Duration::from_millis(1);
     for _ in 0..10 {
         match std::fs::remove_dir(dir) {
