@@ -52,8 +52,9 @@ build:
 	cargo build --release -p berth-guest-init --target x86_64-unknown-linux-musl
 
 install: build
-	install -d $(PREFIX)/bin $(LIBDIR)
+	install -d $(PREFIX)/bin $(LIBDIR) $(PREFIX)/lib/systemd/system
 	for b in $(BINARIES); do install -m 0755 target/release/$$b $(PREFIX)/bin/$$b; done
+	sed 's|@BINDIR@|$(PREFIX)/bin|g' systemd/berth@.service > $(PREFIX)/lib/systemd/system/berth@.service
 	install -m 0755 -s $(MUSL_INIT) $(LIBDIR)/berth-guest-init
 
 # The guest kernel: built once per input hash (minutes), then cached.

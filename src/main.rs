@@ -46,6 +46,8 @@ enum Command {
     Logs(cli::logs::LogsArgs),
     /// An interactive root shell in a running pod (^] detaches).
     Connect(cli::connect::ConnectArgs),
+    /// Reload a running service pod's units.
+    Reload(cli::reload::ReloadArgs),
     /// Run a command inside a running pod.
     Exec(cli::exec::ExecArgs),
     /// Stop a running pod.
@@ -110,6 +112,7 @@ fn main() {
         Command::Status(a) => cli::status::status(&store, a),
         Command::Logs(a) => cli::logs::logs(&store, a),
         Command::Connect(a) => cli::connect::connect(&store, a),
+        Command::Reload(a) => cli::reload::reload(&store, a),
         Command::Exec(a) => cli::exec::exec(&store, a),
         Command::Stop(a) => cli::stop::stop(&store, a),
         Command::List(a) => cli::list::list(&store, a),

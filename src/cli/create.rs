@@ -62,5 +62,11 @@ pub fn create(store: &Store, mut a: CreateArgs) -> Result<i32> {
     new.write_spec(&spec, &built.stage1)?;
     new.keep();
     println!("{}", spec.name);
+    if crate::stage0::systemd::booted() {
+        eprintln!(
+            "berth: start it with `berth start {n}`, or run it at every boot with              `systemctl enable --now berth@{n}`",
+            n = spec.name
+        );
+    }
     Ok(0)
 }

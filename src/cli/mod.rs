@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod list;
 pub mod logs;
 pub mod pod_args;
+pub mod reload;
 pub mod rm;
 pub mod run;
 pub mod start;

@@ -10,5 +10,6 @@ pub mod pod;
 pub mod service;
 pub mod stage1;
 pub mod store;
+pub mod systemd;
 
 pub use berth_spec::state::pod_name;

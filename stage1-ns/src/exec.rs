@@ -15,7 +15,7 @@
 use crate::app::{self, Launch, Started, Stdio};
 use crate::init;
 use crate::security::Confinement;
-use crate::supervise::{supervise, Streams};
+use crate::supervise::{supervise, Forward, Streams};
 use anyhow::{Context, Result};
 use berth_spec::cgroup::{self, PodCgroup};
 use berth_spec::stage1_cli::ExecOptions;
@@ -119,7 +119,7 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
     let started = app::launch(&launch)?;
     drop(pipes);
     match started {
-        Started::Running(pid) => Ok(supervise(pid, &sfd, streams, None)),
+        Started::Running(pid) => Ok(supervise(pid, &sfd, streams, None, Forward::AsIs)),
         Started::Failed { pid, code, message } => {
             let _ = nix::sys::wait::waitpid(pid, None);
             eprintln!("berth: {message}");

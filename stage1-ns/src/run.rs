@@ -10,9 +10,10 @@
 use crate::chan::{self, Chan};
 use crate::init::{self, InitArgs};
 use crate::security::Confinement;
-use crate::supervise::{supervise, Notify, PodStdio, Streams};
+use crate::supervise::{supervise, Forward, Notify, PodStdio, Streams};
 use anyhow::{Context, Result};
 use berth_spec::cgroup::{self, PodCgroup};
+use berth_spec::systemd::{self, Placement};
 use berth_spec::init_msg::InitMessage;
 use berth_spec::report::StartReport;
 use berth_spec::state::{self, PassedFds, Ready};
@@ -56,10 +57,16 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
         Some(_) => Some(bind_notify(pod)?),
         None => None,
     };
-    let relative = cgroup::pod_cgroup_path(&spec.uuid);
+    let placement = systemd::placement(&spec)?;
+    if let Placement::Delegated { unit_name, unit } = &placement {
+        systemd::prepare_delegated(unit_name, unit, &spec)?;
+    }
     // Recorded before any process is placed in it: whatever happens next,
-    // `gc` knows which cgroup to remove.
-    cgroup::record(pod, &relative)?;
+    // `gc` knows which cgroup to remove. (A scope's is known once
+    // machined made it.)
+    if let Some(rel) = placement.pod_cgroup() {
+        cgroup::record(pod, &rel)?;
+    }
     let handled = init::handled_signals();
     handled
         .thread_block()
@@ -87,15 +94,8 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
     drop(theirs);
     drop(pod_stdio);
     step("cloned init");
-    // The cgroup is set up while init builds the pod's mounts.
-    let cgroup = match PodCgroup::open(&relative) {
-        Ok(c) => c,
-        Err(e) => {
-            abort_child(child);
-            return Err(e.into());
-        }
-    };
-    let proxy = match place_and_plug(pod, &spec, &cgroup, child, &ours) {
+    // The cgroup and network are set up while init builds the pod's mounts.
+    let (cgroup, proxy) = match place_and_plug(pod, &spec, &placement, child, &ours) {
         Ok(p) => p,
         Err(e) => {
             // init may have failed first (and its report says why better
@@ -105,7 +105,7 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
                 None => e,
             };
             abort_child(child);
-            release(pod, &spec, &cgroup);
+            release_after_failure(pod, &spec);
             return Err(e);
         }
     };
@@ -156,9 +156,10 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
                     sock,
                     on_ready: &mut on_ready,
                 }),
+                Forward::Systemd,
             )
         }
-        None => supervise(child, &sfd, streams, None),
+        None => supervise(child, &sfd, streams, None, Forward::AsIs),
     };
     if !ready.sent() {
         ready.send(&StartReport::setup_failed(format!(
@@ -200,21 +201,51 @@ fn clone_init(a: &InitArgs) -> Result<Pid> {
 fn place_and_plug(
     pod: &PodDir,
     spec: &PodSpec,
-    cgroup: &PodCgroup,
+    placement: &Placement,
     child: Pid,
     chan: &Chan,
-) -> Result<Option<berth_net::proxy::LocalProxy>> {
+) -> Result<(PodCgroup, Option<berth_net::proxy::LocalProxy>)> {
     state::write_file(&pod.pid_file(), &child.to_string())?;
-    cgroup.add(child.as_raw())?;
-    cgroup.apply(&spec.resources, &spec.devices)?;
     let mut proxy = None;
+    let mut ifindices = Vec::new();
     if let Some(net) = &spec.network.private {
         berth_net::attach_veth(net, child.as_raw())
             .context("cannot plug the pod into the bridge")?;
+        ifindices.extend(ifindex(&net.host_ifname));
         proxy = Some(berth_net::proxy::start(&net.ports, net.address)?);
     }
+    let cgroup = systemd::place(&systemd::Place {
+        pod,
+        spec,
+        placement,
+        leader: child.as_raw(),
+        root_directory: &pod.rootfs(),
+        ifindices,
+        limits: &spec.resources,
+        devices: &spec.devices,
+    })?;
     chan.send(&InitMessage::Go, None)?;
-    Ok(proxy)
+    Ok((cgroup, proxy))
+}
+
+/// A host interface's index, for machined.
+fn ifindex(name: &str) -> Option<i32> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A start that failed before the cgroup was in hand: whatever was
+/// recorded and leased goes.
+fn release_after_failure(pod: &PodDir, spec: &PodSpec) {
+    berth_net::release_pod(&pod.state_root(), spec);
+    if let Some(rel) = cgroup::recorded(pod, Some(spec)) {
+        if let Ok(c) = PodCgroup::open(&rel) {
+            let _ = c.remove();
+        }
+    }
 }
 
 /// A failure init reported already (non-blocking: only what is queued).

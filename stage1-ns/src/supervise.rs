@@ -152,8 +152,37 @@ pub fn says_ready(datagram: &[u8]) -> bool {
     datagram.split(|b| *b == b'\n').any(|l| l == b"READY=1")
 }
 
+/// How a signal we got reaches the supervised process.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// As it is.
+    AsIs,
+    /// It is a service pod's systemd: a request to stop (SIGTERM, SIGINT,
+    /// SIGHUP, SIGQUIT) becomes SIGRTMIN+3, its "halt" (SIGTERM would make
+    /// it re-execute itself).
+    Systemd,
+}
+
+impl Forward {
+    fn map(self, sig: Signal) -> i32 {
+        match (self, sig) {
+            (
+                Forward::Systemd,
+                Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP | Signal::SIGQUIT,
+            ) => libc::SIGRTMIN() + 3,
+            _ => sig as i32,
+        }
+    }
+}
+
 /// Supervise `child` until it exits; returns its status in shell convention.
-pub fn supervise(child: Pid, sfd: &SignalFd, streams: Streams, notify: Option<Notify>) -> i32 {
+pub fn supervise(
+    child: Pid,
+    sfd: &SignalFd,
+    streams: Streams,
+    notify: Option<Notify>,
+    forward: Forward,
+) -> i32 {
     let mut raw = None;
     let mut master_for_winsize = None;
     let mut copies: Vec<Copy> = Vec::new();
@@ -213,7 +242,14 @@ pub fn supervise(child: Pid, sfd: &SignalFd, streams: Streams, notify: Option<No
             }
         }
     }
-    let code = match relay(child, sfd, &mut copies, master_for_winsize.as_ref(), notify) {
+    let code = match relay(
+        child,
+        sfd,
+        &mut copies,
+        master_for_winsize.as_ref(),
+        notify,
+        forward,
+    ) {
         Ended::Exited(code) => code,
         Ended::Detached => {
             drop(raw);
@@ -247,6 +283,7 @@ fn relay(
     copies: &mut Vec<Copy>,
     master: Option<&OwnedFd>,
     mut notify: Option<Notify>,
+    forward: Forward,
 ) -> Ended {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -321,7 +358,7 @@ fn relay(
             // A pipe's write end closes with `c`: the pod reads EOF.
         }
         if ready[0] {
-            if let Some(code) = handle_signals(child, sfd, master) {
+            if let Some(code) = handle_signals(child, sfd, master, forward) {
                 return Ended::Exited(code);
             }
         }
@@ -373,7 +410,12 @@ fn copy_until(from: BorrowedFd, to: BorrowedFd, buf: &mut [u8], esc: u8) -> Copi
 }
 
 /// Read every queued signal; Some(code) once `child` has exited.
-fn handle_signals(child: Pid, sfd: &SignalFd, master: Option<&OwnedFd>) -> Option<i32> {
+fn handle_signals(
+    child: Pid,
+    sfd: &SignalFd,
+    master: Option<&OwnedFd>,
+    forward: Forward,
+) -> Option<i32> {
     let mut exited = None;
     while let Ok(Some(info)) = sfd.read_signal() {
         let signo = info.ssi_signo as i32;
@@ -396,7 +438,8 @@ fn handle_signals(child: Pid, sfd: &SignalFd, master: Option<&OwnedFd>) -> Optio
                 }
             }
             Ok(s) if is_forwarded(s) => {
-                let _ = kill(child, s);
+                // SAFETY: kill(2) with a pid and a signal number.
+                unsafe { libc::kill(child.as_raw(), forward.map(s)) };
             }
             _ => {}
         }

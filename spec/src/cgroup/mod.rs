@@ -98,8 +98,21 @@ pub fn recorded(pod: &PodDir, spec: Option<&PodSpec>) -> Option<PathBuf> {
     std::fs::read_to_string(pod.cgroup_file())
         .ok()
         .map(|s| PathBuf::from(s.trim()))
-        .filter(|p| p.starts_with("/berth/") && p.components().count() == 3)
+        .filter(|p| plausible(p))
         .or_else(|| spec.map(|s| pod_cgroup_path(&s.uuid)))
+}
+
+/// A recorded path berth may have chosen: berth's own tree
+/// (`/berth/<uuid>`), below a berth unit (`…/berth@NAME.service/pod`) or a
+/// machined scope (`…/machine-NAME.scope`); absolute, no `..`.
+fn plausible(p: &Path) -> bool {
+    use std::path::Component;
+    let clean = p.is_absolute() && p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    let s = p.to_string_lossy();
+    clean
+        && ((p.starts_with("/berth/") && p.components().count() == 3)
+            || (s.contains("/berth@") && s.ends_with(".service/pod"))
+            || s.rsplit('/').next().is_some_and(|l| l.starts_with("machine-") && l.ends_with(".scope")))
 }
 
 /// Record the pod's cgroup path (before any process is placed there, so
@@ -225,6 +238,12 @@ impl PodCgroup {
     /// the first [`PodCgroup::add`] (which creates the directories).
     pub fn apply(&self, res: &crate::Resources, devs: &[crate::Device]) -> Result<(), CgroupError> {
         self.apply_limits(res)?;
+        self.apply_devices(devs)
+    }
+
+    /// The device policy alone (a machined scope: systemd applies the
+    /// limits, given as the scope's properties).
+    pub fn apply_devices(&self, devs: &[crate::Device]) -> Result<(), CgroupError> {
         let rules = devices::rules(devs);
         if !matches!(self.setup, CgroupSetup::Unified) {
             devices::apply_v1(&self.under("devices"), &rules)?;
@@ -289,6 +308,19 @@ impl PodCgroup {
     /// Kill whatever is left in the cgroup and remove it from every hierarchy.
     /// Removing a cgroup that does not exist is not an error.
     pub fn remove(&self) -> Result<(), CgroupError> {
+        if self
+            .relative
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with(".scope"))
+        {
+            // A machined scope is systemd's: it goes away by itself once
+            // empty. Only make sure it is.
+            let _ = self.kill_all();
+            if let Some(dir) = self.v2_dir() {
+                let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            }
+            return Ok(());
+        }
         if let Some(dir) = self.v2_dir() {
             // The whole subtree (a service pod's systemd makes its own
             // cgroups below the pod's): cgroup.kill (Linux 5.14+), then the
@@ -432,7 +464,16 @@ mod tests {
         record(&pod, &pod_cgroup_path(u)).unwrap();
         assert_eq!(recorded(&pod, None), Some(pod_cgroup_path(u)));
         // A damaged record never names a cgroup outside berth's.
-        std::fs::write(pod.cgroup_file(), "/../../system.slice\n").unwrap();
-        assert_eq!(recorded(&pod, None), None);
+        for bad in ["/../../system.slice", "/system.slice", "/berth/../x", "rel/berth/x"] {
+            std::fs::write(pod.cgroup_file(), format!("{bad}\n")).unwrap();
+            assert_eq!(recorded(&pod, None), None, "{bad}");
+        }
+        for good in [
+            "/machine.slice/berth@web.service/pod",
+            "/machine.slice/machine-web.scope",
+        ] {
+            std::fs::write(pod.cgroup_file(), format!("{good}\n")).unwrap();
+            assert_eq!(recorded(&pod, None), Some(PathBuf::from(good)));
+        }
     }
 }
