@@ -5,16 +5,21 @@
 //! Placement ([`placement`]):
 //! - no systemd (PID 1 is something else): berth's own cgroup tree,
 //!   `/berth/<uuid>` in every hierarchy;
-//! - inside `berth@NAME.service` (`Delegate=yes`, `BERTH_DELEGATED=1` in its
-//!   environment): the unit's cgroup is berth's — the pod gets `<unit>/pod`,
-//!   berth's own processes move to `<unit>/supervisor` (cgroup v2 allows
-//!   controllers only for cgroups without processes of their own), and the
-//!   limits are written there;
-//! - any other process on a systemd host (`berth run` from a shell,
-//!   `systemd-run berth run …`): machined creates a scope for the pod's
-//!   leader in machine.slice (`CreateMachineWithNetwork`, `Delegate=yes`),
-//!   with the limits as the scope's properties (`MemoryMax=`, `CPUQuota=`,
-//!   `TasksMax=`), so systemd knows every cgroup the pod uses.
+//! - inside a service unit (`berth@NAME.service`, `systemd-run berth run
+//!   …`): the pod gets `<unit>/pod`, below the unit's cgroup, so the unit's
+//!   status shows the pod's processes and stopping the unit stops the pod.
+//!   When the unit delegates its cgroup (`Delegate=yes`: berth@'s has it,
+//!   and says so with `BERTH_DELEGATED=1`; systemd marks others with the
+//!   `trusted.delegate` xattr), berth's own processes move to
+//!   `<unit>/supervisor` (cgroup v2 allows controllers only for cgroups
+//!   without processes of their own) and the limits are written in
+//!   `<unit>/pod`; without delegation a limit option fails, naming the
+//!   controller (pods without limits still run);
+//! - anywhere else on a systemd host (`berth run` from a login shell):
+//!   machined creates a scope for the pod's leader in machine.slice
+//!   (`CreateMachineWithNetwork`, `Delegate=yes`), with the limits as the
+//!   scope's properties (`MemoryMax=`, `CPUQuota=`, `TasksMax=`), so
+//!   systemd knows every cgroup the pod uses.
 //!
 //! Registration: a pod in its unit is registered with
 //! `RegisterMachineWithNetwork` (machined finds the unit from the leader's
@@ -37,7 +42,7 @@ pub enum SystemdError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{option} needs the {controller} controller, which systemd does not delegate to {unit} on this host")]
+    #[error("{option} needs the {controller} controller, which systemd does not delegate to {unit} (give the unit Delegate=yes)")]
     NotDelegated {
         option: &'static str,
         controller: &'static str,
@@ -72,10 +77,12 @@ pub fn booted() -> bool {
 pub enum Placement {
     /// berth's own tree: this path in every hierarchy.
     Berth(PathBuf),
-    /// Below the delegated cgroup of the unit running us.
-    Delegated {
+    /// Below the cgroup of the service unit running us (`<unit>/pod`).
+    Unit {
         unit_name: String,
         unit: PathBuf,
+        /// Does the unit delegate its cgroup to us (`Delegate=yes`)?
+        delegated: bool,
     },
     /// A scope machined creates for the leader.
     Scope,
@@ -86,7 +93,7 @@ impl Placement {
     pub fn pod_cgroup(&self) -> Option<PathBuf> {
         match self {
             Placement::Berth(p) => Some(p.clone()),
-            Placement::Delegated { unit, .. } => Some(unit.join("pod")),
+            Placement::Unit { unit, .. } => Some(unit.join("pod")),
             Placement::Scope => None,
         }
     }
@@ -120,24 +127,83 @@ pub fn placement(spec: &PodSpec) -> Result<Placement, SystemdError> {
     if !booted() || std::env::var_os("BERTH_NO_SYSTEMD").is_some() {
         return Ok(Placement::Berth(crate::cgroup::pod_cgroup_path(&spec.uuid)));
     }
-    let own = cgroup_of("self")?;
-    let unit_name = format!("berth@{}.service", spec.name);
-    let in_unit = own.file_name().and_then(|n| n.to_str()) == Some(unit_name.as_str())
-        || own
-            .parent()
-            .and_then(|p| p.file_name())
-            .and_then(|n| n.to_str())
-            == Some(unit_name.as_str());
-    if std::env::var_os("BERTH_DELEGATED").is_some() && in_unit {
-        // We may already sit in <unit>/supervisor (a second stage1 run).
-        let unit = if own.file_name().and_then(|n| n.to_str()) == Some("supervisor") {
-            own.parent().map(Path::to_path_buf).unwrap_or(own)
-        } else {
-            own
-        };
-        return Ok(Placement::Delegated { unit_name, unit });
+    let mut own = cgroup_of("self")?;
+    // We may already sit in <unit>/supervisor (a stage1 started by stage0).
+    if own.file_name().and_then(|n| n.to_str()) == Some("supervisor") {
+        own = own.parent().map(Path::to_path_buf).unwrap_or(own);
     }
-    Ok(Placement::Scope)
+    let name = own
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !name.ends_with(".service") {
+        return Ok(Placement::Scope);
+    }
+    let delegated = (std::env::var_os("BERTH_DELEGATED").is_some()
+        && name == format!("berth@{}.service", spec.name))
+        || delegate_xattr(&own);
+    Ok(Placement::Unit {
+        unit_name: name,
+        unit: own,
+        delegated,
+    })
+}
+
+/// systemd (251+) marks a delegated cgroup with `trusted.delegate=1`
+/// (`user.delegate` for user managers).
+fn delegate_xattr(cgroup: &Path) -> bool {
+    let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(|root| Path::new(root).join(rel))
+        .any(|dir| {
+            ["trusted.delegate", "user.delegate"].iter().any(|attr| {
+                let (Ok(p), Ok(a)) = (
+                    std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()),
+                    std::ffi::CString::new(*attr),
+                ) else {
+                    return false;
+                };
+                let mut v = [0u8; 8];
+                // SAFETY: getxattr writes at most v.len() bytes into `v`;
+                // the strings are NUL-terminated and outlive the call.
+                let n = unsafe {
+                    libc::getxattr(p.as_ptr(), a.as_ptr(), v.as_mut_ptr().cast(), v.len())
+                };
+                n > 0 && v[0] == b'1'
+            })
+        })
+}
+
+/// A unit that does not delegate its cgroup: no limit may be asked for.
+pub fn check_undelegated(unit_name: &str, spec: &PodSpec) -> Result<(), SystemdError> {
+    match needed(spec, false).first() {
+        Some((option, controller)) => Err(SystemdError::NotDelegated {
+            option,
+            controller,
+            unit: unit_name.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Before the pod's first process: get a unit's cgroup ready (see
+/// [`prepare_delegated`]), or check that nothing needs a controller an
+/// undelegating unit does not give.
+pub fn prepare(placement: &Placement, spec: &PodSpec) -> Result<(), SystemdError> {
+    match placement {
+        Placement::Unit {
+            unit_name,
+            unit,
+            delegated: true,
+        } => prepare_delegated(unit_name, unit, spec),
+        Placement::Unit {
+            unit_name,
+            delegated: false,
+            ..
+        } => check_undelegated(unit_name, spec),
+        _ => Ok(()),
+    }
 }
 
 /// The controllers a pod's limits need, with the option that asks.
@@ -369,9 +435,10 @@ mod tests {
 
     #[test]
     fn placements() {
-        let p = Placement::Delegated {
+        let p = Placement::Unit {
             unit_name: "berth@w.service".into(),
             unit: "/machine.slice/berth@w.service".into(),
+            delegated: true,
         };
         assert_eq!(
             p.pod_cgroup(),
@@ -447,6 +514,10 @@ pub fn place(p: &Place) -> Result<crate::cgroup::PodCgroup, PlaceError> {
             Ok(cg) => {
                 cgroup::record(p.pod, &cg)?;
                 let c = PodCgroup::open(&cg)?;
+                // On a hybrid host systemd makes the scope's cgroup only in
+                // the hierarchies it manages: the rest (devices among them)
+                // are made here, at the same path.
+                c.add(p.leader)?;
                 c.apply_devices(p.devices)?;
                 return Ok(c);
             }
@@ -465,8 +536,14 @@ pub fn place(p: &Place) -> Result<crate::cgroup::PodCgroup, PlaceError> {
     cgroup::record(p.pod, &rel)?;
     let c = PodCgroup::open(&rel)?;
     c.add(p.leader)?;
-    c.apply(p.limits, p.devices)?;
-    if matches!(p.placement, Placement::Delegated { .. }) {
+    match p.placement {
+        // Not delegated: no controllers of ours (and none asked for).
+        Placement::Unit {
+            delegated: false, ..
+        } => c.apply_devices(p.devices)?,
+        _ => c.apply(p.limits, p.devices)?,
+    }
+    if matches!(p.placement, Placement::Unit { .. }) {
         match machine.register() {
             Ok(()) => {}
             Err(e) if machined_missing(&e) => log::warn!(

@@ -64,7 +64,7 @@ pub fn create(store: &Store, mut a: CreateArgs) -> Result<i32> {
     println!("{}", spec.name);
     if crate::stage0::systemd::booted() {
         eprintln!(
-            "berth: start it with `berth start {n}`, or run it at every boot with              `systemctl enable --now berth@{n}`",
+            "berth: start it with `berth start {n}`, or at every boot with `systemctl enable --now berth@{n}`",
             n = spec.name
         );
     }

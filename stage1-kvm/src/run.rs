@@ -82,14 +82,16 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
     }
     let (cfg, listener) = vm_config(&spec, pod)?;
     log::debug!("stage1-kvm: VM prepared after {:?}", t0.elapsed());
-    let relative = cgroup::pod_cgroup_path(&spec.uuid);
-    cgroup::record(pod, &relative)?;
-    let cgroup = PodCgroup::open(&relative)?;
+    let placement = berth_spec::systemd::placement(&spec)?;
+    berth_spec::systemd::prepare(&placement, &spec)?;
+    if let Some(rel) = placement.pod_cgroup() {
+        cgroup::record(pod, &rel)?;
+    }
     // Block the relayed signals before any other thread exists, so that
     // they wait for the control thread's signalfd.
     let sigs = relayed_signals();
     sigs.thread_block().context("cannot block signals")?;
-    let (child, exit_rd) = vmm_process::spawn(cfg, &spec, pod, &cgroup)?;
+    let (child, cgroup, exit_rd) = vmm_process::spawn(cfg, &spec, pod, &placement)?;
     state::write_file(&pod.pid_file(), &std::process::id().to_string())?;
     let proxy = match &spec.network.private {
         Some(net) => Some(berth_net::proxy::start(&net.ports, net.address)?),

@@ -6,6 +6,8 @@
 
 use anyhow::{Context, Result};
 use berth_spec::cgroup::PodCgroup;
+use berth_spec::systemd::Placement;
+use std::os::fd::AsRawFd;
 use berth_spec::{PodDir, PodSpec, Resources, EXIT_BERTH_FAILED};
 use std::os::fd::OwnedFd;
 
@@ -116,31 +118,61 @@ impl Drop for VmmChild {
     }
 }
 
-/// Fork the VMM process (the caller must still be single-threaded). Returns
-/// it and the read end of its report pipe. The caller's copies of the tap
-/// and console fds go with `cfg`: the tap must vanish with the VMM.
+/// Fork the VMM process (the caller must still be single-threaded) and put
+/// it in the pod's cgroup ([`berth_spec::systemd::place`]: limits, device
+/// policy, machined registration with the VMM as the leader) before it
+/// touches guest RAM. Returns it, its cgroup and the read end of its
+/// report pipe. The caller's copies of the tap and console fds go with
+/// `cfg`: the tap must vanish with the VMM.
 pub fn spawn(
     cfg: vmm::VmConfig,
     spec: &PodSpec,
     pod: &PodDir,
-    cgroup: &PodCgroup,
-) -> Result<(VmmChild, OwnedFd)> {
+    placement: &Placement,
+) -> Result<(VmmChild, PodCgroup, OwnedFd)> {
     let keep = cfg.fs_capabilities();
+    let ifindices: Vec<i32> = cfg
+        .net
+        .iter()
+        .filter_map(|n| {
+            std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", n.tap))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect();
     let (exit_rd, exit_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .context("cannot create the VMM's report pipe")?;
+    let (go_rd, go_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .context("cannot create the VMM's start pipe")?;
     let parent = nix::unistd::getpid();
     // SAFETY: no other thread exists yet (the control and proxy threads
     // start later, in the parent); the child only runs the VMM and exits.
     match unsafe { nix::unistd::fork() }.context("cannot fork the VMM process")? {
         nix::unistd::ForkResult::Child => {
             drop(exit_rd);
-            let code = main(cfg, spec, pod, cgroup, &keep, parent, exit_wr);
+            drop(go_wr);
+            let code = main(cfg, spec, pod, &keep, parent, go_rd, exit_wr);
             std::process::exit(code)
         }
         nix::unistd::ForkResult::Parent { child } => {
             drop(exit_wr);
+            drop(go_rd);
             drop(cfg);
-            Ok((VmmChild(child), exit_rd))
+            let child = VmmChild(child);
+            let cgroup = berth_spec::systemd::place(&berth_spec::systemd::Place {
+                pod,
+                spec,
+                placement,
+                leader: child.pid().as_raw(),
+                root_directory: &pod.rootfs(),
+                ifindices,
+                limits: &host_limits(&spec.resources),
+                devices: &vmm_devices(),
+            })?;
+            nix::unistd::write(&go_wr, b"g").context("cannot start the VMM process")?;
+            Ok((child, cgroup, exit_rd))
         }
     }
 }
@@ -152,9 +184,9 @@ fn main(
     cfg: vmm::VmConfig,
     spec: &PodSpec,
     pod: &PodDir,
-    cgroup: &PodCgroup,
     keep: &[caps::Capability],
     parent: nix::unistd::Pid,
+    go: OwnedFd,
     report: OwnedFd,
 ) -> i32 {
     let result = (|| -> Result<VmmReport> {
@@ -167,9 +199,13 @@ fn main(
         if nix::unistd::getppid() != parent {
             anyhow::bail!("the stage1 exited before its VMM started");
         }
-        // Before guest RAM is touched: every page is charged to the pod.
-        cgroup.add(nix::unistd::getpid().as_raw())?;
-        cgroup.apply(&host_limits(&spec.resources), &vmm_devices())?;
+        // The stage1 places us in the pod's cgroup first: every page of
+        // guest RAM is charged to the pod.
+        let mut b = [0u8; 1];
+        if !matches!(nix::unistd::read(go.as_raw_fd(), &mut b), Ok(1)) {
+            anyhow::bail!("the stage1 could not place the VMM process in the pod's cgroup");
+        }
+        drop(go);
         crate::rootfs::mount_overlay(spec, pod)?;
         drop_privileges(keep)?;
         let vm = vmm::Vm::boot(cfg).context("cannot boot the VM")?;

@@ -58,9 +58,7 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
         None => None,
     };
     let placement = systemd::placement(&spec)?;
-    if let Placement::Delegated { unit_name, unit } = &placement {
-        systemd::prepare_delegated(unit_name, unit, &spec)?;
-    }
+    systemd::prepare(&placement, &spec)?;
     // Recorded before any process is placed in it: whatever happens next,
     // `gc` knows which cgroup to remove. (A scope's is known once
     // machined made it.)

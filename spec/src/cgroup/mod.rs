@@ -103,7 +103,7 @@ pub fn recorded(pod: &PodDir, spec: Option<&PodSpec>) -> Option<PathBuf> {
 }
 
 /// A recorded path berth may have chosen: berth's own tree
-/// (`/berth/<uuid>`), below a berth unit (`…/berth@NAME.service/pod`) or a
+/// (`/berth/<uuid>`), below a service unit (`…/berth@NAME.service/pod`) or a
 /// machined scope (`…/machine-NAME.scope`); absolute, no `..`.
 fn plausible(p: &Path) -> bool {
     use std::path::Component;
@@ -111,7 +111,7 @@ fn plausible(p: &Path) -> bool {
     let s = p.to_string_lossy();
     clean
         && ((p.starts_with("/berth/") && p.components().count() == 3)
-            || (s.contains("/berth@") && s.ends_with(".service/pod"))
+            || s.ends_with(".service/pod")
             || s.rsplit('/').next().is_some_and(|l| l.starts_with("machine-") && l.ends_with(".scope")))
 }
 
@@ -245,11 +245,23 @@ impl PodCgroup {
     /// limits, given as the scope's properties).
     pub fn apply_devices(&self, devs: &[crate::Device]) -> Result<(), CgroupError> {
         let rules = devices::rules(devs);
-        if !matches!(self.setup, CgroupSetup::Unified) {
+        let v1 = !matches!(self.setup, CgroupSetup::Unified);
+        if v1 {
             devices::apply_v1(&self.under("devices"), &rules)?;
         }
         if let Some(dir) = self.v2_dir() {
-            devices::apply_bpf(&dir, &rules)?;
+            match devices::apply_bpf(&dir, &rules) {
+                Ok(()) => {}
+                // A hybrid host's v1 devices controller enforces the same
+                // list; the program on its unified hierarchy is a second
+                // lock, which some hosts do not allow us (bpf(2) refused,
+                // e.g. inside systemd-nspawn).
+                Err(e @ devices::DeviceError::Load(_)) if v1 => log::info!(
+                    "{}: the v1 devices controller enforces the policy alone",
+                    crate::ErrorChain(&e)
+                ),
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
