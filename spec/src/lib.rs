@@ -570,6 +570,54 @@ pub struct Security {
     pub seccomp_profile: SeccompProfile,
     /// Set `PR_SET_NO_NEW_PRIVS`.
     pub no_new_privileges: bool,
+    /// A user namespace: root in the pod is `host_uid` on the host
+    /// (`--user-remap`, `--private-users`). `None`: root is root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<UserNamespace>,
+}
+
+/// The pod's id mapping: ids `0 .. count` in the pod are `host_uid ..` and
+/// `host_gid ..` on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserNamespace {
+    pub host_uid: u32,
+    pub host_gid: u32,
+    pub count: u32,
+    /// Picked by berth from its pool (`--private-users`): the range is the
+    /// pod's until it is removed.
+    #[serde(default)]
+    pub private: bool,
+}
+
+impl UserNamespace {
+    /// `uid_map`/`gid_map` contents.
+    pub fn uid_map(&self) -> String {
+        format!("0 {} {}\n", self.host_uid, self.count)
+    }
+    pub fn gid_map(&self) -> String {
+        format!("0 {} {}\n", self.host_gid, self.count)
+    }
+
+    /// Check the numbers: a non-empty range that fits in 32 bits, and not
+    /// the host's root.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.count == 0 {
+            return Err("a user namespace maps at least one id (COUNT > 0)".into());
+        }
+        for (what, base) in [("uid", self.host_uid), ("gid", self.host_gid)] {
+            if u64::from(base) + u64::from(self.count) > u64::from(u32::MAX) {
+                return Err(format!(
+                    "host {what} {base} + {} ids go past 4294967295",
+                    self.count
+                ));
+            }
+            if base == 0 {
+                return Err(format!("host {what} 0 would make the pod's root the host's"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The capability set kept by default: Docker's/Moby's default set without
@@ -666,6 +714,7 @@ impl Default for Security {
             seccomp: true,
             seccomp_profile: SeccompProfile::Default,
             no_new_privileges: true,
+            userns: None,
         }
     }
 }
@@ -687,6 +736,7 @@ impl Security {
             seccomp: true,
             seccomp_profile: SeccompProfile::Systemd,
             no_new_privileges: false,
+            userns: None,
         }
     }
 }
@@ -945,6 +995,12 @@ impl PodSpec {
         }
         if self.resources.pids == Some(0) {
             return bad("pids limit must be greater than 0".into());
+        }
+        if let Some(u) = &self.security.userns {
+            u.validate().map_err(SpecError::Invalid)?;
+            if self.network.mode == NetworkMode::Host {
+                return bad("a user namespace cannot share the host's network (--net host)".into());
+            }
         }
         for c in &self.security.capabilities {
             if !c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') || c.is_empty() {

@@ -11,5 +11,6 @@ pub mod service;
 pub mod stage1;
 pub mod store;
 pub mod systemd;
+pub mod users;
 
 pub use berth_spec::state::pod_name;
