@@ -51,6 +51,7 @@ pub mod devices;
 pub mod kernel;
 pub mod metrics;
 pub mod pvm;
+pub mod shared;
 pub mod vstate;
 
 pub use builder::{
@@ -58,4 +59,4 @@ pub use builder::{
     NetConfig, RunningVm, Vm, VmConfig, VmExitInfo, VmHandle, VsockConfig,
 };
 pub use devices::serial::SerialInput;
-pub use devices::ExitReason;
+pub use shared::ExitReason;

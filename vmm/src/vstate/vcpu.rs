@@ -10,7 +10,7 @@ use vm_memory::GuestAddress;
 
 use crate::arch::x86_64::{cpuid, regs};
 use crate::device_manager::Bus;
-use crate::devices::{ExitReason, VmShared};
+use crate::shared::{ExitReason, VmShared};
 
 /// KVM_INTERNAL_ERROR_EMULATION.
 const INTERNAL_ERROR_EMULATION: u32 = 1;
@@ -137,8 +137,9 @@ impl Vcpu {
         self.profile = Some((out, Vec::new()));
     }
 
-    /// Starts the vCPU thread.
-    pub fn start(mut self) -> Result<JoinHandle<()>, VcpuError> {
+    /// Starts the vCPU thread; it ends with the error that stopped the
+    /// vCPU, if any (after asking the VM to stop with [`ExitReason::Error`]).
+    pub fn start(mut self) -> Result<JoinHandle<Result<(), VcpuError>>, VcpuError> {
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
@@ -162,15 +163,11 @@ impl Vcpu {
                         self.fwait_fixups
                     );
                 }
-                if let Err(e) = result {
+                if let Err(e) = &result {
                     log::debug!("vmm: vCPU {id} stopped: {e}");
-                    if let Ok(mut slot) = self.shared.error.lock() {
-                        if slot.is_none() {
-                            *slot = Some(e);
-                        }
-                    }
                     self.shared.request_exit(ExitReason::Error);
                 }
+                result
             })
             .map_err(|e| VcpuError::Spawn(id, e))
     }
