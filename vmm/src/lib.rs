@@ -37,6 +37,10 @@
 //! file rather than copied ([`kernel`]: replace a kernel file by rename,
 //! never in place; [`kernel::COPY_KERNEL_ENV`] forces the copy).
 //!
+//! Serial output: [`VmConfig::serial_out`] takes any writer; for a file,
+//! [`console_log::RotatingLog`] caps it (rotating to `<path>.1`) so that a
+//! guest cannot fill the host's disk.
+//!
 //! Timing: `setup_time` and `boot_to_init` are measured from the start of
 //! [`Vm::boot`]. [`metrics::rss_excluding_guest`] (also
 //! [`RunningVm::rss_excluding_guest`], [`VmHandle::rss_excluding_guest`])
@@ -46,6 +50,7 @@
 
 pub mod arch;
 pub mod builder;
+pub mod console_log;
 pub mod device_manager;
 pub mod devices;
 pub mod kernel;
