@@ -56,6 +56,7 @@ pub mod devices;
 pub mod kernel;
 pub mod metrics;
 pub mod pvm;
+pub mod seccomp;
 pub mod shared;
 pub mod vstate;
 
@@ -64,4 +65,5 @@ pub use builder::{
     NetConfig, RunningVm, Vm, VmConfig, VmExitInfo, VmHandle, VsockConfig,
 };
 pub use devices::serial::SerialInput;
+pub use seccomp::SeccompLevel;
 pub use shared::ExitReason;

@@ -7,6 +7,7 @@ use super::error::BuildError;
 use crate::devices::serial::SerialOut;
 use crate::devices::virtio::fs::FsError;
 use crate::devices::virtio::net::NetError;
+use crate::seccomp::SeccompLevel;
 
 /// A virtio-blk disk.
 #[derive(Debug, Clone)]
@@ -107,6 +108,8 @@ pub struct VmConfig {
     pub serial_out: SerialOut,
     /// Override PVM detection (None = detect).
     pub pvm: Option<bool>,
+    /// Seccomp filters on the vCPU and event-loop threads ([`crate::seccomp`]).
+    pub seccomp: SeccompLevel,
 }
 
 impl VmConfig {
@@ -138,7 +141,8 @@ impl VmConfig {
         crate::devices::virtio::fs::required_capabilities(self.fs.iter().map(|s| s.read_only))
     }
 
-    /// A config with defaults: 256 MiB, 1 vCPU, no disks, no shares, console to stdout.
+    /// A config with defaults: 256 MiB, 1 vCPU, no disks, no shares, console
+    /// to stdout, seccomp enforced.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         VmConfig {
             kernel: kernel.into(),
@@ -152,6 +156,7 @@ impl VmConfig {
             net: Vec::new(),
             serial_out: Box::new(std::io::stdout()),
             pvm: None,
+            seccomp: SeccompLevel::Enforce,
         }
     }
 }

@@ -219,12 +219,19 @@ fn attach_net(
     )))
 }
 
-/// The event loop over `subscribers` (registered in order).
+/// The event loop over the exit handler, the serial input and the virtio
+/// devices' handlers (registered in that order).
 pub fn event_loop(
-    subscribers: impl IntoIterator<Item = Subscriber>,
+    exit_handler: Subscriber,
+    serial: &SerialConsole,
+    virtio_handlers: Vec<Subscriber>,
 ) -> Result<EventManager<Subscriber>, BuildError> {
     let mut event_manager = EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
-    for s in subscribers {
+    let serial_handler: Subscriber = serial.handler.clone();
+    for s in [exit_handler, serial_handler]
+        .into_iter()
+        .chain(virtio_handlers)
+    {
         event_manager.add_subscriber(s);
     }
     Ok(event_manager)

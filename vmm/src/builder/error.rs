@@ -99,6 +99,9 @@ pub enum BuildError {
     /// The event loop failed.
     #[error("running the event loop")]
     EventLoop(#[source] event_manager::Error),
+    /// Building or installing the seccomp filters failed.
+    #[error("confining the VMM with seccomp")]
+    Seccomp(#[source] crate::seccomp::SeccompError),
     /// A vCPU failed while the guest ran.
     #[error("the guest stopped on an error")]
     Guest(#[source] VcpuError),

@@ -2,8 +2,8 @@
 //! in its own module: configuration checks ([`config`]) → guest memory,
 //! kernel and initramfs, KVM VM ([`memory`]) → devices ([`devices`]) →
 //! command line ([`cmdline`]) → zero page, boot tables, MP table
-//! ([`system`]) → event loop → vCPUs ([`vcpus`]) → a [`RunningVm`]
-//! ([`running`]).
+//! ([`system`]) → event loop → vCPUs ([`vcpus`], each confined by its
+//! seccomp filter, [`crate::seccomp`]) → a [`RunningVm`] ([`running`]).
 
 pub mod cmdline;
 pub mod config;
@@ -26,6 +26,7 @@ pub use crate::devices::virtio::net::mac_from_id;
 
 use crate::device_manager::DeviceManager;
 use crate::pvm;
+use crate::seccomp;
 
 /// Entry point: boots VMs.
 pub struct Vm;
@@ -37,11 +38,9 @@ impl Vm {
     pub fn boot(cfg: VmConfig) -> Result<RunningVm, BuildError> {
         let start = Instant::now();
         cfg.validate()?;
-        let pvm = cfg.pvm.unwrap_or_else(pvm::detected);
-        if pvm {
-            log::info!("vmm: PVM host (/sys/module/kvm_pvm): quirks on: clearcpuid, boot-time savers, pvm_syscall_fix=1, int3/fwait fixups, 1 vCPU");
-        }
+        let pvm = pvm::quirks_on(cfg.pvm);
         let num_vcpus = vcpus::vcpu_count(cfg.vcpus, pvm);
+        let filters = seccomp::Filters::new(cfg.seccomp).map_err(BuildError::Seccomp)?;
         let mem_size = u64::from(cfg.mem_mib) << 20;
 
         let mem = memory::guest_memory(mem_size)?;
@@ -73,11 +72,10 @@ impl Vm {
             start.elapsed()
         );
 
-        let handlers = [exit_handler, serial.handler.clone()]
-            .into_iter()
-            .chain(virtio_handlers);
-        let event_manager = devices::event_loop(handlers)?;
-        let vcpus = vcpus::create_vcpus(&vm, num_vcpus, images.entry, dm, &shared, pvm)?;
+        let event_manager = devices::event_loop(exit_handler, &serial, virtio_handlers)?;
+        let vcpu_filter = filters.vcpu.as_ref();
+        let vcpus =
+            vcpus::create_vcpus(&vm, num_vcpus, images.entry, dm, &shared, pvm, vcpu_filter)?;
         let vcpus = vcpus::start_vcpus(vcpus, &shared)?;
         Ok(RunningVm {
             vm,
@@ -87,6 +85,7 @@ impl Vm {
             serial,
             cmdline,
             pvm,
+            event_loop_filter: filters.event_loop,
         })
     }
 }

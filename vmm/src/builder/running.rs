@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use event_manager::EventManager;
+use seccompiler::BpfProgram;
 
 use super::devices::{SerialConsole, Subscriber};
 use super::error::BuildError;
 use super::vcpus::VcpuThreads;
 use crate::devices::serial::SerialInput;
+use crate::seccomp::{self, ThreadKind};
 use crate::shared::{ExitReason, VmShared};
 use crate::vstate::vm;
 
@@ -62,6 +64,8 @@ pub struct RunningVm {
     pub(super) serial: SerialConsole,
     pub(super) cmdline: String,
     pub(super) pvm: bool,
+    /// Installed on the thread calling [`RunningVm::run`].
+    pub(super) event_loop_filter: Option<BpfProgram>,
 }
 
 impl RunningVm {
@@ -97,7 +101,14 @@ impl RunningVm {
 
     /// Runs the device event loop on this thread until the guest stops (or
     /// [`VmHandle::kill`]), then stops and joins the vCPUs.
+    ///
+    /// Unless seccomp is off, this thread is confined by the event-loop
+    /// filter from here on, also after `run` returns ([`crate::seccomp`]):
+    /// its caller may then only report (write to a pipe or stderr) and exit.
     pub fn run(mut self) -> Result<VmExitInfo, BuildError> {
+        if let Some(filter) = self.event_loop_filter.take() {
+            seccomp::apply(ThreadKind::EventLoop, &filter).map_err(BuildError::Seccomp)?;
+        }
         while !self.shared.exit_requested() {
             let pending = self
                 .serial

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use seccompiler::BpfProgram;
 use vm_memory::GuestAddress;
 
 use super::error::BuildError;
@@ -45,7 +46,9 @@ pub fn vcpu_count(requested: u8, pvm: bool) -> u8 {
 }
 
 /// Creates `count` vCPUs entering the kernel at `entry`, over the buses of
-/// `dm`; installs the kick signal's (no-op) handler first.
+/// `dm`, each to confine its thread with `filter`; installs the kick
+/// signal's (no-op) handler first.
+#[allow(clippy::too_many_arguments)]
 pub fn create_vcpus(
     vm: &vm::Vm,
     count: u8,
@@ -53,6 +56,7 @@ pub fn create_vcpus(
     dm: DeviceManager,
     shared: &Arc<VmShared>,
     pvm: bool,
+    filter: Option<&Arc<BpfProgram>>,
 ) -> Result<Vec<Vcpu>, BuildError> {
     vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
         .map_err(BuildError::Signal)?;
@@ -72,6 +76,9 @@ pub fn create_vcpus(
             pvm,
         )
         .map_err(BuildError::Vcpu)?;
+        if let Some(f) = filter {
+            vcpu.set_seccomp_filter(f.clone());
+        }
         if id == 0 {
             if let Some(path) = std::env::var_os(PROFILE_ENV) {
                 vcpu.enable_profiling(path.into());
