@@ -110,6 +110,11 @@ pub struct VmConfig {
     pub pvm: Option<bool>,
     /// Seccomp filters on the vCPU and event-loop threads ([`crate::seccomp`]).
     pub seccomp: SeccompLevel,
+    /// A virtio-balloon device for free page reporting (placed last): the
+    /// guest returns the memory it frees to the host
+    /// ([`crate::devices::virtio::balloon`]; needs a guest kernel with
+    /// CONFIG_VIRTIO_BALLOON and CONFIG_PAGE_REPORTING, others ignore it).
+    pub free_page_reporting: bool,
 }
 
 impl VmConfig {
@@ -142,7 +147,7 @@ impl VmConfig {
     }
 
     /// A config with defaults: 256 MiB, 1 vCPU, no disks, no shares, console
-    /// to stdout, seccomp enforced.
+    /// to stdout, seccomp enforced, free page reporting on.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         VmConfig {
             kernel: kernel.into(),
@@ -157,6 +162,7 @@ impl VmConfig {
             serial_out: Box::new(std::io::stdout()),
             pvm: None,
             seccomp: SeccompLevel::Enforce,
+            free_page_reporting: true,
         }
     }
 }

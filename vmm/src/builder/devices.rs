@@ -19,6 +19,7 @@ use crate::devices::serial::{
     serial_input, SerialDevice, SerialInput, SerialInputHandler, SerialOut, COM1_PORT,
     COM1_PORT_COUNT,
 };
+use crate::devices::virtio::balloon::{Balloon, BalloonEventHandler};
 use crate::devices::virtio::block::{Block, BlockEventHandler};
 use crate::devices::virtio::fs::{Fs, FsEventHandler};
 use crate::devices::virtio::mmio::MmioTransport;
@@ -105,7 +106,7 @@ pub fn attach_legacy_devices(
 }
 
 /// The virtio devices of a VM, in the order they get MMIO slots (and so
-/// `/dev/vda`…, then shares, vsock, `eth0`…).
+/// `/dev/vda`…, then shares, vsock, `eth0`…, the balloon).
 pub struct VirtioDevices<'a> {
     /// Disks.
     pub block: &'a [BlockConfig],
@@ -115,6 +116,8 @@ pub struct VirtioDevices<'a> {
     pub vsock: Option<&'a VsockConfig>,
     /// Network interfaces.
     pub net: &'a [NetConfig],
+    /// A balloon for free page reporting.
+    pub balloon: bool,
 }
 
 /// Creates the virtio devices behind virtio-mmio transports; returns their
@@ -136,6 +139,9 @@ pub fn attach_virtio_devices(
     }
     for nic in devices.net {
         subscribers.push(attach_net(vm, dm, nic)?);
+    }
+    if devices.balloon {
+        subscribers.push(attach_balloon(vm, dm)?);
     }
     Ok(subscribers)
 }
@@ -216,6 +222,16 @@ fn attach_net(
     let net = line.attach(vm, dm, net, evts)?;
     Ok(Arc::new(Mutex::new(
         NetEventHandler::new(net).map_err(BuildError::EventFd)?,
+    )))
+}
+
+fn attach_balloon(vm: &vm::Vm, dm: &mut DeviceManager) -> Result<Subscriber, BuildError> {
+    let line = MmioLine::new(dm)?;
+    let balloon = Balloon::new(line.interrupt.clone()).map_err(BuildError::Balloon)?;
+    let evts = clone_evts(balloon.queue_evts())?;
+    let balloon = line.attach(vm, dm, balloon, evts)?;
+    Ok(Arc::new(Mutex::new(
+        BalloonEventHandler::new(balloon).map_err(BuildError::EventFd)?,
     )))
 }
 

@@ -84,6 +84,9 @@ pub enum BuildError {
     /// Creating a network device failed.
     #[error("creating network device on tap {0}")]
     Net(String, #[source] NetError),
+    /// Creating the balloon device failed.
+    #[error("creating the virtio-balloon device")]
+    Balloon(#[source] std::io::Error),
     /// Creating a virtio-mmio transport failed.
     #[error("creating a virtio-mmio transport")]
     Mmio(#[source] MmioError),

@@ -61,6 +61,7 @@ impl Vm {
             fs: &cfg.fs,
             vsock: cfg.vsock.as_ref(),
             net: &cfg.net,
+            balloon: cfg.free_page_reporting,
         };
         let virtio_handlers = devices::attach_virtio_devices(&vm, &mut dm, virtio)?;
 
