@@ -120,7 +120,12 @@ impl Drop for Host {
                 "berth list; systemctl --no-pager status 'berth@*' 2>&1 | tail -40; \
                  journalctl --no-pager -n 60 2>&1",
             );
-            eprintln!("--- test host {} at the failure:\n{}{}", self.name, stdout(&o), stderr(&o));
+            eprintln!(
+                "--- test host {} at the failure:\n{}{}",
+                self.name,
+                stdout(&o),
+                stderr(&o)
+            );
         }
         let _ = Command::new("bash")
             .arg(testhost())
@@ -133,7 +138,11 @@ fn can_run() -> bool {
     if !common::have_root() || !common::available("ns") {
         return false;
     }
-    if Command::new("systemd-nspawn").arg("--version").output().is_err() {
+    if Command::new("systemd-nspawn")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("skipping: no systemd-nspawn (make setup installs systemd-container)");
         return false;
     }
@@ -159,7 +168,10 @@ fn berth_units_machined_and_journal_on_a_systemd_host() {
     eprintln!("systemctl start berth@web: active after {took:?}");
     let page = h.ok("curl", "curl -s -m 5 http://127.0.0.1:18090/");
     assert!(page.contains("Welcome to nginx"), "{page}");
-    assert_eq!(h.ok("is-active", "systemctl is-active berth@web"), "active\n");
+    assert_eq!(
+        h.ok("is-active", "systemctl is-active berth@web"),
+        "active\n"
+    );
     // The pod lives in the unit's delegated subtree, not in a cgroup
     // systemd does not know.
     let cg = h.ok("cgroup", "cat /var/lib/berth/pods/web/cgroup");
@@ -167,8 +179,8 @@ fn berth_units_machined_and_journal_on_a_systemd_host() {
     // machined knows it.
     let list = h.ok("machinectl list", "machinectl list --no-legend");
     assert!(
-        list.lines().any(|l| l.split_whitespace().next() == Some("web")
-            && l.contains("container")),
+        list.lines()
+            .any(|l| l.split_whitespace().next() == Some("web") && l.contains("container")),
         "{list}"
     );
     let st = h.ok("machinectl status", "machinectl status web --no-pager");
@@ -205,7 +217,10 @@ fn berth_units_machined_and_journal_on_a_systemd_host() {
     // berth start on a systemd host goes through the unit; systemctl stop
     // is clean too.
     h.ok("berth start", "berth start web");
-    assert_eq!(h.ok("is-active", "systemctl is-active berth@web"), "active\n");
+    assert_eq!(
+        h.ok("is-active", "systemctl is-active berth@web"),
+        "active\n"
+    );
     h.ok("systemctl stop", "systemctl stop berth@web");
     let v: serde_json::Value =
         serde_json::from_str(&h.ok("list", "berth list --format json")).unwrap();
@@ -237,7 +252,11 @@ fn systemd_run_reports_the_apps_status_and_tree() {
         ),
     );
     let cg = h.ok("cgroup", "cat /var/lib/berth/pods/tree/cgroup");
-    assert_eq!(cg.trim(), "/system.slice/berth-run-test.service/pod", "{cg}");
+    assert_eq!(
+        cg.trim(),
+        "/system.slice/berth-run-test.service/pod",
+        "{cg}"
+    );
     let st = h.ok(
         "systemctl status",
         "systemctl status berth-run-test --no-pager --lines=0",

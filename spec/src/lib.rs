@@ -14,10 +14,10 @@ pub mod cgroup;
 pub mod confine;
 #[cfg(feature = "stage1")]
 pub mod disk;
-#[cfg(feature = "stage1")]
-pub mod systemd;
 #[cfg(feature = "cli")]
 pub mod stage1_cli;
+#[cfg(feature = "stage1")]
+pub mod systemd;
 #[cfg(feature = "cli")]
 pub use stage1_cli::exit_with;
 pub mod control;
@@ -613,7 +613,9 @@ impl UserNamespace {
                 ));
             }
             if base == 0 {
-                return Err(format!("host {what} 0 would make the pod's root the host's"));
+                return Err(format!(
+                    "host {what} 0 would make the pod's root the host's"
+                ));
             }
         }
         Ok(())

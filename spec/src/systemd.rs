@@ -115,8 +115,10 @@ pub fn cgroup_of(pid: &str) -> Result<PathBuf, SystemdError> {
     pick("0::")
         .filter(|p| p != Path::new("/"))
         .or_else(|| {
-            text.lines()
-                .find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| PathBuf::from(p)))
+            text.lines().find_map(|l| {
+                l.split_once(":name=systemd:")
+                    .map(|(_, p)| PathBuf::from(p))
+            })
         })
         .or_else(|| pick("0::"))
         .ok_or(SystemdError::NoScope(pid.parse().unwrap_or(0)))
@@ -226,11 +228,7 @@ fn needed(spec: &PodSpec, kvm: bool) -> Vec<(&'static str, &'static str)> {
 /// us) into `<unit>/supervisor`, and check that the controllers the pod's
 /// limits need are delegated. Then the pod's cgroup `<unit>/pod` can have
 /// them.
-pub fn prepare_delegated(
-    unit_name: &str,
-    unit: &Path,
-    spec: &PodSpec,
-) -> Result<(), SystemdError> {
+pub fn prepare_delegated(unit_name: &str, unit: &Path, spec: &PodSpec) -> Result<(), SystemdError> {
     let rel = unit.strip_prefix("/").unwrap_or(unit);
     let unified = Path::new("/sys/fs/cgroup").join(rel);
     let hybrid_unified = Path::new("/sys/fs/cgroup/unified").join(rel);
@@ -250,8 +248,7 @@ pub fn prepare_delegated(
             // v1: the unit has a cgroup of its own in the controller's
             // hierarchy, and it is writable.
             let dir = Path::new("/sys/fs/cgroup").join(controller).join(rel);
-            dir.is_dir()
-                && nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_ok()
+            dir.is_dir() && nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_ok()
         };
         if !delegated {
             return Err(SystemdError::NotDelegated {
@@ -324,7 +321,11 @@ fn machine_id(spec: &PodSpec) -> Vec<u8> {
         .collect()
 }
 
-fn machined(conn: &zbus::blocking::Connection, method: &str, body: &(impl serde::Serialize + zbus::zvariant::DynamicType)) -> zbus::Result<()> {
+fn machined(
+    conn: &zbus::blocking::Connection,
+    method: &str,
+    body: &(impl serde::Serialize + zbus::zvariant::DynamicType),
+) -> zbus::Result<()> {
     conn.call_method(
         Some("org.freedesktop.machine1"),
         "/org/freedesktop/machine1",

@@ -55,6 +55,7 @@ pub fn create(store: &Store, mut a: CreateArgs) -> Result<i32> {
     )?;
     let mut spec = built.spec;
     let mut new = pod::claim(store, &spec.name)?;
+    pod::allocate_users(store, &mut spec, a.pod.private_users)?;
     if a.host_share {
         service::build_host_share(&new.dir).context("cannot build the pod's private tree")?;
     }

@@ -53,7 +53,11 @@ pub struct PodArgs {
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub pids: Option<String>,
     /// A user namespace: root in the pod is host UID (COUNT ids mapped).
-    #[arg(long = "user-remap", value_name = "UID:GID:COUNT", conflicts_with = "private_users")]
+    #[arg(
+        long = "user-remap",
+        value_name = "UID:GID:COUNT",
+        conflicts_with = "private_users"
+    )]
     pub user_remap: Option<String>,
     /// A user namespace with a 65536-id range berth picks for this pod.
     #[arg(long = "private-users")]

@@ -15,7 +15,10 @@ pub struct ReloadArgs {
 pub fn reload(store: &Store, a: ReloadArgs) -> Result<i32> {
     let r = super::exec::running(store, &a.name)?;
     let Some(svc) = &r.spec.service else {
-        bail!("pod {} runs a command, not units: nothing to reload", a.name);
+        bail!(
+            "pod {} runs a command, not units: nothing to reload",
+            a.name
+        );
     };
     let mut cmd = vec!["systemctl".to_string(), "reload".into(), "--".into()];
     cmd.extend(svc.units.iter().cloned());

@@ -43,9 +43,14 @@ pub fn own_unit() -> Option<String> {
 
 /// Is the berth@ template installed where systemd looks?
 fn template_installed() -> bool {
-    ["/etc/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"]
-        .iter()
-        .any(|d| std::path::Path::new(d).join(TEMPLATE).is_file())
+    [
+        "/etc/systemd/system",
+        "/usr/local/lib/systemd/system",
+        "/usr/lib/systemd/system",
+        "/lib/systemd/system",
+    ]
+    .iter()
+    .any(|d| std::path::Path::new(d).join(TEMPLATE).is_file())
 }
 
 /// Should `berth start`/`stop` of `pod` go through its unit? On a systemd

@@ -165,7 +165,15 @@ mod tests {
         let u = parse_remap("100000:100000:65536").unwrap();
         assert_eq!((u.host_uid, u.host_gid, u.count), (100000, 100000, 65536));
         for bad in [
-            "", "1:2", "a:b:c", "1:1:0", "0:0:10", "4294967290:1:10", "1:2:3:4", "-1:1:1", "+1:1:1",
+            "",
+            "1:2",
+            "a:b:c",
+            "1:1:0",
+            "0:0:10",
+            "4294967290:1:10",
+            "1:2:3:4",
+            "-1:1:1",
+            "+1:1:1",
         ] {
             let e = parse_remap(bad).expect_err(bad).to_string();
             assert!(e.contains(&format!("{bad:?}")), "{e}");

@@ -37,6 +37,9 @@ use std::time::Duration;
 /// emulated UART.
 const QUIET_CMDLINE: &str = "quiet loglevel=0";
 
+/// How much of the guest's console one log file holds before it is rotated.
+pub const CONSOLE_LOG_MAX: u64 = 4 << 20;
+
 /// After the VM stopped, how long the relay may take to hand over the last
 /// output and the Exit frame already in the socket.
 const RELAY_DRAIN: Duration = Duration::from_secs(5);
@@ -167,7 +170,9 @@ fn vm_config(spec: &PodSpec, pod: &PodDir) -> Result<(vmm::VmConfig, UnixListene
             mac,
         });
     }
-    let log = std::fs::File::create(pod.console_log())
+    // At most ~2 × CONSOLE_LOG_MAX of console on disk (console.log and
+    // console.log.1): a guest cannot fill the host's disk through it.
+    let log = vmm::console_log::RotatingLog::create(pod.console_log(), CONSOLE_LOG_MAX)
         .with_context(|| format!("cannot create {}", pod.console_log().display()))?;
     cfg.serial_out = Box::new(log);
     Ok((cfg, listener))
@@ -342,9 +347,12 @@ fn finish(pod: &PodDir, spec: &PodSpec, cgroup: &PodCgroup, code: i32) -> Result
     Ok(())
 }
 
-/// guest-init's own failure line from the console log, if it printed one.
+/// guest-init's own failure line from the console log (or, just rotated,
+/// its previous part), if it printed one.
 fn guest_diagnosis(pod: &PodDir) -> Option<String> {
-    let log = std::fs::read_to_string(pod.console_log()).ok()?;
+    let mut log =
+        std::fs::read_to_string(pod.console_log().with_extension("log.1")).unwrap_or_default();
+    log.push_str(&std::fs::read_to_string(pod.console_log()).ok()?);
     log.lines()
         .rev()
         .find_map(|l| l.trim().strip_prefix("berth-guest-init: "))

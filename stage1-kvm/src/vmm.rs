@@ -7,8 +7,8 @@
 use anyhow::{Context, Result};
 use berth_spec::cgroup::PodCgroup;
 use berth_spec::systemd::Placement;
-use std::os::fd::AsRawFd;
 use berth_spec::{PodDir, PodSpec, Resources, EXIT_BERTH_FAILED};
+use std::os::fd::AsRawFd;
 use std::os::fd::OwnedFd;
 
 /// Memory the VMM process may use beyond the guest's RAM: its own heap,

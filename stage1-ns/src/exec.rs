@@ -50,8 +50,15 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
     spec.stdio.tty = opts.tty;
     let confinement = Confinement::from_spec(&spec)?;
     // Open every namespace first: /proc changes meaning once we join mnt.
+    // A pod's user namespace goes first: the others belong to it.
     let mut ns = Vec::new();
-    for (name, flag) in NAMESPACES {
+    let userns = spec.security.userns.is_some();
+    let user: &[(&str, CloneFlags)] = if userns {
+        &[("user", CloneFlags::CLONE_NEWUSER)]
+    } else {
+        &[]
+    };
+    for (name, flag) in user.iter().chain(NAMESPACES) {
         let path = format!("/proc/{leader}/ns/{name}");
         let f = File::open(&path).with_context(|| format!("cannot open {path}"))?;
         ns.push((f, *flag, *name));
@@ -63,6 +70,9 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
             .with_context(|| format!("cannot join the pod's {name} namespace"))?;
     }
     drop(ns);
+    if userns {
+        crate::userns::become_root().context("cannot become root of the pod's user namespace")?;
+    }
     let handled = init::handled_signals();
     handled.thread_block().context("cannot block signals")?;
     let sfd = SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)

@@ -126,6 +126,16 @@ fn shed_host_fds(a: &InitArgs) {
 fn run(a: &InitArgs) -> Result<i32, InitError> {
     a.stdio.install().map_err(InitError::Stdio)?;
     shed_host_fds(a);
+    // A user namespace: wait for stage1 to write the id maps; the idmapped
+    // mounts come with that message.
+    let idmapped = if a.spec.security.userns.is_some() {
+        match a.chan.recv_fds()? {
+            Some((InitMessage::Mapped, fds)) => Some(fds),
+            _ => return Err(InitError::ParentGone),
+        }
+    } else {
+        None
+    };
     // If stage1 dies, the pod dies with it (its PID 1 is gone, the kernel
     // kills the rest), so `gc` always finds a dead pod, never an orphan.
     // (getppid() is 0 in a new PID namespace, so a parent that died before
@@ -136,14 +146,15 @@ fn run(a: &InitArgs) -> Result<i32, InitError> {
     // nothing here depends on it.
     nix::unistd::sethostname(&a.spec.hostname)
         .map_err(|e| InitError::Hostname(a.spec.hostname.clone(), e))?;
-    mounts::build_root(a.spec, a.pod)?;
+    mounts::build_root(a.spec, a.pod, idmapped.as_deref())?;
     let own_netns = a.spec.network.mode != berth_spec::NetworkMode::Host;
     if own_netns {
         // Before /proc/sys goes read-only; never with --net host (the
         // sysctl would be the host's).
-        allow_ping()?;
+        allow_ping(a.spec.security.userns.map(|u| u.count))?;
     }
     mounts::mask_paths()?;
+    drop(idmapped);
     // none and private: our own network namespace, whose lo starts down
     // (stage1 plugs eth0 in meanwhile for private).
     if own_netns {
@@ -235,8 +246,10 @@ fn exec_systemd(a: &InitArgs) -> Result<i32, InitError> {
 /// ICMP echo ("ping") sockets for every group of the pod: `ping` works
 /// without CAP_NET_RAW, which pods do not get by default (podman does the
 /// same). The sysctl belongs to the pod's own network namespace.
-fn allow_ping() -> Result<(), InitError> {
-    match std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647") {
+/// In a user namespace only its own (mapped) groups can be named.
+fn allow_ping(mapped: Option<u32>) -> Result<(), InitError> {
+    let last = mapped.map_or(2_147_483_647, |n| n.saturating_sub(1));
+    match std::fs::write("/proc/sys/net/ipv4/ping_group_range", format!("0 {last}")) {
         Ok(()) => Ok(()),
         // A kernel without IPv4 ping sockets: nothing to allow.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

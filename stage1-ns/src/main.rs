@@ -14,6 +14,7 @@ mod sealed;
 mod security;
 mod service;
 mod supervise;
+mod userns;
 
 use berth_spec::stage1_cli::{self, Verb};
 use berth_spec::PodDir;

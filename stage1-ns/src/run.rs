@@ -13,17 +13,17 @@ use crate::security::Confinement;
 use crate::supervise::{supervise, Forward, Notify, PodStdio, Streams};
 use anyhow::{Context, Result};
 use berth_spec::cgroup::{self, PodCgroup};
-use berth_spec::systemd::{self, Placement};
 use berth_spec::init_msg::InitMessage;
 use berth_spec::report::StartReport;
 use berth_spec::state::{self, PassedFds, Ready};
+use berth_spec::systemd::{self, Placement};
 use berth_spec::{ErrorChain, NetworkMode, PodDir, PodSpec};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Stack for the cloned init. It only runs set-up code and a small loop, and
 /// the pages are touched lazily, so the size costs nothing until used.
@@ -54,7 +54,7 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
     // A service pod's systemd reports READY=1 here (init mounts it at
     // /run/host/notify).
     let notify = match &spec.service {
-        Some(_) => Some(bind_notify(pod)?),
+        Some(_) => Some(bind_notify(pod, spec.security.userns.as_ref())?),
         None => None,
     };
     let placement = systemd::placement(&spec)?;
@@ -80,6 +80,9 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
     };
     step("spec loaded");
 
+    if let Some(u) = &spec.security.userns {
+        crate::userns::prepare_dirs(pod, &spec, u)?;
+    }
     let (ours, theirs) = chan::pair()?;
     let child = clone_init(&InitArgs {
         spec: &spec,
@@ -92,6 +95,18 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
     drop(theirs);
     drop(pod_stdio);
     step("cloned init");
+    if let Some(u) = &spec.security.userns {
+        let mapped = crate::userns::write_maps(child.as_raw(), u).and_then(|()| {
+            let trees = crate::userns::idmapped_mounts(child.as_raw(), &spec)?;
+            let fds: Vec<_> = trees.iter().map(|t| t.as_raw_fd()).collect();
+            ours.send_fds(&InitMessage::Mapped, &fds)?;
+            Ok(())
+        });
+        if let Err(e) = mapped {
+            abort_child(child);
+            return Err(e);
+        }
+    }
     // The cgroup and network are set up while init builds the pod's mounts.
     let (cgroup, proxy) = match place_and_plug(pod, &spec, &placement, child, &ours) {
         Ok(p) => p,
@@ -183,6 +198,11 @@ fn clone_init(a: &InitArgs) -> Result<Pid> {
     if a.spec.network.mode != NetworkMode::Host {
         flags |= CloneFlags::CLONE_NEWNET;
     }
+    if a.spec.security.userns.is_some() {
+        // The other namespaces are created together with it, and so
+        // belong to it.
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
     let mut stack = vec![0u8; INIT_STACK_SIZE];
     let cb = Box::new(|| init::main(*a));
     // SAFETY: without CLONE_VM the child runs `cb` on `stack` in its own copy
@@ -222,6 +242,9 @@ fn place_and_plug(
         limits: &spec.resources,
         devices: &spec.devices,
     })?;
+    if let (Some(_), Some(u)) = (&spec.service, &spec.security.userns) {
+        cgroup.delegate_to(u.host_uid, u.host_gid)?;
+    }
     chan.send(&InitMessage::Go, None)?;
     Ok((cgroup, proxy))
 }
@@ -294,7 +317,7 @@ fn await_start(chan: &Chan, ready: &mut Ready, service: bool) -> Result<Awaited>
                 ready.send(&StartReport::Failed { code, message });
                 return Ok(Awaited::Failed(code));
             }
-            Some((InitMessage::Go, _)) => {}
+            Some((InitMessage::Go | InitMessage::Mapped, _)) => {}
             None => return Ok(Awaited::InitGone),
         }
     }
@@ -320,12 +343,20 @@ fn release(pod: &PodDir, spec: &PodSpec, cgroup: &PodCgroup) {
     }
 }
 
-/// Bind the service pod's notify socket in the pod directory.
-fn bind_notify(pod: &PodDir) -> Result<std::os::unix::net::UnixDatagram> {
+/// Bind the service pod's notify socket in the pod directory (owned by
+/// the pod's root in a user namespace: sending to it needs write access).
+fn bind_notify(
+    pod: &PodDir,
+    userns: Option<&berth_spec::UserNamespace>,
+) -> Result<std::os::unix::net::UnixDatagram> {
     let path = pod.notify_socket();
     let _ = std::fs::remove_file(&path);
     let sock = std::os::unix::net::UnixDatagram::bind(&path)
         .with_context(|| format!("cannot bind {}", path.display()))?;
+    if let Some(u) = userns {
+        std::os::unix::fs::chown(&path, Some(u.host_uid), Some(u.host_gid))
+            .with_context(|| format!("cannot give {} to the pod's root", path.display()))?;
+    }
     sock.set_nonblocking(true)
         .context("cannot make the notify socket non-blocking")?;
     Ok(sock)

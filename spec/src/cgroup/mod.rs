@@ -107,12 +107,16 @@ pub fn recorded(pod: &PodDir, spec: Option<&PodSpec>) -> Option<PathBuf> {
 /// machined scope (`…/machine-NAME.scope`); absolute, no `..`.
 fn plausible(p: &Path) -> bool {
     use std::path::Component;
-    let clean = p.is_absolute() && p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    let clean = p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
     let s = p.to_string_lossy();
     clean
         && ((p.starts_with("/berth/") && p.components().count() == 3)
             || s.ends_with(".service/pod")
-            || s.rsplit('/').next().is_some_and(|l| l.starts_with("machine-") && l.ends_with(".scope")))
+            || s.rsplit('/')
+                .next()
+                .is_some_and(|l| l.starts_with("machine-") && l.ends_with(".scope")))
 }
 
 /// Record the pod's cgroup path (before any process is placed there, so
@@ -280,6 +284,28 @@ impl PodCgroup {
                 path: self.name(),
                 source,
             })
+    }
+
+    /// Hand the pod's v2 cgroup to the pod's root in a user namespace (a
+    /// service pod's systemd manages its own subtree): the directory and
+    /// the files delegation covers (cgroup.procs, cgroup.threads,
+    /// cgroup.subtree_control), as systemd's delegation does.
+    pub fn delegate_to(&self, uid: u32, gid: u32) -> Result<(), CgroupError> {
+        let Some(dir) = self.v2_dir() else {
+            return Ok(());
+        };
+        for p in [
+            dir.clone(),
+            dir.join("cgroup.procs"),
+            dir.join("cgroup.threads"),
+            dir.join("cgroup.subtree_control"),
+        ] {
+            if p.exists() {
+                std::os::unix::fs::chown(&p, Some(uid), Some(gid))
+                    .map_err(|source| CgroupError::Io { path: p, source })?;
+            }
+        }
+        Ok(())
     }
 
     /// Was a process of the pod killed by the kernel's OOM killer?
@@ -476,7 +502,12 @@ mod tests {
         record(&pod, &pod_cgroup_path(u)).unwrap();
         assert_eq!(recorded(&pod, None), Some(pod_cgroup_path(u)));
         // A damaged record never names a cgroup outside berth's.
-        for bad in ["/../../system.slice", "/system.slice", "/berth/../x", "rel/berth/x"] {
+        for bad in [
+            "/../../system.slice",
+            "/system.slice",
+            "/berth/../x",
+            "rel/berth/x",
+        ] {
             std::fs::write(pod.cgroup_file(), format!("{bad}\n")).unwrap();
             assert_eq!(recorded(&pod, None), None, "{bad}");
         }
