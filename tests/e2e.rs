@@ -1118,6 +1118,14 @@ fn nft_table(t: &str) -> Option<String> {
     o.status.success().then(|| stdout(&o))
 }
 
+fn nft_bridge_table(t: &str) -> Option<String> {
+    let o = std::process::Command::new("nft")
+        .args(["-j", "list", "table", "bridge", t])
+        .output()
+        .unwrap();
+    o.status.success().then(|| stdout(&o))
+}
+
 /// Some free UDP port on the host.
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -1275,10 +1283,16 @@ fn net_concurrent_pods_get_distinct_addresses() {
         for a in &addrs {
             assert!(a.starts_with(&e.net.prefix) && a.ends_with("/24"), "{a}");
         }
-        assert!(
-            !links().contains(&e.net.bridge),
-            "last pod gone: bridge removed"
-        );
+        // The bridge and tables stay for the next pod; `network rm`
+        // removes them.
+        assert!(links().contains(&e.net.bridge), "bridge kept");
+        let o = e.berth(&["network", "ls"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(stdout(&o).contains("set up"), "{}", stdout(&o));
+        let o = e.berth(&["network", "rm"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(!links().contains(&e.net.bridge), "bridge removed");
+        assert_eq!(nft_table(&e.net.nft_table), None, "table removed");
     });
 }
 
@@ -1311,7 +1325,10 @@ fn net_cleanup_after_stop_and_after_kill9_and_gc() {
                 ]),
             );
             let info = inspect(&e, name);
-            let uuid = info["spec"]["uuid"].as_str().unwrap().to_string();
+            let mac = info["spec"]["network"]["private"]["mac"]
+                .as_str()
+                .unwrap()
+                .to_string();
             let host_if = info["host_interface"].as_str().unwrap().to_string();
             let addr = info["address"].as_str().unwrap().to_string();
             // A veth shows as `NAME@peer:`, a tap as `NAME:`.
@@ -1321,8 +1338,13 @@ fn net_cleanup_after_stop_and_after_kill9_and_gc() {
                 "{host_if} exists"
             );
             assert!(leases.join(&addr).exists());
-            let rules = nft_table(&e.net.nft_table).expect("berth's table exists");
-            assert_eq!(rules.matches(&uuid).count(), 2, "two port rules: {rules}");
+            // Its elements: host interface bound to MAC and address in the
+            // bridge table, the two published ports in the ip table's maps.
+            let ports = nft_table(&e.net.nft_table).expect("berth's table exists");
+            assert_eq!(ports.matches(&addr).count(), 2, "two port elements: {ports}");
+            let spoof = nft_bridge_table(&e.net.nft_table).expect("bridge table");
+            assert_eq!(spoof.matches(&host_if).count(), 2, "{spoof}");
+            assert!(spoof.contains(&mac), "{spoof}");
             if kill {
                 let pod = e.root.path().join("pods").join(name);
                 let stage1 = stage1_of(&pod).expect("the pod's stage1 process");
@@ -1345,13 +1367,20 @@ fn net_cleanup_after_stop_and_after_kill9_and_gc() {
                 "{host_if} left behind after {name}"
             );
             assert!(!leases.join(&addr).exists(), "lease left after {name}");
-            // It was the only pod: berth's table and bridge are gone too.
-            assert_eq!(
-                nft_table(&e.net.nft_table),
-                None,
-                "nft table left after {name}"
-            );
-            assert!(!links().contains(&e.net.bridge), "bridge left after {name}");
+            // Its elements are gone; the tables and the bridge stay.
+            let ports = nft_table(&e.net.nft_table).expect("table kept");
+            assert!(!ports.contains(&addr), "port elements left after {name}: {ports}");
+            let spoof = nft_bridge_table(&e.net.nft_table).expect("bridge table kept");
+            assert!(!spoof.contains(&host_if), "elements left after {name}: {spoof}");
+            assert!(links().contains(&e.net.bridge), "bridge kept after {name}");
         }
+        ok(&format!(
+            "removed bridge {} and nft tables ip/bridge {}\n",
+            e.net.bridge, e.net.nft_table
+        ))
+        .check("network rm", &e.berth(&["network", "rm"]));
+        assert_eq!(nft_table(&e.net.nft_table), None, "table left");
+        assert_eq!(nft_bridge_table(&e.net.nft_table), None, "table left");
+        assert!(!links().contains(&e.net.bridge), "bridge left");
     });
 }
