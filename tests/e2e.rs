@@ -1341,7 +1341,11 @@ fn net_cleanup_after_stop_and_after_kill9_and_gc() {
             // Its elements: host interface bound to MAC and address in the
             // bridge table, the two published ports in the ip table's maps.
             let ports = nft_table(&e.net.nft_table).expect("berth's table exists");
-            assert_eq!(ports.matches(&addr).count(), 2, "two port elements: {ports}");
+            assert_eq!(
+                ports.matches(&addr).count(),
+                2,
+                "two port elements: {ports}"
+            );
             let spoof = nft_bridge_table(&e.net.nft_table).expect("bridge table");
             assert_eq!(spoof.matches(&host_if).count(), 2, "{spoof}");
             assert!(spoof.contains(&mac), "{spoof}");
@@ -1369,9 +1373,15 @@ fn net_cleanup_after_stop_and_after_kill9_and_gc() {
             assert!(!leases.join(&addr).exists(), "lease left after {name}");
             // Its elements are gone; the tables and the bridge stay.
             let ports = nft_table(&e.net.nft_table).expect("table kept");
-            assert!(!ports.contains(&addr), "port elements left after {name}: {ports}");
+            assert!(
+                !ports.contains(&addr),
+                "port elements left after {name}: {ports}"
+            );
             let spoof = nft_bridge_table(&e.net.nft_table).expect("bridge table kept");
-            assert!(!spoof.contains(&host_if), "elements left after {name}: {spoof}");
+            assert!(
+                !spoof.contains(&host_if),
+                "elements left after {name}: {spoof}"
+            );
             assert!(links().contains(&e.net.bridge), "bridge kept after {name}");
         }
         ok(&format!(

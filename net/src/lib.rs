@@ -31,6 +31,7 @@ pub mod lease;
 pub mod link;
 pub mod nfnl;
 pub mod nft;
+pub mod nlsock;
 pub mod proxy;
 pub mod setup;
 pub mod tap;
@@ -96,6 +97,36 @@ pub enum NetError {
     },
     #[error("bridge {0} is missing: was it deleted while pods use it?")]
     NoBridge(String),
+}
+
+/// Step timings of one call, logged at debug level (`--log-level debug`;
+/// `bench/ns-run.sh` reads them for its breakdown).
+struct Steps {
+    op: &'static str,
+    t0: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl Steps {
+    fn new(op: &'static str) -> Steps {
+        let now = std::time::Instant::now();
+        Steps {
+            op,
+            t0: now,
+            last: now,
+        }
+    }
+
+    fn mark(&mut self, step: &str) {
+        let now = std::time::Instant::now();
+        log::debug!(
+            "net: {}: {step} {:.3} ms (total {:.3} ms)",
+            self.op,
+            (now - self.last).as_secs_f64() * 1e3,
+            (now - self.t0).as_secs_f64() * 1e3
+        );
+        self.last = now;
+    }
 }
 
 /// What stage0 asks for.
@@ -297,11 +328,15 @@ pub fn prepare(
     cfg: &HostConfig,
     req: &PodRequest,
 ) -> Result<PrivateNetwork, NetError> {
+    let mut t = Steps::new("prepare");
     let leases = LeaseDir::new(root);
     let lock = leases.lock()?;
+    t.mark("lock");
     let nl = link::Netlink::new()?;
     let mut nf = nfnl::Nfnl::new()?;
+    t.mark("netlink sockets");
     let live = reclaim(&leases, &lock, &nl, &mut nf)?;
+    t.mark("leases read");
     for p in req.ports {
         if let Some(other) = live.iter().find(|l| {
             l.network
@@ -334,6 +369,7 @@ pub fn prepare(
         ports: req.ports.to_vec(),
     };
     ensure_host(root, &lock, &nl, cfg, &live)?;
+    t.mark("host side checked");
     // The lease before the elements: should stage0 die in between, the
     // lease is stale and its reclaim removes whatever elements made it in.
     let lease = Lease {
@@ -342,10 +378,12 @@ pub fn prepare(
         network: net.clone(),
     };
     leases.write(&lock, &lease)?;
+    t.mark("lease written");
     if let Err(e) = add_elements(&mut nf, cfg, &live, &net) {
         let _ = leases.remove(&lock, address, req.uuid);
         return Err(e);
     }
+    t.mark("nft elements added");
     log::debug!("net: pod {} leased {}", req.name, address);
     Ok(net)
 }
@@ -356,14 +394,19 @@ pub fn prepare(
 /// repeatedly; once the lease is gone, so is the rest, and a call costs one
 /// file read.
 pub fn release(root: &Path, uuid: &str, net: &PrivateNetwork) -> Result<(), NetError> {
+    let mut t = Steps::new("release");
     let leases = LeaseDir::new(root);
     let lock = leases.lock()?;
     if !leases.holds(&lock, net.address, uuid) {
+        t.mark("nothing left to release");
         return Ok(());
     }
+    t.mark("lock");
     let nl = link::Netlink::new()?;
     let mut nf = nfnl::Nfnl::new()?;
+    t.mark("netlink sockets");
     teardown(&leases, &lock, &nl, &mut nf, uuid, net)?;
+    t.mark("torn down");
     Ok(())
 }
 
@@ -495,6 +538,7 @@ pub fn remove(root: &Path, cfg: &HostConfig, force: bool) -> Result<Vec<Setup>, 
 /// then configured there (up, address, default route via the gateway).
 /// Loopback is brought up by the pod's init.
 pub fn attach_veth(net: &PrivateNetwork, pod_pid: i32) -> Result<(), NetError> {
+    let mut t = Steps::new("attach_veth");
     let ns: OwnedFd = std::fs::File::open(format!("/proc/{pod_pid}/ns/net"))
         .map_err(|source| NetError::Netns {
             pid: pod_pid,
@@ -502,12 +546,17 @@ pub fn attach_veth(net: &PrivateNetwork, pod_pid: i32) -> Result<(), NetError> {
         })?
         .into();
     let host = link::Netlink::new()?;
+    t.mark("host socket");
     let bridge = host
         .index(&net.bridge)?
         .ok_or_else(|| NetError::NoBridge(net.bridge.clone()))?;
+    t.mark("bridge looked up");
     host.add_veth(&net.host_ifname, bridge, &net.ifname, ns.as_fd(), &net.mac)?;
+    t.mark("veth created");
     let inside = link::Netlink::in_netns(ns.as_fd())?;
+    t.mark("pod socket");
     inside.configure(&net.ifname, net.address, net.prefix_len, net.gateway)?;
+    t.mark("pod side configured");
     Ok(())
 }
 

@@ -8,27 +8,22 @@
 //! `nft list`); the element encodings here follow nft's (see
 //! [`crate::nft::pod_elements`]).
 
-use netlink_packet_core::{NetlinkMessage, NLMSG_ERROR, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST};
+use crate::nlsock::NlSocket;
+use netlink_packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST};
 use netlink_packet_netfilter::nftables::{
     DataAttribute, ListAttribute, NfTablesMessage, SetElementAttribute, SetElementList,
     SetElementMessage, TableAttribute, TableMessage,
 };
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
-use std::os::fd::AsRawFd;
+use netlink_sys::protocols::NETLINK_NETFILTER;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
-/// Longest wait for the kernel's answer (it answers at once; this only
-/// keeps a lost reply from hanging a `run`).
-const REPLY_TIMEOUT_SECS: libc::time_t = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NfnlError {
     #[error("cannot open an nf_tables netlink socket")]
     Socket(#[source] std::io::Error),
-    #[error("cannot send to nf_tables")]
-    Send(#[source] std::io::Error),
     #[error("no answer from nf_tables")]
     Recv(#[source] std::io::Error),
     #[error("cannot {what}")]
@@ -96,8 +91,7 @@ impl std::fmt::Display for Element {
 
 /// A netlink socket to nf_tables in the calling thread's network namespace.
 pub struct Nfnl {
-    sock: Socket,
-    seq: u32,
+    sock: NlSocket,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -108,36 +102,13 @@ enum Op {
 
 impl Nfnl {
     pub fn new() -> Result<Nfnl, NfnlError> {
-        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(NfnlError::Socket)?;
-        sock.bind_auto().map_err(NfnlError::Socket)?;
-        let tv = libc::timeval {
-            tv_sec: REPLY_TIMEOUT_SECS,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt reads a timeval of the given size from a live
-        // local; the socket is ours.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(NfnlError::Socket(std::io::Error::last_os_error()));
-        }
-        Ok(Nfnl { sock, seq: 1 })
-    }
-
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
+        Ok(Nfnl {
+            sock: NlSocket::open(NETLINK_NETFILTER).map_err(NfnlError::Socket)?,
+        })
     }
 
     fn message(
-        &mut self,
+        &self,
         family: NetfilterProtoFamily,
         res_id: u16,
         flags: u16,
@@ -147,7 +118,7 @@ impl Nfnl {
             NetfilterHeader::new(family, 0, res_id),
             inner,
         ));
-        let seq = self.next_seq();
+        let seq = self.sock.next_seq();
         m.header.flags = flags;
         m.header.sequence_number = seq;
         m.finalize();
@@ -156,44 +127,12 @@ impl Nfnl {
         (seq, buf)
     }
 
-    /// Send `msgs` (each with NLM_F_ACK) and wait for the answer to each:
-    /// the first refusal, as (index in `msgs`, errno), or Ok.
-    fn exchange(&mut self, buf: &[u8], seqs: &[u32]) -> Result<Option<(usize, i32)>, NfnlError> {
-        self.sock.send(buf, 0).map_err(NfnlError::Send)?;
-        let mut pending: Vec<u32> = seqs.to_vec();
-        let mut first_err = None;
-        let mut rbuf = vec![0u8; 65536];
-        while !pending.is_empty() {
-            let n = self
-                .sock
-                .recv(&mut &mut rbuf[..], 0)
-                .map_err(NfnlError::Recv)?;
-            let mut off = 0;
-            while off + 16 <= n {
-                let h = &rbuf[off..n];
-                let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-                let ty = u16::from_ne_bytes([h[4], h[5]]);
-                let seq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
-                if len < 16 || len > h.len() {
-                    break;
-                }
-                if ty == NLMSG_ERROR && len >= 20 {
-                    let code = i32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
-                    if let Some(i) = seqs.iter().position(|s| *s == seq) {
-                        pending.retain(|s| *s != seq);
-                        if code != 0 && first_err.is_none() {
-                            first_err = Some((i, -code));
-                        }
-                    } else if code != 0 {
-                        // An error on the batch envelope (e.g. EPERM): no
-                        // message of the batch was processed.
-                        return Ok(Some((usize::MAX, -code)));
-                    }
-                }
-                off += (len + 3) & !3;
-            }
-        }
-        Ok(first_err)
+    fn exchange(&self, buf: &[u8], seqs: &[u32]) -> Result<Option<(usize, i32)>, NfnlError> {
+        let refused = self
+            .sock
+            .exchange(buf, seqs, |_| {})
+            .map_err(NfnlError::Recv)?;
+        Ok(refused.first().map(|r| (r.index, r.errno)))
     }
 
     fn batch(&mut self, op: Op, elems: &[Element]) -> Result<(), NfnlError> {

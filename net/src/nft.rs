@@ -26,7 +26,7 @@
 //!     arp htype 1 arp ptype 0x0800 arp hlen 6 arp plen 4
 //!       iifname . ether saddr . arp saddr ip @pods
 //!       iifname . arp saddr ether . arp saddr ip @pods accept  # ARP about itself
-//!     drop                                                     # anything else from a pod port
+//!     counter drop                                             # anything else from a pod port
 //!   }
 //! }
 //! ```
@@ -456,7 +456,16 @@ fn bridge_table(t: &str, pods: &[&PrivateNetwork], b: &mut Batch<'static>) {
             Statement::Accept(None),
         ],
     ));
-    b.add(rule(f, t, c, vec![Statement::Drop(None)]));
+    // Counted, so that `nft list table bridge …` shows what was dropped.
+    b.add(rule(
+        f,
+        t,
+        c,
+        vec![
+            Statement::Counter(nftables::stmt::Counter::Anonymous(None)),
+            Statement::Drop(None),
+        ],
+    ));
     for net in pods {
         b.add(element(f, t, PORTS, s(&net.host_ifname)));
         b.add(element(
