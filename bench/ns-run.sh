@@ -111,7 +111,7 @@ for r in $(seq "$bruns"); do
         if (d ~ /s$/) return v * 1e3
         return v
     }
-    /\] net: / {
+    /\] net: [a-z_]+: .* ms \(total / {
         line = $0; sub(/.*\] net: /, "", line)
         split(line, a, ": "); op = a[1]; rest = a[2]
         step = rest; sub(/ [0-9.]+ ms \(total.*/, "", step)

@@ -113,6 +113,11 @@ impl Pod {
             std::thread::sleep(Duration::from_millis(2));
         }
         berth_net::attach_veth(&self.net, pid as i32).expect("attach_veth");
+        assert_eq!(
+            std::fs::read_link("/proc/thread-self/ns/net").unwrap(),
+            me,
+            "attach_veth left this thread in another network namespace"
+        );
         self.proc = Some(child);
     }
 
