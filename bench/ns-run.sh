@@ -117,7 +117,7 @@ for r in $(seq "$bruns"); do
         step = rest; sub(/ [0-9.]+ ms \(total.*/, "", step)
         n = split(rest, w, " "); val = w[n - 4]
         if (op == "release" && seen_release) op = "release (stage0, again)"
-        if (op == "release" && step == "torn down") seen_release = 1
+        if (op == "release" && step == "lease removed") seen_release = 1
         if (op == "release" && step == "nothing left to release") seen_release = 1
         if (op == "prepare") prepare += val
         printf "net %s: %s\t%s\n", op, step, val

@@ -167,9 +167,9 @@ fn enable_forwarding() -> Result<(), NetError> {
     std::fs::write(P, "1\n").map_err(NetError::Forwarding)
 }
 
-/// Tear down one pod's host side (lock held): its host interface, then its
-/// set and map elements (in this order, so that an interface of the pod is
-/// never on the bridge unfiltered), then its lease.
+/// Tear down one stale lease's host side (lock held): its host interface,
+/// then its set and map elements, then the lease. ([`release`] does the
+/// first two at once.)
 fn teardown(
     leases: &LeaseDir,
     lock: &NetLock,
@@ -402,11 +402,34 @@ pub fn release(root: &Path, uuid: &str, net: &PrivateNetwork) -> Result<(), NetE
         return Ok(());
     }
     t.mark("lock");
-    let nl = link::Netlink::new()?;
-    let mut nf = nfnl::Nfnl::new()?;
-    t.mark("netlink sockets");
-    teardown(&leases, &lock, &nl, &mut nf, uuid, net)?;
-    t.mark("torn down");
+    // The pod's processes are gone by now (its init or VMM exited, or its
+    // stage1 died and took them along), so its interface and its elements
+    // can go at the same time: both wait out an RCU grace period in the
+    // kernel — deleting a netdev (synchronize_net) and closing an nf_tables
+    // socket after a commit that deleted elements (NETLINK_URELEASE flushes
+    // nf_tables' destroy work) — about 10 ms each here, so in parallel.
+    let elems = nft::pod_elements(&net.nft_table, net)?;
+    let (iface, elements) = std::thread::scope(|s| {
+        let h = s.spawn(|| -> Result<bool, NetError> {
+            Ok(link::Netlink::new()?.delete(&net.host_ifname)?)
+        });
+        let r = (|| -> Result<(), NetError> {
+            let mut nf = nfnl::Nfnl::new()?;
+            nf.delete(&elems)?;
+            Ok(())
+        })();
+        let l = h.join().unwrap_or_else(|_| {
+            Err(NetError::Link(link::LinkError::Recv(
+                std::io::Error::other("interface deletion thread panicked"),
+            )))
+        });
+        (l, r)
+    });
+    iface?;
+    elements?;
+    t.mark("interface and elements deleted");
+    leases.remove(&lock, net.address, uuid)?;
+    t.mark("lease removed");
     Ok(())
 }
 
