@@ -1394,3 +1394,85 @@ fn net_cleanup_after_stop_and_after_kill9_and_gc() {
         assert!(!links().contains(&e.net.bridge), "bridge left");
     });
 }
+
+#[test]
+fn net_a_pod_cannot_take_over_another_pods_address() {
+    each_stage1("net-spoof", |s| {
+        let e = Env::new();
+        let img = common::busybox().to_string_lossy().into_owned();
+        let gw = e.net.gateway();
+        ok("victim\n").check(
+            "run -d victim",
+            &e.berth(&[
+                "run", "-d", "--name", "victim", "--stage1", s, "--rootfs", &img, "--", "sleep",
+                "1000",
+            ]),
+        );
+        let info = inspect(&e, "victim");
+        let victim = info["address"].as_str().unwrap().to_string();
+        let victim_mac = info["spec"]["network"]["private"]["mac"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // The host learns the victim's MAC (ARP from the host's side).
+        wait_for("the victim to answer ping", || {
+            std::process::Command::new("ping")
+                .args(["-c1", "-W2", &victim])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|st| st.success())
+        });
+        let neigh = || {
+            stdout(
+                &std::process::Command::new("ip")
+                    .args(["neigh", "show", &victim, "dev", &e.net.bridge])
+                    .output()
+                    .unwrap(),
+            )
+        };
+        assert!(neigh().contains(&victim_mac), "{}", neigh());
+        // An attacker with every network capability: the victim's address on
+        // its own interface, gratuitous ARP claiming it (after the host's
+        // neighbour lock time), IPv4 from it; its own address still works.
+        let script = format!(
+            "cat /sys/class/net/eth0/address; \
+             ip addr add {victim}/24 dev eth0 && echo added; sleep 2; \
+             arping -U -c 3 -I eth0 {victim} >/dev/null 2>&1; echo arped; \
+             if ping -c1 -W2 -I {victim} {gw} >/dev/null 2>&1; then echo spoofed-ping-answered; \
+             else echo spoofed-ping-dropped; fi; \
+             ping -c1 -W5 {gw} >/dev/null && echo own-ping-ok"
+        );
+        let o = e.run(
+            s,
+            &["--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW"],
+            &["sh", "-c", &script],
+        );
+        let out = stdout(&o);
+        let (attacker_mac, rest) = out.split_once('\n').unwrap_or(("", ""));
+        assert_eq!(
+            (o.status.code(), rest),
+            (Some(0), "added\narped\nspoofed-ping-dropped\nown-ping-ok\n"),
+            "attacker pod: {}",
+            stderr(&o)
+        );
+        assert_ne!(attacker_mac, victim_mac);
+        let all = stdout(
+            &std::process::Command::new("ip")
+                .args(["neigh", "show", "dev", &e.net.bridge])
+                .output()
+                .unwrap(),
+        );
+        // The host never took the attacker for the victim (its entry may
+        // have aged out meanwhile, but not changed hands).
+        assert!(
+            !neigh().contains(attacker_mac),
+            "the host's neighbour entry for the victim is the attacker's: {all}"
+        );
+        let drops = nft_bridge_table(&e.net.nft_table).expect("bridge table");
+        assert!(
+            !drops.contains(r#""counter": {"packets": 0,"#),
+            "the anti-spoofing chain dropped nothing: {drops}"
+        );
+        ok("").check("stop victim", &e.berth(&["stop", "victim"]));
+    });
+}
