@@ -215,7 +215,8 @@ fn names(leases: &[Lease]) -> String {
 }
 
 /// Make sure the host side is what `cfg` asks for (lock held). The common
-/// case — recorded as set up, bridge present — costs one netlink look-up.
+/// case — recorded as set up, bridge and tables present — costs three
+/// netlink look-ups.
 /// Otherwise (first use, a changed `berth.toml`, another table layout): the
 /// recorded bridge and tables go if they differ, then the bridge, forwarding
 /// and both tables (with the elements of the `live` pods) are created and
@@ -224,6 +225,7 @@ fn ensure_host(
     root: &Path,
     lock: &NetLock,
     nl: &link::Netlink,
+    nf: &mut nfnl::Nfnl,
     cfg: &HostConfig,
     live: &[Lease],
 ) -> Result<(), NetError> {
@@ -234,6 +236,18 @@ fn ensure_host(
         if nl.index(&cfg.bridge)?.is_none() {
             log::warn!("net: bridge {} is gone: creating it again", cfg.bridge);
             nl.ensure_bridge(&cfg.bridge, cfg.subnet.gateway(), cfg.subnet.prefix_len)?;
+        }
+        // Both tables still there? (Someone may have flushed the ruleset;
+        // a pod without ports would not notice a missing ip table.)
+        if !nf.table_exists(nfnl::Family::Ip, &cfg.nft_table)?
+            || !nf.table_exists(nfnl::Family::Bridge, &cfg.nft_table)?
+        {
+            log::warn!(
+                "net: nft tables {} are gone: rebuilding them",
+                cfg.nft_table
+            );
+            let pods: Vec<&PrivateNetwork> = live.iter().map(|l| &l.network).collect();
+            nft::create(&cfg.nft_table, cfg.subnet, &pods)?;
         }
         return Ok(());
     }
@@ -368,7 +382,7 @@ pub fn prepare(
         dns: cfg.pod_dns(),
         ports: req.ports.to_vec(),
     };
-    ensure_host(root, &lock, &nl, cfg, &live)?;
+    ensure_host(root, &lock, &nl, &mut nf, cfg, &live)?;
     t.mark("host side checked");
     // The lease before the elements: should stage0 die in between, the
     // lease is stale and its reclaim removes whatever elements made it in.

@@ -29,12 +29,17 @@ fn unsupported() -> Option<String> {
     None
 }
 
-/// Run `f` in a thread with a network namespace of its own.
+/// Run `f` in a thread with a network namespace of its own, one test at a
+/// time: a child forked by one test's thread holds every open descriptor of
+/// the process until it execs, the other test's pod locks included, which
+/// would make a dead test pod look alive for a moment.
 fn in_new_netns(name: &str, f: impl FnOnce() + Send + 'static) {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     if let Some(why) = unsupported() {
         eprintln!("skipping {name}: {why}");
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     std::thread::spawn(move || {
         // SAFETY: unshare only changes this thread's namespaces.
         assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
@@ -630,6 +635,21 @@ fn lifetime_of_the_host_side() {
             "{pods:?}"
         );
 
+        // The ip table deleted: a pod without ports rebuilds it too.
+        assert!(Command::new("nft")
+            .args(["delete", "table", "ip", &t])
+            .status()
+            .unwrap()
+            .success());
+        let p6 = Pod::new(r, &c, 6, &[]);
+        assert_eq!(
+            elements("ip", &t, "map", "port_addr").unwrap().len(),
+            1,
+            "pod 1's port is back"
+        );
+        p6.release(r);
+        drop(p6);
+
         // kill -9 of pod 2 and the gc path (release with the lease still
         // there): its elements go.
         p2.kill();
@@ -651,8 +671,29 @@ fn lifetime_of_the_host_side() {
         p3.attach();
         assert_eq!(elements("ip", &t, "map", "port_port").unwrap().len(), 2);
         p3.kill();
+        // (A child being forked can hold the lock's file description for a
+        // moment: wait until the lease shows as dead.)
+        let t0 = Instant::now();
+        while berth_net::inspect(r, &c)
+            .unwrap()
+            .leases
+            .iter()
+            .any(|l| l.uuid == p3.uuid && l.live)
+        {
+            assert!(t0.elapsed() < Duration::from_secs(5), "pod 3 still live");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let p4 = Pod::new(r, &c, 4, &[]);
-        assert_eq!(elements("ip", &t, "map", "port_port").unwrap().len(), 1);
+        assert_eq!(
+            elements("ip", &t, "map", "port_port").unwrap().len(),
+            1,
+            "{:?} {:?}",
+            elements("ip", &t, "map", "port_port"),
+            std::fs::read_dir(r.join("net/leases"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect::<Vec<_>>()
+        );
         let pods = elements("bridge", &t, "set", "pods").unwrap();
         assert!(
             !pods.iter().any(|e| e.contains(&p3.net.host_ifname)),
