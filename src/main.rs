@@ -60,6 +60,8 @@ enum Command {
     Rm(cli::rm::RmArgs),
     /// Remove the state of pods that are no longer running.
     Gc,
+    /// The host network of --net private: bridge, nft tables, leases.
+    Network(cli::network::NetworkArgs),
 }
 
 fn main() {
@@ -119,6 +121,7 @@ fn main() {
         Command::Inspect(a) => cli::inspect::inspect(&store, a),
         Command::Rm(a) => cli::rm::rm(&store, a),
         Command::Gc => cli::gc::gc(&store),
+        Command::Network(a) => cli::network::network(&store, a),
     };
     berth_spec::exit_with(result)
 }

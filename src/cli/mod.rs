@@ -7,6 +7,7 @@ pub mod gc;
 pub mod inspect;
 pub mod list;
 pub mod logs;
+pub mod network;
 pub mod pod_args;
 pub mod reload;
 pub mod rm;

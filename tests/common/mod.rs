@@ -272,8 +272,8 @@ impl Env {
 
 impl Drop for Env {
     /// A failed case may leave pods running: force-remove them (which also
-    /// releases their network: taps, leases, nft rules, the test bridge),
-    /// then gc.
+    /// releases their network: taps, leases, nft set elements), then gc,
+    /// then remove the Env's bridge and nft tables (`network rm`).
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.report_pods();
@@ -289,6 +289,12 @@ impl Drop for Env {
         let _ = self
             .cmd()
             .arg("gc")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self
+            .cmd()
+            .args(["network", "rm", "--force"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
