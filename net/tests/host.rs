@@ -56,6 +56,7 @@ fn cfg(tag: &str) -> HostConfig {
         nft_table: format!("berth_t_{tag}"),
         dns: Some(vec![]),
         source: None,
+        ..HostConfig::default()
     }
 }
 
