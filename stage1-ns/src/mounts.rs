@@ -51,7 +51,7 @@ const DEVICES: &[(&str, u64, u64)] = &[
     ("tty", 5, 0),
 ];
 
-fn do_mount(
+pub(crate) fn do_mount(
     source: Option<&str>,
     target: &Path,
     fstype: Option<&str>,
@@ -88,14 +88,19 @@ pub fn build_root(spec: &PodSpec, pod: &PodDir) -> Result<(), MountError> {
         berth_net::etc::write(&pod.upper(), &spec.hostname, net).map_err(MountError::Etc)?;
     }
     let root = pod.rootfs();
-    let opts = spec.rootfs.overlay_options(&pod.upper(), &pod.work());
-    do_mount(
-        Some("overlay"),
-        &root,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(&opts),
-    )?;
+    if spec.oci.is_some() {
+        // An OCI bundle's root is used in place (see crate::oci).
+        crate::oci::bind_root(spec, &root)?;
+    } else {
+        let opts = spec.rootfs.overlay_options(&pod.upper(), &pod.work());
+        do_mount(
+            Some("overlay"),
+            &root,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(&opts),
+        )?;
+    }
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let root_fd = open_dir(&root)?;
     let proc_dir = ensure_dir(&root_fd, "/proc")?;
@@ -125,6 +130,10 @@ pub fn build_root(spec: &PodSpec, pod: &PodDir) -> Result<(), MountError> {
     }
     if spec.service.is_some() {
         run_host(&root_fd, pod)?;
+    }
+    if let Some(o) = &spec.oci {
+        crate::oci::apply_mounts(&root_fd, o)?;
+        crate::oci::finish_root(&root, o)?;
     }
     drop(root_fd);
     pivot(&root)
@@ -330,7 +339,16 @@ fn pivot(root: &Path) -> Result<(), MountError> {
 
 /// After pivot_root: hide or freeze the sensitive parts of /proc and /sys.
 pub fn mask_paths() -> Result<(), MountError> {
-    for p in READONLY_PATHS {
+    mask_these(MASKED_PATHS, READONLY_PATHS)
+}
+
+/// [`mask_paths`] with other lists (an OCI config's `maskedPaths` and
+/// `readonlyPaths`).
+pub fn mask_these<M: AsRef<str>, R: AsRef<str>>(
+    masked: &[M],
+    readonly: &[R],
+) -> Result<(), MountError> {
+    for p in readonly.iter().map(AsRef::as_ref) {
         let path = Path::new(p);
         if !path.exists() {
             continue;
@@ -356,7 +374,7 @@ pub fn mask_paths() -> Result<(), MountError> {
             None,
         )?;
     }
-    for p in MASKED_PATHS {
+    for p in masked.iter().map(AsRef::as_ref) {
         let path = Path::new(p);
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.is_dir() => do_mount(
@@ -392,11 +410,11 @@ fn io_to_nix(e: std::io::Error) -> nix::Error {
 
 /// `/proc/self/fd/N` for an O_PATH descriptor: lets mount(2) act on exactly
 /// the inode we resolved, with no second path lookup to race against.
-fn fd_path(fd: &OwnedFd) -> PathBuf {
+pub(crate) fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-fn open_dir(path: &Path) -> Result<OwnedFd, MountError> {
+pub(crate) fn open_dir(path: &Path) -> Result<OwnedFd, MountError> {
     let fd = nix::fcntl::open(
         path,
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -447,7 +465,7 @@ pub fn open_in_root(root: &OwnedFd, path: &str, flags: i32) -> nix::Result<Owned
 
 /// Create every missing directory of `path` inside `root`; returns an O_PATH
 /// descriptor of the final directory.
-fn ensure_dir(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
+pub(crate) fn ensure_dir(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
     let err = |source| MountError::Create {
         path: path.to_string(),
         source,
@@ -476,7 +494,7 @@ fn ensure_dir(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
 
 /// Create (if missing) an empty file at `path` inside `root`, its parent
 /// directories too; returns an O_PATH descriptor of it.
-fn ensure_file(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
+pub(crate) fn ensure_file(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
     let err = |source| MountError::Create {
         path: path.to_string(),
         source,
