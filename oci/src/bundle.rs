@@ -150,12 +150,6 @@ pub fn translate(
         })
         .transpose()?
         .unwrap_or_default();
-    if !user["umask"].is_null() {
-        return Err(unsupported(
-            "process.user.umask",
-            "berth does not set a umask",
-        ));
-    }
     let tty = process["terminal"].as_bool().unwrap_or(false);
     if tty && console_socket.is_none() {
         return Err(invalid(
@@ -165,10 +159,12 @@ pub fn translate(
     }
 
     let caps = &process["capabilities"];
-    if !strs(&caps["ambient"]).is_empty() {
+    // For root, ambient capabilities change nothing (an exec by root
+    // gets its bounding set anyway); for other users berth keeps none.
+    if uid != 0 && !strs(&caps["ambient"]).is_empty() {
         return Err(unsupported(
             "process.capabilities.ambient",
-            "berth keeps the ambient set empty",
+            "berth gives a non-root process no capabilities",
         ));
     }
     let mut capabilities: Vec<String> = strs(&caps["bounding"]);
@@ -490,6 +486,7 @@ pub fn translate(
         mounts,
         rlimits,
         additional_gids,
+        umask: user["umask"].as_u64().map(|m| m as u32),
         oom_score_adj: process["oomScoreAdj"].as_i64().map(|a| a as i32),
         sysctl,
         hooks,
@@ -812,7 +809,8 @@ mod tests {
             (
                 "process.capabilities.ambient",
                 Box::new(|v| {
-                    v["process"]["capabilities"]["ambient"] = serde_json::json!(["CAP_KILL"])
+                    v["process"]["capabilities"]["ambient"] = serde_json::json!(["CAP_KILL"]);
+                    v["process"]["user"]["uid"] = 1000.into();
                 }),
             ),
             (

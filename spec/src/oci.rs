@@ -48,6 +48,9 @@ pub struct OciSettings {
     /// `process.user.additionalGids`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub additional_gids: Vec<u32>,
+    /// `process.user.umask`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub umask: Option<u32>,
     /// `process.oomScoreAdj`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_score_adj: Option<i32>,
@@ -356,6 +359,9 @@ impl OciSettings {
                     RLIMIT_NAMES[r.resource as usize], r.soft, r.hard
                 ));
             }
+        }
+        if self.umask.is_some_and(|m| m > 0o777) {
+            return Err("umask is out of range 0..=0777".into());
         }
         if let Some(adj) = self.oom_score_adj {
             if !(-1000..=1000).contains(&adj) {

@@ -341,7 +341,7 @@ pub fn apply_sysctl(o: &OciSettings) -> Result<(), OciError> {
     Ok(())
 }
 
-/// `process.rlimits` and `process.oomScoreAdj` on init itself, just
+/// `process.rlimits`, `process.user.umask` and `process.oomScoreAdj` on init itself, just
 /// before it forks the app (which inherits both).
 pub fn apply_process_limits(o: &OciSettings) -> Result<(), OciError> {
     for r in &o.rlimits {
@@ -359,6 +359,9 @@ pub fn apply_process_limits(o: &OciSettings) -> Result<(), OciError> {
         if rc != 0 {
             return Err(OciError::Rlimit(name, nix::Error::last()));
         }
+    }
+    if let Some(m) = o.umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
     }
     if let Some(adj) = o.oom_score_adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(OciError::OomScore)?;
