@@ -179,13 +179,21 @@ pub fn translate(
                 .ok_or_else(|| invalid("process.capabilities", format!("{c:?} is not CAP_*")))
         })
         .collect::<Result<_, _>>()?;
-    if process["apparmorProfile"].as_str().is_some_and(|p| !p.is_empty()) && apparmor_enabled() {
+    if process["apparmorProfile"]
+        .as_str()
+        .is_some_and(|p| !p.is_empty())
+        && apparmor_enabled()
+    {
         return Err(unsupported(
             "process.apparmorProfile",
             "berth does not apply AppArmor profiles",
         ));
     }
-    if process["selinuxLabel"].as_str().is_some_and(|p| !p.is_empty()) && selinux_enabled() {
+    if process["selinuxLabel"]
+        .as_str()
+        .is_some_and(|p| !p.is_empty())
+        && selinux_enabled()
+    {
         return Err(unsupported(
             "process.selinuxLabel",
             "berth does not apply SELinux labels",
@@ -309,7 +317,12 @@ pub fn translate(
     }
     let hostname = match config["hostname"].as_str().filter(|h| !h.is_empty()) {
         Some(h) if berth_spec::valid_hostname(h) => h.to_string(),
-        Some(h) => return Err(invalid("hostname", format!("{h:?} is not a valid hostname"))),
+        Some(h) => {
+            return Err(invalid(
+                "hostname",
+                format!("{h:?} is not a valid hostname"),
+            ))
+        }
         None => nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
@@ -447,7 +460,9 @@ pub fn translate(
                     path: PathBuf::from(path),
                     args: strs(&h["args"]),
                     env: strs(&h["env"]),
-                    timeout: h["timeout"].as_u64().map(|t| t.min(u64::from(u32::MAX)) as u32),
+                    timeout: h["timeout"]
+                        .as_u64()
+                        .map(|t| t.min(u64::from(u32::MAX)) as u32),
                 })
             })
             .collect()

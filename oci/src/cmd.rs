@@ -135,8 +135,8 @@ fn stage1_path(s: Stage1) -> Result<PathBuf> {
 }
 
 fn new_uuid() -> Result<String> {
-    let u = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .context("cannot make a uuid")?;
+    let u =
+        std::fs::read_to_string("/proc/sys/kernel/random/uuid").context("cannot make a uuid")?;
     Ok(u.trim().to_string())
 }
 
@@ -485,7 +485,8 @@ fn run_hook(h: &berth_spec::oci::Hook, state: &str) -> Result<()> {
     if let Some((first, rest)) = h.args.split_first() {
         cmd.arg0(first).args(rest);
     }
-    cmd.env_clear().envs(h.env.iter().filter_map(|e| e.split_once('=')));
+    cmd.env_clear()
+        .envs(h.env.iter().filter_map(|e| e.split_once('=')));
     let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .spawn()
@@ -525,8 +526,9 @@ fn host_pty() -> Result<(OwnedFd, OwnedFd)> {
         .open(&name)
         .with_context(|| format!("cannot open {name}"))?;
     // SAFETY: into_raw_fd hands over the master's descriptor.
-    let master =
-        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(m)) };
+    let master = unsafe {
+        <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(m))
+    };
     Ok((master, OwnedFd::from(slave)))
 }
 
@@ -567,7 +569,11 @@ fn exec(cli: &Cli, a: &ExecArgs) -> Result<i32> {
             serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))?;
         let strs = |v: &serde_json::Value| -> Vec<String> {
             v.as_array()
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         argv = strs(&v["args"]);
@@ -581,7 +587,13 @@ fn exec(cli: &Cli, a: &ExecArgs) -> Result<i32> {
     if argv.is_empty() {
         bail!("exec needs a command (arguments or --process)");
     }
-    let user = user.map(|u| if u.contains(':') { u } else { format!("{u}:{u}") });
+    let user = user.map(|u| {
+        if u.contains(':') {
+            u
+        } else {
+            format!("{u}:{u}")
+        }
+    });
     let stage1 = PathBuf::from(&c.saved.stage1);
     let mut cmd = Command::new(&stage1);
     cmd.arg("exec").arg(c.pod.path()).arg("-i");

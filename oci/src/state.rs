@@ -81,8 +81,8 @@ impl Container {
             }
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let saved: Saved =
-            serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))?;
+        let saved: Saved = serde_json::from_str(&text)
+            .with_context(|| format!("{} is damaged", path.display()))?;
         Ok(Container {
             pod: PodDir::new(d),
             saved,

@@ -450,10 +450,7 @@ mod tests {
         type M = Box<dyn Fn(&mut OciSettings)>;
         let cases: Vec<(&str, M)> = vec![
             ("fifo", Box::new(|s| s.start_fifo = "rel".into())),
-            (
-                "mount type",
-                Box::new(|s| s.mounts[0].kind = "nfs".into()),
-            ),
+            ("mount type", Box::new(|s| s.mounts[0].kind = "nfs".into())),
             (
                 "destination",
                 Box::new(|s| s.mounts[0].destination = "/a/../b".into()),

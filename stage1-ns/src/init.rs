@@ -295,11 +295,7 @@ fn handed_off(
     let _ = nix::sys::prctl::set_pdeathsig(None);
     a.chan.send(&InitMessage::Started, None)?;
     crate::oci::wait_for_start(h)?;
-    crate::oci::run_hooks(
-        &o.hooks.start_container,
-        &o.state_json("running", 1),
-        None,
-    )?;
+    crate::oci::run_hooks(&o.hooks.start_container, &o.state_json("running", 1), None)?;
     let launch = Launch {
         argv: a.spec.app.argv.clone(),
         env,

@@ -172,7 +172,13 @@ pub fn bind_root(spec: &PodSpec, root: &Path) -> Result<(), MountError> {
         None,
     )?;
     // Nothing of the pod's mounts may propagate into the caller's tree.
-    mounts::do_mount(None, root, None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)
+    mounts::do_mount(
+        None,
+        root,
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )
 }
 
 /// `root.readonly`: remount the root read-only, last, as runc does.
@@ -273,12 +279,13 @@ pub fn apply_mounts(root: &OwnedFd, o: &OciSettings) -> Result<(), MountError> {
             if !rest.is_empty() {
                 // Flags of a bind mount take a remount; look the mount
                 // point up again to reach the new mount.
-                let mounted = mounts::open_in_root(root, &m.destination, libc::O_PATH).map_err(
-                    |source| MountError::Create {
-                        path: m.destination.clone(),
-                        source,
-                    },
-                )?;
+                let mounted =
+                    mounts::open_in_root(root, &m.destination, libc::O_PATH).map_err(|source| {
+                        MountError::Create {
+                            path: m.destination.clone(),
+                            source,
+                        }
+                    })?;
                 mounts::do_mount(
                     None,
                     &mounts::fd_path(&mounted),
@@ -404,8 +411,8 @@ fn run_hook(
     // The executable is opened here (the runtime's view of the path),
     // then run from that descriptor wherever `enter` puts the child.
     let exe = std::fs::File::open(&h.path).map_err(|e| fail(e.to_string()))?;
-    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| fail(format!("pipe: {e}")))?;
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(format!("pipe: {e}")))?;
     // SAFETY: stage1 and init are single-threaded; the child only calls
     // async-signal-safe functions (dup2, setns, sigprocmask, fexecve).
     match unsafe { nix::unistd::fork() }.map_err(|e| fail(format!("fork: {e}")))? {
@@ -432,9 +439,9 @@ fn run_hook(
             // A hook that does not read its stdin gets EPIPE here: fine.
             let _ = w.write_all(state.as_bytes());
             drop(w);
-            let deadline = h.timeout.map(|t| {
-                std::time::Instant::now() + Duration::from_secs(u64::from(t.max(1)))
-            });
+            let deadline = h
+                .timeout
+                .map(|t| std::time::Instant::now() + Duration::from_secs(u64::from(t.max(1))));
             loop {
                 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
                 match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
