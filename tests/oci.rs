@@ -93,6 +93,25 @@ impl Runtime {
         self.cmd(args).output().expect("berth-oci")
     }
 
+    /// `create` (and `run --detach`): the container's leader keeps the
+    /// streams it was given, so they are files here, not pipes whose end
+    /// `output()` would wait for.
+    fn spawn_detached(&self, args: &[&str]) -> Output {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (o, e) = (dir.path().join("out"), dir.path().join("err"));
+        let status = self
+            .cmd(args)
+            .stdout(std::fs::File::create(&o).expect("out"))
+            .stderr(std::fs::File::create(&e).expect("err"))
+            .status()
+            .expect("berth-oci");
+        Output {
+            status,
+            stdout: std::fs::read(&o).unwrap_or_default(),
+            stderr: std::fs::read(&e).unwrap_or_default(),
+        }
+    }
+
     fn state(&self, id: &str) -> serde_json::Value {
         let o = self.run(&["state", id]);
         assert!(o.status.success(), "state: {}", out(&o));
@@ -135,7 +154,7 @@ fn runc_command_line() {
     });
     let bundle = b.path().display().to_string();
     let pidfile = host.path().join("pid");
-    let o = rt.run(&[
+    let o = rt.spawn_detached(&[
         "create",
         "--bundle",
         &bundle,
@@ -154,7 +173,7 @@ fn runc_command_line() {
     assert_eq!(st["pid"], pid);
     std::thread::sleep(Duration::from_millis(200));
     assert!(!mark.exists(), "the app ran before start");
-    let dup = rt.run(&["create", "--bundle", &bundle, "c1"]);
+    let dup = rt.spawn_detached(&["create", "--bundle", &bundle, "c1"]);
     assert!(
         common::stderr(&dup).contains("already exists"),
         "{}",
@@ -186,7 +205,7 @@ fn runc_command_line() {
     let b2 = Bundle::new(common::busybox(), true, &["sleep", "100"]);
     let bundle2 = b2.path().display().to_string();
     assert!(rt
-        .run(&["create", "--bundle", &bundle2, "c2"])
+        .spawn_detached(&["create", "--bundle", &bundle2, "c2"])
         .status
         .success());
     assert!(rt.run(&["start", "c2"]).status.success());
@@ -228,7 +247,7 @@ fn unsupported_fields_fail_by_name() {
     });
     let log = rt.root.path().join("log.json");
     let bundle = b.path().display().to_string();
-    let o = rt.run(&[
+    let o = rt.spawn_detached(&[
         "--log",
         log.to_str().expect("utf8"),
         "--log-format",

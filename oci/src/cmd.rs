@@ -447,10 +447,13 @@ fn delete(cli: &Cli, id: &str, force: bool) -> Result<()> {
     };
     match c.status() {
         Status::Stopped => {}
-        // A created container that never ran is deleted as runc does.
-        Status::Created => kill_and_wait(&c)?,
-        Status::Running if force => kill_and_wait(&c)?,
-        Status::Running => bail!("cannot delete container {id} that is not stopped: running"),
+        _ if force => kill_and_wait(&c)?,
+        // The runtime-spec: deleting a container that is not stopped is
+        // an error and changes nothing.
+        s => bail!(
+            "cannot delete container {id} that is not stopped: {}",
+            s.as_str()
+        ),
     }
     let stage1 = PathBuf::from(&c.saved.stage1);
     gc(&c.pod, &stage1);
