@@ -64,7 +64,7 @@ pub enum Verb {
         force: bool,
     },
     /// Run a process in a running container.
-    Exec(cmd::ExecArgs),
+    Exec(Box<cmd::ExecArgs>),
     /// List the container's processes.
     Ps {
         #[arg(short, long, default_value = "table")]
