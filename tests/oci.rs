@@ -356,7 +356,7 @@ const ULIMITS: &[&str] = &[
 ];
 
 fn import_image(storage: &Path) {
-    let tar = Command::new("tar")
+    let mut tar = Command::new("tar")
         .arg("-C")
         .arg(common::busybox())
         .arg("-c")
@@ -366,9 +366,10 @@ fn import_image(storage: &Path) {
         .expect("tar");
     let o = podman(storage)
         .args(["import", "-", "localhost/berth-busybox:latest"])
-        .stdin(tar.stdout.expect("tar stdout"))
+        .stdin(tar.stdout.take().expect("tar stdout"))
         .output()
         .expect("podman import");
+    assert!(tar.wait().expect("tar").success(), "tar failed");
     assert!(o.status.success(), "podman import: {}", out(&o));
 }
 
