@@ -20,12 +20,15 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 # systemd-container for the benchmark's reference runtimes; hyperfine and jq
 # for the benchmarks; musl-tools for the static guest-init; nftables for
 # --net private (NAT, published ports), curl, iperf3 and ping for its tests and
-# bench/net.sh; strace for bench/kvm-io.sh; debootstrap for the Debian test image.
+# bench/net.sh; strace for bench/kvm-io.sh; debootstrap for the Debian test image;
+# podman, conmon and containerd for berth-oci's client tests (tests/oci.rs),
+# golang-go to build the OCI runtime-tools validation suite.
 APT_PACKAGES := busybox-static runc crun systemd-container hyperfine jq nftables curl iperf3 iputils-ping strace debootstrap nginx \
+                podman conmon containerd golang-go \
                 musl-tools build-essential pkg-config iproute2 procps e2fsprogs \
                 linux-source-6.1 flex bison bc libelf-dev libssl-dev xz-utils patch
 RUST_TARGETS := x86_64-unknown-linux-musl
-BINARIES     := berth berth-stage1-ns berth-stage1-kvm
+BINARIES     := berth berth-stage1-ns berth-stage1-kvm berth-oci
 LIBDIR       := $(PREFIX)/lib/berth
 MUSL_INIT    := target/x86_64-unknown-linux-musl/release/berth-guest-init
 

@@ -22,6 +22,7 @@ pub mod systemd;
 pub use stage1_cli::exit_with;
 pub mod control;
 pub mod init_msg;
+pub mod oci;
 pub mod report;
 pub mod service;
 pub mod state;
@@ -172,6 +173,11 @@ pub struct PodSpec {
     /// only these units (see [`Service`]). `None`: a command pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<Service>,
+    /// A pod made by an OCI runtime front-end (`berth-oci`): the hand-off
+    /// of `create`/`start` and the OCI settings berth has no flag for (see
+    /// [`oci::OciSettings`]). `None`: an ordinary pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<oci::OciSettings>,
 }
 
 /// A service pod (`berth create -u UNIT…`): the app is systemd, booted
@@ -847,6 +853,7 @@ impl PodSpec {
             stdio: Stdio::default(),
             kvm: None,
             service: None,
+            oci: None,
         }
     }
 
@@ -1009,6 +1016,12 @@ impl PodSpec {
                 return bad(format!(
                     "capability {c:?} is not a lowercase capability name"
                 ));
+            }
+        }
+        if let Some(o) = &self.oci {
+            o.validate().map_err(SpecError::Invalid)?;
+            if self.service.is_some() {
+                return bad("an OCI pod cannot be a service pod".into());
             }
         }
         if self.kvm.is_some() {
@@ -1242,6 +1255,7 @@ mod tests {
             stdio: Stdio::default(),
             kvm: None,
             service: None,
+            oci: None,
         }
     }
 

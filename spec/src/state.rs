@@ -86,6 +86,14 @@ pub fn flock(fd: &impl AsRawFd, op: i32) -> std::io::Result<()> {
 /// last descriptor of it closes (process exit included).
 pub struct LifeLock(#[allow(dead_code)] File);
 
+impl LifeLock {
+    /// The locked descriptor (an OCI pod's init keeps a copy of it, so the
+    /// lock lives as long as the init does).
+    pub fn raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 /// Take the pod's life lock: inherit stage0's (already locked) descriptor,
 /// or lock the file ourselves when run by hand.
 pub fn take_life_lock(pod: &PodDir) -> Result<LifeLock, StateError> {

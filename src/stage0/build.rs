@@ -147,6 +147,7 @@ pub fn spec(store: &Store, a: &PodArgs, app: AppOptions) -> Result<Built> {
         stdio: app.stdio,
         kvm: is_kvm.then(KvmSettings::default),
         service: app.service,
+        oci: None,
     };
     spec.validate()?;
     Ok(Built { spec, stage1 })

@@ -9,6 +9,7 @@ mod exec;
 mod init;
 mod lifecycle;
 mod mounts;
+mod oci;
 mod run;
 mod sealed;
 mod security;

@@ -55,7 +55,7 @@ const DEVICES: &[(&str, u64, u64)] = &[
     ("tty", 5, 0),
 ];
 
-fn do_mount(
+pub(crate) fn do_mount(
     source: Option<&str>,
     target: &Path,
     fstype: Option<&str>,
@@ -142,15 +142,22 @@ pub fn build_root(
             .map_err(MountError::Etc)?;
     }
     let lower_refs: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
-    // The new mount API: the mount's own descriptor is the pod's root from
-    // here on (a path or /proc/self/fd look-up could land under it).
-    let root_fd = mount_overlay(
-        &lower_refs,
-        &fd_path(&dirs.upper),
-        &fd_path(&dirs.work),
-        idmapped.is_some(),
-        &dirs.rootfs,
-    )?;
+    // The mount's own descriptor is the pod's root from here on (a path or
+    // /proc/self/fd look-up could land under it).
+    let root_fd = if spec.oci.is_some() {
+        // An OCI bundle's root is used in place (see crate::oci).
+        crate::oci::bind_root(spec, &pod.rootfs())?;
+        open_dir(&pod.rootfs())?
+    } else {
+        // The new mount API.
+        mount_overlay(
+            &lower_refs,
+            &fd_path(&dirs.upper),
+            &fd_path(&dirs.work),
+            idmapped.is_some(),
+            &dirs.rootfs,
+        )?
+    };
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_dir = ensure_dir(&root_fd, "/proc")?;
     do_mount(
@@ -181,6 +188,10 @@ pub fn build_root(
         run_host(&root_fd, sock)?;
     }
     let root = fd_path(&root_fd);
+    if let Some(o) = &spec.oci {
+        crate::oci::apply_mounts(&root_fd, o)?;
+        crate::oci::finish_root(&root, o)?;
+    }
     pivot(&root)
 }
 
@@ -520,7 +531,16 @@ fn pivot(root: &Path) -> Result<(), MountError> {
 
 /// After pivot_root: hide or freeze the sensitive parts of /proc and /sys.
 pub fn mask_paths() -> Result<(), MountError> {
-    for p in READONLY_PATHS {
+    mask_these(MASKED_PATHS, READONLY_PATHS)
+}
+
+/// [`mask_paths`] with other lists (an OCI config's `maskedPaths` and
+/// `readonlyPaths`).
+pub fn mask_these<M: AsRef<str>, R: AsRef<str>>(
+    masked: &[M],
+    readonly: &[R],
+) -> Result<(), MountError> {
+    for p in readonly.iter().map(AsRef::as_ref) {
         let path = Path::new(p);
         if !path.exists() {
             continue;
@@ -546,7 +566,7 @@ pub fn mask_paths() -> Result<(), MountError> {
             None,
         )?;
     }
-    for p in MASKED_PATHS {
+    for p in masked.iter().map(AsRef::as_ref) {
         let path = Path::new(p);
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.is_dir() => do_mount(
@@ -582,11 +602,11 @@ fn io_to_nix(e: std::io::Error) -> nix::Error {
 
 /// `/proc/self/fd/N` for an O_PATH descriptor: lets mount(2) act on exactly
 /// the inode we resolved, with no second path lookup to race against.
-fn fd_path(fd: &OwnedFd) -> PathBuf {
+pub(crate) fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-fn open_dir(path: &Path) -> Result<OwnedFd, MountError> {
+pub(crate) fn open_dir(path: &Path) -> Result<OwnedFd, MountError> {
     let fd = nix::fcntl::open(
         path,
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -637,7 +657,7 @@ pub fn open_in_root(root: &OwnedFd, path: &str, flags: i32) -> nix::Result<Owned
 
 /// Create every missing directory of `path` inside `root`; returns an O_PATH
 /// descriptor of the final directory.
-fn ensure_dir(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
+pub(crate) fn ensure_dir(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
     let err = |source| MountError::Create {
         path: path.to_string(),
         source,
@@ -666,7 +686,7 @@ fn ensure_dir(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
 
 /// Create (if missing) an empty file at `path` inside `root`, its parent
 /// directories too; returns an O_PATH descriptor of it.
-fn ensure_file(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
+pub(crate) fn ensure_file(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
     let err = |source| MountError::Create {
         path: path.to_string(),
         source,

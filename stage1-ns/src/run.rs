@@ -48,6 +48,10 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
     let _ = std::fs::remove_file(pod.status_file());
     let _ = std::fs::remove_file(pod.exit_reason_file());
     let confinement = Confinement::from_spec(&spec)?;
+    let handoff = match &spec.oci {
+        Some(o) => Some(crate::oci::Handoff::open(o, _lock.raw_fd())?),
+        None => None,
+    };
     if let Some(size) = spec.resources.disk {
         berth_spec::disk::ensure_image(pod, size)?;
     }
@@ -71,7 +75,9 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
         .context("cannot block signals for the signalfd")?;
     let sfd = SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("cannot create signalfd")?;
-    let (streams, pod_stdio) = if spec.stdio.tty {
+    // An OCI pod's streams are the caller's, whatever they are: this
+    // stage1 leaves before the app starts.
+    let (streams, pod_stdio) = if spec.stdio.tty || spec.oci.is_some() {
         (None, PodStdio::default())
     } else {
         let (s, p) = Streams::for_pod(spec.stdio.interactive)
@@ -91,6 +97,7 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
         confinement: &confinement,
         stdio: &pod_stdio,
         pass,
+        handoff: handoff.as_ref(),
     })?;
     drop(theirs);
     drop(pod_stdio);
@@ -123,6 +130,13 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
         }
     };
     step("network attached, go");
+    if let Some(o) = &spec.oci {
+        if let Err(e) = crate::oci::create_hooks(o, child.as_raw()) {
+            abort_child(child);
+            release(pod, &spec, &cgroup);
+            return Err(e.into());
+        }
+    }
 
     let master = match await_start(&ours, ready, spec.service.is_some())? {
         Awaited::Started(master) => master,
@@ -141,6 +155,14 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
         }
     };
     step("app started");
+    if let Some(o) = &spec.oci {
+        // The hand-off: init waits for `start` on its own from here.
+        if let (Some(sock), Some(m)) = (&o.console_socket, &master) {
+            crate::oci::send_console(sock, m)?;
+        }
+        drop(proxy);
+        return Ok(0);
+    }
     let streams = match (master, streams) {
         (Some(master), _) => Streams::Pty {
             master,
@@ -197,6 +219,9 @@ fn clone_init(a: &InitArgs) -> Result<Pid> {
         | CloneFlags::CLONE_NEWIPC;
     if a.spec.network.mode != NetworkMode::Host {
         flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if let Some(o) = &a.spec.oci {
+        flags = crate::oci::clone_flags(o);
     }
     if a.spec.security.userns.is_some() {
         // The other namespaces are created together with it, and so
