@@ -96,7 +96,12 @@ pub fn build_root(
     // still have the host's root uid (which owns the 0700 state
     // directories): a pod in a user namespace becomes its own root before
     // mounting its overlay (overlayfs wants a mounter with a mapped uid).
-    let dirs = PodDirs::open(pod, spec.rootfs.lowers().len(), idmapped.is_some())?;
+    let dirs = PodDirs::open(
+        pod,
+        spec.rootfs.lowers().len(),
+        idmapped.is_some(),
+        spec.oci.is_none(),
+    )?;
     let nlowers = spec.rootfs.lowers().len();
     let lowers: Vec<PathBuf> = match idmapped {
         None => spec
@@ -135,11 +140,10 @@ pub fn build_root(
     if idmapped.is_some() {
         crate::userns::become_root().map_err(MountError::UserNs)?;
     }
-    if let Some(net) = &spec.network.private {
+    if let (Some(net), Some(upper)) = (&spec.network.private, &dirs.upper) {
         // Into the overlay's upper layer before it is mounted: the pod sees
         // them as its /etc/resolv.conf and /etc/hosts.
-        berth_net::etc::write(&fd_path(&dirs.upper), &spec.hostname, net)
-            .map_err(MountError::Etc)?;
+        berth_net::etc::write(&fd_path(upper), &spec.hostname, net).map_err(MountError::Etc)?;
     }
     let lower_refs: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
     // The mount's own descriptor is the pod's root from here on (a path or
@@ -150,13 +154,8 @@ pub fn build_root(
         open_dir(&pod.rootfs())?
     } else {
         // The new mount API.
-        mount_overlay(
-            &lower_refs,
-            &fd_path(&dirs.upper),
-            &fd_path(&dirs.work),
-            idmapped.is_some(),
-            &dirs.rootfs,
-        )?
+        let (upper, work) = dirs.overlay()?;
+        mount_overlay(&lower_refs, &upper, &work, idmapped.is_some(), &dirs.rootfs)?
     };
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_dir = ensure_dir(&root_fd, "/proc")?;
@@ -286,14 +285,21 @@ fn mount_overlay(
 /// Descriptors (O_PATH) of the pod directory's parts init mounts with.
 struct PodDirs {
     rootfs: OwnedFd,
-    upper: OwnedFd,
-    work: OwnedFd,
+    /// The overlay's upper and work directories (an OCI bundle's root is
+    /// used in place: none).
+    upper: Option<OwnedFd>,
+    work: Option<OwnedFd>,
     /// A user-namespace pod's mount points for its idmapped lower layers.
     lowers: Vec<OwnedFd>,
 }
 
 impl PodDirs {
-    fn open(pod: &PodDir, nlowers: usize, userns: bool) -> Result<PodDirs, MountError> {
+    fn open(
+        pod: &PodDir,
+        nlowers: usize,
+        userns: bool,
+        overlay: bool,
+    ) -> Result<PodDirs, MountError> {
         let lowers = if userns {
             (0..nlowers)
                 .map(|i| open_dir(&crate::userns::lower_dir(pod, i)))
@@ -301,12 +307,29 @@ impl PodDirs {
         } else {
             Vec::new()
         };
+        let dir = |p: PathBuf| -> Result<Option<OwnedFd>, MountError> {
+            if overlay {
+                open_dir(&p).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
         Ok(PodDirs {
             rootfs: open_dir(&pod.rootfs())?,
-            upper: open_dir(&pod.upper())?,
-            work: open_dir(&pod.work())?,
+            upper: dir(pod.upper())?,
+            work: dir(pod.work())?,
             lowers,
         })
+    }
+
+    /// The upper and work directories, as paths init can mount with.
+    fn overlay(&self) -> Result<(PathBuf, PathBuf), MountError> {
+        match (&self.upper, &self.work) {
+            (Some(u), Some(w)) => Ok((fd_path(u), fd_path(w))),
+            _ => Err(MountError::Idmapped(
+                "the pod has no overlay directories".into(),
+            )),
+        }
     }
 }
 
