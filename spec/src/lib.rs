@@ -14,6 +14,8 @@ pub mod cgroup;
 pub mod confine;
 #[cfg(feature = "stage1")]
 pub mod disk;
+#[cfg(feature = "stage1")]
+pub mod idmap;
 #[cfg(feature = "cli")]
 pub mod stage1_cli;
 #[cfg(feature = "stage1")]
