@@ -22,7 +22,9 @@ pub enum IdmapError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot make an idmapped mount of {path} (the file system must support idmapped mounts)")]
+    #[error(
+        "cannot make an idmapped mount of {path} (the file system must support idmapped mounts)"
+    )]
     Idmap {
         path: String,
         #[source]
@@ -213,8 +215,7 @@ pub fn new_userns(u: &UserNamespace) -> Result<OwnedFd, IdmapError> {
     .map_err(|e| err(std::io::Error::from(e)))?;
     let done = (|| {
         write_maps(child.as_raw(), u)?;
-        let ns = std::fs::File::open(format!("/proc/{}/ns/user", child.as_raw()))
-            .map_err(err)?;
+        let ns = std::fs::File::open(format!("/proc/{}/ns/user", child.as_raw())).map_err(err)?;
         Ok(OwnedFd::from(ns))
     })();
     drop(wr);

@@ -47,11 +47,20 @@ pub fn volume(i: usize) -> PathBuf {
     PathBuf::from(format!("/vol/{i}"))
 }
 
-fn m(src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<()> {
+fn m(
+    src: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
     mount(src, target, fstype, flags, data).with_context(|| {
         format!(
             "cannot mount {} on {} in the VMM's jail",
-            src.map_or_else(|| fstype.unwrap_or("-").to_string(), |s| s.display().to_string()),
+            src.map_or_else(
+                || fstype.unwrap_or("-").to_string(),
+                |s| s.display().to_string()
+            ),
             target.display()
         )
     })
@@ -67,7 +76,13 @@ fn bind(src: &Path, target: &Path, read_only: bool) -> Result<()> {
         std::fs::File::create(target).map(drop)
     }
     .with_context(|| format!("cannot create {}", target.display()))?;
-    m(Some(src), target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+    m(
+        Some(src),
+        target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
     let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     if read_only {
         flags |= MsFlags::MS_RDONLY;
@@ -97,9 +112,7 @@ pub fn enter(plan: &JailPlan) -> Result<()> {
                 let dir: OwnedFd = std::fs::File::open(&target)
                     .with_context(|| format!("cannot open {}", target.display()))?
                     .into();
-                let tree = trees
-                    .get(i)
-                    .context("a volume's mount is missing")?;
+                let tree = trees.get(i).context("a volume's mount is missing")?;
                 attach(tree, &dir).with_context(|| format!("cannot attach volume {i}"))?;
             }
             None => bind(v, &target, false)?,
@@ -131,7 +144,11 @@ pub fn enter(plan: &JailPlan) -> Result<()> {
         None,
         j,
         None,
-        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
         Some("mode=0755,size=64k"),
     )?;
     nix::unistd::chdir(j).context("cannot enter the jail")?;

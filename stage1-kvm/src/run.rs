@@ -127,6 +127,9 @@ fn vm_config(spec: &PodSpec, pod: &PodDir) -> Result<(vmm::VmConfig, UnixListene
         berth_spec::disk::ensure_image(pod, size)?;
     }
     let shares = rootfs::shares(spec, pod)?;
+    for d in [pod.run_dir(), pod.log_dir(), pod.jail_dir()] {
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
     let ctl = pod.ctl_socket();
     let main_path = host_port_socket(&ctl, MAIN_PORT);
     let _ = std::fs::remove_file(&main_path);
@@ -170,11 +173,8 @@ fn vm_config(spec: &PodSpec, pod: &PodDir) -> Result<(vmm::VmConfig, UnixListene
             mac,
         });
     }
-    // At most ~2 × CONSOLE_LOG_MAX of console on disk (console.log and
-    // console.log.1): a guest cannot fill the host's disk through it.
-    let log = vmm::console_log::RotatingLog::create(pod.console_log(), CONSOLE_LOG_MAX)
-        .with_context(|| format!("cannot create {}", pod.console_log().display()))?;
-    cfg.serial_out = Box::new(log);
+    // The console log is opened by the VMM process, in its jail.
+    let _ = std::fs::remove_file(pod.console_log());
     Ok((cfg, listener))
 }
 

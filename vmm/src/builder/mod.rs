@@ -46,14 +46,13 @@ impl Vm {
         let mem = memory::guest_memory(mem_size)?;
         log::trace!("vmm: guest memory mapped after {:?}", start.elapsed());
         let kernel = memory::map_kernel(&mem, &cfg.kernel)?;
-        let (vm, images) =
-            memory::create_vm_and_load_images(
-                mem,
-                &kernel,
-                cfg.initramfs.as_ref(),
-                cfg.kvm_fd.take(),
-                start,
-            )?;
+        let (vm, images) = memory::create_vm_and_load_images(
+            mem,
+            &kernel,
+            cfg.initramfs.as_ref(),
+            cfg.kvm_fd.take(),
+            start,
+        )?;
         log::debug!(
             "vmm: VM created, kernel and initramfs loaded after {:?}",
             start.elapsed()

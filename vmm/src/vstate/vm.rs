@@ -64,13 +64,18 @@ impl Vm {
     /// Creates a VM over `mem` (from [`guest_memory`]), with irqchip and PIT.
     /// `kvm`: /dev/kvm opened by the caller (a jailed VMM has no /dev);
     /// `None` opens it.
-    pub fn new(mem: GuestMemoryMmap<()>, kvm: Option<std::os::fd::OwnedFd>) -> Result<Self, VmError> {
+    pub fn new(
+        mem: GuestMemoryMmap<()>,
+        kvm: Option<std::os::fd::OwnedFd>,
+    ) -> Result<Self, VmError> {
         let t = std::time::Instant::now();
         let kvm = match kvm {
             // SAFETY: the caller hands over an open /dev/kvm descriptor it
             // owned; Kvm takes it over.
             Some(fd) => unsafe {
-                <Kvm as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd))
+                <Kvm as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(
+                    fd,
+                ))
             },
             None => Kvm::new().map_err(VmError::OpenKvm)?,
         };
