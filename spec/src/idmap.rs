@@ -195,8 +195,13 @@ pub fn new_userns(u: &UserNamespace) -> Result<OwnedFd, IdmapError> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| err(std::io::Error::from(e)))?;
     let mut stack = vec![0u8; 64 * 1024];
+    let wr_fd = wr.as_raw_fd();
     let cb = Box::new(|| {
-        // Wait until the parent has the namespace, then go.
+        // Wait until the parent has the namespace (it closes its end; ours
+        // goes first), then go.
+        // SAFETY: closing our copy of the write end, which nothing else in
+        // this process uses.
+        unsafe { libc::close(wr_fd) };
         let mut b = [0u8; 1];
         let _ = nix::unistd::read(rd.as_raw_fd(), &mut b);
         0

@@ -135,7 +135,7 @@ pub fn spawn(
     spec: &PodSpec,
     pod: &PodDir,
     placement: &Placement,
-) -> Result<(VmmChild, PodCgroup, OwnedFd)> {
+) -> Result<(VmmChild, Holder, PodCgroup, OwnedFd)> {
     let keep = cfg.fs_capabilities();
     let ifindices: Vec<i32> = cfg
         .net
@@ -192,12 +192,12 @@ pub fn spawn(
     drop(go_rd);
     drop(jailed_wr);
     let child = VmmChild(child);
-    let leader = holder(child.pid(), jailed_rd)?;
+    let leader = Holder(holder(child.pid(), jailed_rd)?);
     let cgroup = berth_spec::systemd::place(&berth_spec::systemd::Place {
         pod,
         spec,
         placement,
-        leader: leader.as_raw(),
+        leader: leader.0.as_raw(),
         members: vec![child.pid().as_raw()],
         root_directory: &pod.rootfs(),
         ifindices,
@@ -205,7 +205,17 @@ pub fn spawn(
         devices: &vmm_devices(),
     })?;
     nix::unistd::write(&go_wr, b"g").context("cannot start the VMM process")?;
-    Ok((child, cgroup, exit_rd))
+    Ok((child, leader, cgroup, exit_rd))
+}
+
+/// The pod's machined leader ([`holder`]): killed and reaped on drop.
+pub struct Holder(nix::unistd::Pid);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGKILL);
+        while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(self.0, None) {}
+    }
 }
 
 /// The pipe ends the VMM process uses.
