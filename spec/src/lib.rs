@@ -14,13 +14,19 @@ pub mod cgroup;
 pub mod confine;
 #[cfg(feature = "stage1")]
 pub mod disk;
+#[cfg(feature = "stage1")]
+pub mod idmap;
 #[cfg(feature = "cli")]
 pub mod stage1_cli;
+#[cfg(feature = "stage1")]
+pub mod systemd;
 #[cfg(feature = "cli")]
 pub use stage1_cli::exit_with;
 pub mod control;
 pub mod init_msg;
+pub mod oci;
 pub mod report;
+pub mod service;
 pub mod state;
 
 use serde::{Deserialize, Serialize};
@@ -165,6 +171,55 @@ pub struct PodSpec {
     /// Settings used only by the kvm stage1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kvm: Option<KvmSettings>,
+    /// A service pod: systemd (`app.argv`) is the pod's PID 1 and runs
+    /// only these units (see [`Service`]). `None`: a command pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<Service>,
+    /// A pod made by an OCI runtime front-end (`berth-oci`): the hand-off
+    /// of `create`/`start` and the OCI settings berth has no flag for (see
+    /// [`oci::OciSettings`]). `None`: an ordinary pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<oci::OciSettings>,
+}
+
+/// A service pod (`berth create -u UNIT…`): the app is systemd, booted
+/// into [`SERVICE_TARGET`], a target berth generates into the pod's
+/// `/etc/systemd/system` that wants exactly `units`. Following systemd's
+/// container interface: `container=berth` in its environment,
+/// `/run/host/container-manager`, `/run/host/notify` as its
+/// `NOTIFY_SOCKET` (its `READY=1` is when the boot's jobs are done; the
+/// stage1 then checks each unit is active), a writable cgroup subtree of
+/// its own, `/dev/console` a pty, SIGRTMIN+3 to halt it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// The units to run, with their dependencies (`nginx.service`,
+    /// `getty@tty1.service`).
+    pub units: Vec<String>,
+}
+
+/// The target a service pod boots (`systemd --unit=`).
+pub const SERVICE_TARGET: &str = "berth-pod.target";
+/// Where a service pod's systemd finds its notify socket.
+pub const SERVICE_NOTIFY_SOCKET: &str = "/run/host/notify";
+
+/// Is `name` a unit name berth accepts for `-u` (`name.service`,
+/// `getty@tty1.service`, `foo.socket`…)? Printable ASCII from systemd's
+/// allowed set, a known suffix, at most 255 bytes.
+pub fn valid_unit_name(name: &str) -> bool {
+    const SUFFIXES: &[&str] = &[
+        ".service", ".socket", ".timer", ".target", ".path", ".mount",
+    ];
+    let Some(stem) = SUFFIXES.iter().find_map(|s| name.strip_suffix(s)) else {
+        return false;
+    };
+    name.len() <= 255
+        && !stem.is_empty()
+        && !stem.starts_with('@')
+        && stem.matches('@').count() <= 1
+        && stem
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b":-_.\\@".contains(&c))
 }
 
 /// The process run inside the pod.
@@ -196,6 +251,28 @@ pub struct User {
 pub struct Rootfs {
     /// Absolute host path of the read-only image directory.
     pub image: PathBuf,
+    /// Read-only layers above the image, topmost first (a service pod's
+    /// seed files: its machine-id, the generated target…), in the pod
+    /// directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<PathBuf>,
+}
+
+impl Rootfs {
+    /// The overlay's lower layers, topmost first.
+    pub fn lowers(&self) -> Vec<&Path> {
+        self.layers
+            .iter()
+            .map(PathBuf::as_path)
+            .chain(std::iter::once(self.image.as_path()))
+            .collect()
+    }
+
+    /// The overlayfs mount options of a pod whose upper and work
+    /// directories are `upper` and `work`.
+    pub fn overlay_options(&self, upper: &Path, work: &Path) -> String {
+        overlay_options(&self.lowers(), upper, work)
+    }
 }
 
 /// A host directory or file made visible inside the pod.
@@ -245,13 +322,17 @@ impl DeviceKind {
     }
 }
 
-/// The pod's network. `private` is set exactly when `mode` is
-/// [`NetworkMode::Private`]; stage0 fills it (address lease, bridge, ports)
-/// and every stage1 reads the same fields.
+/// The pod's network. With [`NetworkMode::Private`], `ports` are the
+/// ports to publish and `private` is the lease stage0 takes each time the
+/// pod starts (address, bridge, ports; every stage1 reads the same fields);
+/// a pod that is not running may hold a stale one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
     pub mode: NetworkMode,
+    /// `-p` ports to publish (private mode only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private: Option<PrivateNetwork>,
 }
@@ -261,6 +342,7 @@ impl Network {
     pub fn none() -> Network {
         Network {
             mode: NetworkMode::None,
+            ports: Vec::new(),
             private: None,
         }
     }
@@ -489,10 +571,63 @@ pub struct Security {
     /// Capabilities kept in the bounding, permitted and effective sets, as
     /// lowercase names without the `cap_` prefix (e.g. `net_bind_service`).
     pub capabilities: Vec<String>,
-    /// Apply berth's default seccomp filter.
+    /// Apply berth's seccomp filter ([`SeccompProfile`]).
     pub seccomp: bool,
+    /// Which filter: the default, or systemd's for service pods.
+    #[serde(default, skip_serializing_if = "SeccompProfile::is_default")]
+    pub seccomp_profile: SeccompProfile,
     /// Set `PR_SET_NO_NEW_PRIVS`.
     pub no_new_privileges: bool,
+    /// A user namespace: root in the pod is `host_uid` on the host
+    /// (`--user-remap`, `--private-users`). `None`: root is root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<UserNamespace>,
+}
+
+/// The pod's id mapping: ids `0 .. count` in the pod are `host_uid ..` and
+/// `host_gid ..` on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserNamespace {
+    pub host_uid: u32,
+    pub host_gid: u32,
+    pub count: u32,
+    /// Picked by berth from its pool (`--private-users`): the range is the
+    /// pod's until it is removed.
+    #[serde(default)]
+    pub private: bool,
+}
+
+impl UserNamespace {
+    /// `uid_map`/`gid_map` contents.
+    pub fn uid_map(&self) -> String {
+        format!("0 {} {}\n", self.host_uid, self.count)
+    }
+    pub fn gid_map(&self) -> String {
+        format!("0 {} {}\n", self.host_gid, self.count)
+    }
+
+    /// Check the numbers: a non-empty range that fits in 32 bits, and not
+    /// the host's root.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.count == 0 {
+            return Err("a user namespace maps at least one id (COUNT > 0)".into());
+        }
+        for (what, base) in [("uid", self.host_uid), ("gid", self.host_gid)] {
+            if u64::from(base) + u64::from(self.count) > u64::from(u32::MAX) {
+                return Err(format!(
+                    "host {what} {base} + {} ids go past 4294967295",
+                    self.count
+                ));
+            }
+            if base == 0 {
+                return Err(format!(
+                    "host {what} 0 would make the pod's root the host's"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The capability set kept by default: Docker's/Moby's default set without
@@ -562,15 +697,72 @@ pub const ALL_CAPABILITIES: &[&str] = &[
     "checkpoint_restore",
 ];
 
+/// The seccomp filter a pod's processes get.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeccompProfile {
+    /// For a command: no mounts, no namespaces, no keyrings, no user
+    /// namespaces, and the rest of `confine`'s deny list.
+    #[default]
+    Default,
+    /// For systemd as a service pod's PID 1: mounts, namespaces and
+    /// keyrings allowed (as in systemd-nspawn); the kernel-surface part of
+    /// the deny list stays.
+    Systemd,
+}
+
+impl SeccompProfile {
+    fn is_default(&self) -> bool {
+        *self == SeccompProfile::Default
+    }
+}
+
 impl Default for Security {
     fn default() -> Self {
         Security {
             capabilities: DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect(),
             seccomp: true,
+            seccomp_profile: SeccompProfile::Default,
             no_new_privileges: true,
+            userns: None,
         }
     }
 }
+
+impl Security {
+    /// A service pod's confinement: systemd needs CAP_SYS_ADMIN (mounts,
+    /// namespaces for its units), and a few more to manage services
+    /// (systemd-nspawn's set minus SYS_PTRACE, SYS_BOOT, NET_RAW and
+    /// LINUX_IMMUTABLE); setuid programs keep working (no no_new_privs).
+    /// Without a user namespace, root in such a pod holds these for real:
+    /// use `--private-users` or `--stage1=kvm` for untrusted services.
+    pub fn service() -> Security {
+        let mut caps: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect();
+        for c in SERVICE_EXTRA_CAPABILITIES {
+            caps.push(c.to_string());
+        }
+        Security {
+            capabilities: caps,
+            seccomp: true,
+            seccomp_profile: SeccompProfile::Systemd,
+            no_new_privileges: false,
+            userns: None,
+        }
+    }
+}
+
+/// What a service pod adds to [`DEFAULT_CAPABILITIES`].
+pub const SERVICE_EXTRA_CAPABILITIES: &[&str] = &[
+    "sys_admin",
+    "dac_read_search",
+    "sys_nice",
+    "sys_resource",
+    "sys_tty_config",
+    "ipc_owner",
+    "lease",
+    "net_broadcast",
+    "audit_control",
+];
 
 /// How the app's standard streams are connected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -653,6 +845,7 @@ impl PodSpec {
             hostname: name.into(),
             rootfs: Rootfs {
                 image: image.into(),
+                layers: Vec::new(),
             },
             mounts: Vec::new(),
             devices: Vec::new(),
@@ -661,6 +854,8 @@ impl PodSpec {
             security: Security::default(),
             stdio: Stdio::default(),
             kvm: None,
+            service: None,
+            oci: None,
         }
     }
 
@@ -738,6 +933,12 @@ impl PodSpec {
                 self.app.cwd
             ));
         }
+        if let Some(l) = self.rootfs.layers.iter().find(|l| !l.is_absolute()) {
+            return bad(format!(
+                "rootfs layer {} is not an absolute path",
+                l.display()
+            ));
+        }
         if !self.rootfs.image.is_absolute() {
             return bad(format!(
                 "rootfs image {} is not an absolute path",
@@ -758,6 +959,16 @@ impl PodSpec {
                 ));
             }
         }
+        if let Some(svc) = &self.service {
+            if svc.units.is_empty() {
+                return bad("a service pod needs at least one unit".into());
+            }
+            for u in &svc.units {
+                if !valid_unit_name(u) {
+                    return bad(format!("unit name {u:?} is not valid"));
+                }
+            }
+        }
         for d in &self.devices {
             if !d.path.starts_with("/dev/") || !is_abs_clean(&d.path) {
                 return bad(format!("device path {:?} is not below /dev", d.path));
@@ -769,11 +980,16 @@ impl PodSpec {
                 ));
             }
         }
+        if !self.network.ports.is_empty() && self.network.mode != NetworkMode::Private {
+            return bad(format!(
+                "ports are published but the network mode is {}",
+                self.network.mode.as_str()
+            ));
+        }
         match (self.network.mode, &self.network.private) {
             (NetworkMode::Private, Some(p)) => p.validate().map_err(SpecError::Invalid)?,
-            (NetworkMode::Private, None) => {
-                return bad("network mode private needs network.private".into())
-            }
+            // Not leased yet (a pod that was created but never started).
+            (NetworkMode::Private, None) => {}
             (_, Some(_)) => {
                 return bad(format!(
                     "network.private is set but the network mode is {}",
@@ -791,11 +1007,23 @@ impl PodSpec {
         if self.resources.pids == Some(0) {
             return bad("pids limit must be greater than 0".into());
         }
+        if let Some(u) = &self.security.userns {
+            u.validate().map_err(SpecError::Invalid)?;
+            if self.network.mode == NetworkMode::Host {
+                return bad("a user namespace cannot share the host's network (--net host)".into());
+            }
+        }
         for c in &self.security.capabilities {
             if !c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') || c.is_empty() {
                 return bad(format!(
                     "capability {c:?} is not a lowercase capability name"
                 ));
+            }
+        }
+        if let Some(o) = &self.oci {
+            o.validate().map_err(SpecError::Invalid)?;
+            if self.service.is_some() {
+                return bad("an OCI pod cannot be a service pod".into());
             }
         }
         if self.kvm.is_some() {
@@ -848,10 +1076,11 @@ impl PodSpec {
     }
 }
 
-/// The overlayfs mount options for a pod's rootfs: `lowerdir=…,upperdir=…,
-/// workdir=…`, each path escaped (`,`, `:` and `\` are separators or escapes
-/// in overlayfs option values), so any directory name works.
-pub fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> String {
+/// The overlayfs mount options for a pod's rootfs: `lowerdir=A:B…,upperdir=…,
+/// workdir=…` (lower layers topmost first), each path escaped (`,`, `:` and
+/// `\` are separators or escapes in overlayfs option values), so any
+/// directory name works.
+pub fn overlay_options(lowers: &[&Path], upper: &Path, work: &Path) -> String {
     fn escape(p: &Path) -> String {
         let s = p.to_string_lossy();
         let mut out = String::with_capacity(s.len());
@@ -863,9 +1092,10 @@ pub fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> String {
         }
         out
     }
+    let lower: Vec<String> = lowers.iter().map(|l| escape(l)).collect();
     format!(
         "lowerdir={},upperdir={},workdir={}",
-        escape(lower),
+        lower.join(":"),
         escape(upper),
         escape(work)
     )
@@ -916,6 +1146,16 @@ impl PodDir {
     pub fn overlay_dir(&self) -> PathBuf {
         self.0.join("overlay")
     }
+    /// A service pod's seed layer: what berth writes into its root at
+    /// create (machine-id, hostname, the generated target), read-only.
+    pub fn seed_layer(&self) -> PathBuf {
+        self.0.join("seed")
+    }
+    /// `--host-share`: the pod's private tree (its /etc copy, /var
+    /// skeleton…), the overlay's image layer.
+    pub fn host_share_tree(&self) -> PathBuf {
+        self.0.join("host-share")
+    }
     /// `--disk`: the ext4 image holding the overlay's upper layer.
     pub fn disk_image(&self) -> PathBuf {
         self.0.join("disk.img")
@@ -954,13 +1194,30 @@ impl PodDir {
     pub fn exit_reason_file(&self) -> PathBuf {
         self.0.join("exit-reason")
     }
+    /// A service pod's notify socket (ns: bound by stage1, mounted at
+    /// `/run/host/notify` in the pod).
+    pub fn notify_socket(&self) -> PathBuf {
+        self.0.join("notify.sock")
+    }
+    /// kvm: the directory of the VMM's sockets (bound into its jail).
+    pub fn run_dir(&self) -> PathBuf {
+        self.0.join("run")
+    }
     /// Control socket for exec/stop (kvm).
     pub fn ctl_socket(&self) -> PathBuf {
-        self.0.join("ctl.sock")
+        self.run_dir().join("ctl.sock")
     }
-    /// Kernel and guest-init diagnostics (kvm).
+    /// kvm: the directory of the console log (bound into the VMM's jail).
+    pub fn log_dir(&self) -> PathBuf {
+        self.0.join("log")
+    }
+    /// Kernel and guest-init diagnostics (kvm), rotated to `console.log.1`.
     pub fn console_log(&self) -> PathBuf {
-        self.0.join("console.log")
+        self.log_dir().join("console.log")
+    }
+    /// kvm: the mount point of the VMM's jail.
+    pub fn jail_dir(&self) -> PathBuf {
+        self.0.join("jail")
     }
     /// stdout+stderr of a detached pod.
     pub fn app_log(&self) -> PathBuf {
@@ -993,6 +1250,7 @@ mod tests {
             hostname: "web-1".into(),
             rootfs: Rootfs {
                 image: "/var/lib/images/busybox".into(),
+                layers: Vec::new(),
             },
             mounts: vec![Mount {
                 source: "/srv/data".into(),
@@ -1010,6 +1268,8 @@ mod tests {
             security: Security::default(),
             stdio: Stdio::default(),
             kvm: None,
+            service: None,
+            oci: None,
         }
     }
 
@@ -1069,9 +1329,41 @@ mod tests {
     #[test]
     fn overlay_options_are_escaped() {
         assert_eq!(
-            overlay_options(Path::new("/a,b:c"), Path::new("/u\\v"), Path::new("/w")),
+            overlay_options(&[Path::new("/a,b:c")], Path::new("/u\\v"), Path::new("/w")),
             "lowerdir=/a\\,b\\:c,upperdir=/u\\\\v,workdir=/w"
         );
+        let r = Rootfs {
+            image: "/img".into(),
+            layers: vec!["/p/seed".into()],
+        };
+        assert_eq!(
+            r.overlay_options(Path::new("/u"), Path::new("/w")),
+            "lowerdir=/p/seed:/img,upperdir=/u,workdir=/w"
+        );
+    }
+
+    #[test]
+    fn unit_names() {
+        for ok in [
+            "nginx.service",
+            "getty@tty1.service",
+            "a-b_c.socket",
+            "x\\x2d.service",
+        ] {
+            assert!(valid_unit_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "nginx",
+            ".service",
+            "@x.service",
+            "a/b.service",
+            "a b.service",
+            "a@b@c.service",
+            "../x.service",
+        ] {
+            assert!(!valid_unit_name(bad), "{bad}");
+        }
     }
 
     #[test]
@@ -1173,6 +1465,7 @@ mod tests {
         let mut s = sample();
         s.network = Network {
             mode: NetworkMode::Private,
+            ports: Vec::new(),
             private: Some(private()),
         };
         let back = PodSpec::from_json(&s.to_json()).expect("parse");
@@ -1221,7 +1514,7 @@ mod tests {
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         }
         s.network.private = None;
-        assert!(s.validate().is_err(), "private without settings");
+        s.validate().expect("private, not leased yet");
         let mut n = sample();
         n.network.private = Some(private());
         assert!(n.validate().is_err(), "settings with mode none");

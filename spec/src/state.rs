@@ -86,6 +86,14 @@ pub fn flock(fd: &impl AsRawFd, op: i32) -> std::io::Result<()> {
 /// last descriptor of it closes (process exit included).
 pub struct LifeLock(#[allow(dead_code)] File);
 
+impl LifeLock {
+    /// The locked descriptor (an OCI pod's init keeps a copy of it, so the
+    /// lock lives as long as the init does).
+    pub fn raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 /// Take the pod's life lock: inherit stage0's (already locked) descriptor,
 /// or lock the file ourselves when run by hand.
 pub fn take_life_lock(pod: &PodDir) -> Result<LifeLock, StateError> {
@@ -288,15 +296,35 @@ pub fn remove_if_requested(pod: &PodDir) {
     }
 }
 
+/// Run `cmd` (stdin /dev/null, stderr dropped) and return what it printed
+/// on stdout, at most 1 MiB. Its exit status is not judged: callers parse
+/// the output (which, from inside a pod, is the pod's and untrusted).
+pub fn capture_output(cmd: &mut std::process::Command) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut out = Vec::new();
+    if let Some(o) = child.stdout.take() {
+        let _ = o.take(1 << 20).read_to_end(&mut out);
+    }
+    child.wait()?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// How often `stop` looks whether the pod has gone.
 const STOP_POLL: Duration = Duration::from_millis(10);
 /// How long `stop` waits after SIGKILL before giving up.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
-/// Stop a pod: SIGTERM to its leader (each stage1 passes it on to the app),
-/// SIGKILL after `timeout`, or at once with `force`. Returns when the life
-/// lock is released. Stopping a pod that is not running is not an error.
-pub fn stop(pod: &PodDir, force: bool, timeout: Duration) -> Result<(), StateError> {
+/// Stop a pod: `signal` to its leader (SIGTERM, which each stage1 passes on
+/// to the app; SIGRTMIN+3, systemd's "halt", for an ns service pod whose
+/// leader is systemd), SIGKILL after `timeout`, or at once with `force`.
+/// Returns when the life lock is released. Stopping a pod that is not
+/// running is not an error.
+pub fn stop(pod: &PodDir, signal: i32, force: bool, timeout: Duration) -> Result<(), StateError> {
     let leader = match running_leader(pod) {
         Ok(p) => p,
         Err(StateError::NotRunning(_)) => return Ok(()),
@@ -311,19 +339,19 @@ pub fn stop(pod: &PodDir, force: bool, timeout: Duration) -> Result<(), StateErr
     if !is_running(pod) {
         return Ok(());
     }
-    let signal = |sig| {
+    let send = |sig| {
         pidfd_signal(&pidfd, sig).map_err(|source| StateError::Signal {
             pid: leader,
             source,
         })
     };
     if !force {
-        signal(libc::SIGTERM)?;
+        send(signal)?;
         if wait_stopped(pod, timeout) {
             return Ok(());
         }
     }
-    signal(libc::SIGKILL)?;
+    send(libc::SIGKILL)?;
     if wait_stopped(pod, KILL_WAIT) {
         Ok(())
     } else {
@@ -398,7 +426,7 @@ mod tests {
         ));
         drop(lock);
         assert!(!is_running(&pod));
-        stop(&pod, false, Duration::from_secs(1)).unwrap();
+        stop(&pod, libc::SIGTERM, false, Duration::from_secs(1)).unwrap();
         write_file(&pod.status_file(), "3\n").unwrap();
         assert_eq!(std::fs::read_to_string(pod.status_file()).unwrap(), "3\n");
     }
@@ -421,7 +449,7 @@ mod tests {
             drop(lock);
             st
         });
-        stop(&pod, false, Duration::from_secs(5)).unwrap();
+        stop(&pod, libc::SIGTERM, false, Duration::from_secs(5)).unwrap();
         let st = waiter.join().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(st.signal(), Some(libc::SIGTERM));

@@ -40,6 +40,7 @@ pub struct RunArgs {
 pub fn run(store: &Store, a: RunArgs, listen: &fds::PassFds) -> Result<i32> {
     let pass = fds::pass(listen, a.preserve_fds)?;
     let built = build::spec(
+        store,
         &a.pod,
         AppOptions {
             argv: a.cmd.clone(),
@@ -48,6 +49,8 @@ pub fn run(store: &Store, a: RunArgs, listen: &fds::PassFds) -> Result<i32> {
                 interactive: a.interactive,
                 tty: a.tty,
             },
+            service: None,
+            host_share: false,
         },
     )?;
     if pass.count > 0 && built.spec.kvm.is_some() {
@@ -64,14 +67,15 @@ pub fn run(store: &Store, a: RunArgs, listen: &fds::PassFds) -> Result<i32> {
         );
     }
     let mut new = pod::claim(store, &built.spec.name)?;
-    new.write_spec(&built.spec, &built.stage1)?;
+    let mut spec = built.spec;
+    pod::allocate_users(store, &mut spec, a.pod.private_users)?;
+    new.write_spec(&spec, &built.stage1)?;
     let lock = new.lock.take().context("pod lock missing")?;
     let out = launch::start(Launch {
         store,
         pod: &new.dir,
         lock,
         stage1: built.stage1,
-        ports: built.ports,
         attach: if a.detach {
             Attach::Detached
         } else {
@@ -87,7 +91,7 @@ pub fn run(store: &Store, a: RunArgs, listen: &fds::PassFds) -> Result<i32> {
         new.keep();
     }
     if out.started && a.detach {
-        println!("{}", built.spec.name);
+        println!("{}", spec.name);
     }
     Ok(out.code)
 }

@@ -1,73 +1,104 @@
 //! From command-line options to a checked [`PodSpec`]: every value is
 //! validated (one-line errors naming it) before anything is created.
 
-use super::{parse, pod};
+use super::{parse, pod, service, store::Store};
 use crate::cli::pod_args::PodArgs;
 use anyhow::{bail, Result};
 use berth_spec::{
     App, KvmSettings, Network, NetworkMode, PodSpec, PortMapping, Resources, Rootfs, Security,
-    Stdio, User, SPEC_VERSION,
+    Service, Stdio, User, SPEC_VERSION,
 };
 use std::path::PathBuf;
 
 /// What the pod runs, beyond the shared options.
 pub struct AppOptions {
+    /// The command (ignored for a service pod: systemd is found in the image).
     pub argv: Vec<String>,
     pub user: Option<String>,
     pub stdio: Stdio,
+    /// A service pod's units.
+    pub service: Option<Service>,
+    /// `--host-share`: the host's /usr instead of a `--rootfs` image.
+    pub host_share: bool,
 }
 
-/// A checked spec, and the ports to publish when its network is private
-/// (the address is leased when the pod starts).
+/// A checked spec and its stage1.
 pub struct Built {
     pub spec: PodSpec,
-    pub ports: Option<Vec<PortMapping>>,
     pub stage1: PathBuf,
 }
 
-/// Turn the options into a spec. Creates nothing.
-pub fn spec(a: &PodArgs, app: AppOptions) -> Result<Built> {
+/// Turn the options into a spec. Creates nothing (a host-share pod's
+/// private tree is made by [`service::build_host_share`] once the name is
+/// claimed).
+pub fn spec(store: &Store, a: &PodArgs, app: AppOptions) -> Result<Built> {
     let stage1 = super::stage1::resolve(&a.stage1)?;
     let is_kvm = super::stage1::is_kvm(&stage1);
-    let Some(rootfs) = &a.rootfs else {
-        bail!("--rootfs is required");
-    };
-    let image = parse::absolute(rootfs);
-    if !image.is_dir() {
-        bail!(
-            "rootfs {} does not exist or is not a directory",
-            rootfs.display()
-        );
-    }
     let uuid = pod::new_uuid()?;
     let name = match &a.name {
         Some(n) if berth_spec::valid_pod_name(n) => n.clone(),
         Some(n) => bail!("invalid pod name {n:?}: use letters, digits, '_', '.', '-' (at most 63, starting with a letter or digit)"),
         None => format!("berth-{}", &uuid[..8]),
     };
+    // The tree systemd and the units are looked up in: the image, or the
+    // host's own for --host-share.
+    let (image, lookup_root, mut mounts) = match (&a.rootfs, app.host_share) {
+        (Some(_), true) => bail!("--rootfs and --host-share exclude each other"),
+        (None, true) => (
+            store.pod(&name).host_share_tree(),
+            PathBuf::from("/"),
+            service::host_share_mounts()?,
+        ),
+        (None, false) if app.service.is_some() => {
+            bail!("a service pod needs --rootfs DIR or --host-share")
+        }
+        (None, false) => bail!("--rootfs is required"),
+        (Some(rootfs), false) => {
+            let image = parse::absolute(rootfs);
+            if !image.is_dir() {
+                bail!(
+                    "rootfs {} does not exist or is not a directory",
+                    rootfs.display()
+                );
+            }
+            (image.clone(), image, Vec::new())
+        }
+    };
+    let mut argv = app.argv;
+    if let Some(svc) = &app.service {
+        let systemd = service::find_systemd(&lookup_root)?;
+        for u in &svc.units {
+            service::check_unit(&lookup_root, u)?;
+        }
+        argv = berth_spec::service::systemd_argv(&systemd);
+    }
     let hostname = match &a.hostname {
         Some(h) if berth_spec::valid_hostname(h) => h.clone(),
         Some(h) => bail!("invalid hostname {h:?}"),
         None => pod::hostname_for(&name),
     };
-    let mounts = a
-        .volume
-        .iter()
-        .map(|v| parse::volume(v))
-        .collect::<Result<Vec<_>, _>>()?;
+    for v in &a.volume {
+        mounts.push(parse::volume(v)?);
+    }
     let env = a
         .env
         .iter()
         .map(|e| parse::env(e))
         .collect::<Result<Vec<_>, _>>()?;
     let (uid, gid) = match &app.user {
-        Some(u) => parse::user(u, &image)?,
+        Some(u) => parse::user(u, &lookup_root)?,
         None => (0, 0),
     };
     if !a.workdir.starts_with('/') {
         bail!("invalid workdir {:?}: must be an absolute path", a.workdir);
     }
     let (mode, ports) = network(a, is_kvm)?;
+    if a.disk.is_some() && (a.user_remap.is_some() || a.private_users) {
+        bail!("--disk cannot be combined with a user namespace yet: the kernel mounts its ext4 only for the host's root");
+    }
+    if mode == NetworkMode::Host && (a.user_remap.is_some() || a.private_users) {
+        bail!("--net host cannot be combined with a user namespace (--user-remap, --private-users): the host's network belongs to the host's users");
+    }
     let devices = a
         .device
         .iter()
@@ -86,35 +117,40 @@ pub fn spec(a: &PodArgs, app: AppOptions) -> Result<Built> {
         uuid,
         name,
         app: App {
-            argv: app.argv,
+            argv,
             env,
             cwd: a.workdir.clone(),
             user: User { uid, gid },
         },
         hostname,
-        rootfs: Rootfs { image },
+        rootfs: Rootfs {
+            image,
+            layers: Vec::new(),
+        },
         mounts,
         devices,
-        // The address is leased at start; until then a private pod has none.
-        network: if mode == NetworkMode::Private {
-            Network::none()
-        } else {
-            Network {
-                mode,
-                private: None,
-            }
+        // The address is leased at each start.
+        network: Network {
+            mode,
+            ports,
+            private: None,
         },
         resources,
-        security: security(a)?,
+        security: security(
+            a,
+            if app.service.is_some() {
+                Security::service()
+            } else {
+                Security::default()
+            },
+        )?,
         stdio: app.stdio,
         kvm: is_kvm.then(KvmSettings::default),
+        service: app.service,
+        oci: None,
     };
     spec.validate()?;
-    Ok(Built {
-        spec,
-        ports: (mode == NetworkMode::Private).then_some(ports),
-        stage1,
-    })
+    Ok(Built { spec, stage1 })
 }
 
 fn network(a: &PodArgs, is_kvm: bool) -> Result<(NetworkMode, Vec<PortMapping>)> {
@@ -192,8 +228,10 @@ fn resources(a: &PodArgs, is_kvm: bool) -> Result<Resources> {
     })
 }
 
-fn security(a: &PodArgs) -> Result<Security> {
-    let mut security = Security::default();
+fn security(a: &PodArgs, mut security: Security) -> Result<Security> {
+    if let Some(r) = &a.user_remap {
+        security.userns = Some(super::users::parse_remap(r)?);
+    }
     for c in &a.cap_drop {
         let drop = parse::capability(c)?;
         security.capabilities.retain(|k| !drop.contains(k));

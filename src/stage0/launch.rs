@@ -21,7 +21,7 @@ use super::stage1;
 use super::store::Store;
 use anyhow::{bail, Context, Result};
 use berth_spec::report::StartReport;
-use berth_spec::{NetworkMode, PodDir, PodSpec, PortMapping, EXIT_BERTH_FAILED};
+use berth_spec::{NetworkMode, PodDir, PodSpec, EXIT_BERTH_FAILED};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -48,8 +48,6 @@ pub struct Launch<'a> {
     /// The pod's life lock, held by the caller.
     pub lock: File,
     pub stage1: PathBuf,
-    /// Ports to publish with `--net private` (`None`: another mode).
-    pub ports: Option<Vec<PortMapping>>,
     pub attach: Attach,
     /// Remove the pod once it has ended (`--rm`).
     pub remove_on_exit: bool,
@@ -104,7 +102,7 @@ pub fn start(l: Launch) -> Result<Outcome> {
     } else {
         let _ = std::fs::remove_file(&remove_marker);
     }
-    let mut guard = lease_network(l.store, l.pod, &mut spec, l.ports.as_deref(), &l.stage1)?;
+    let mut guard = lease_network(l.store, l.pod, &mut spec, &l.stage1)?;
     let (ready_rd, ready_wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
     let mut cmd = stage1::command(&l.stage1, "run", l.pod, &[]);
@@ -123,25 +121,22 @@ fn lease_network(
     store: &Store,
     pod: &PodDir,
     spec: &mut PodSpec,
-    ports: Option<&[PortMapping]>,
     stage1: &Path,
 ) -> Result<Option<NetGuard>> {
-    let Some(ports) = ports else {
+    if spec.network.mode != NetworkMode::Private {
         return Ok(None);
-    };
+    }
+    let ports = spec.network.ports.clone();
     let cfg = berth_net::HostConfig::load(store.root())?;
     let req = berth_net::PodRequest {
         name: &spec.name,
         uuid: &spec.uuid,
-        ports,
+        ports: &ports,
         kvm: stage1::is_kvm(stage1),
     };
     let net = berth_net::prepare(store.root(), &cfg, &req)?;
     let guard = NetGuard::new(store.root(), &spec.uuid, net.clone());
-    spec.network = berth_spec::Network {
-        mode: NetworkMode::Private,
-        private: Some(net),
-    };
+    spec.network.private = Some(net);
     super::pod::write_spec(pod, spec)?;
     Ok(Some(guard))
 }
@@ -307,7 +302,21 @@ fn foreground(
         drop(fds);
         if ready_hit {
             if let Some(mut r) = ready.take() {
-                report = Some(StartReport::read_from(&mut r));
+                let got = StartReport::read_from(&mut r);
+                // Under systemd (berth@NAME.service, `systemd-run -p
+                // Type=notify berth run`): ready once the app runs (a
+                // service pod: once its units are active).
+                match &got {
+                    Ok(Some(StartReport::Started)) => super::systemd::notify(
+                        true,
+                        &format!("pod {} running", super::pod_name(l.pod)),
+                    ),
+                    Ok(Some(StartReport::Failed { message, .. })) => {
+                        super::systemd::notify(false, message)
+                    }
+                    _ => {}
+                }
+                report = Some(got);
             }
         }
         while let Ok(Some(info)) = sfd.read_signal() {

@@ -119,7 +119,16 @@ impl Session {
     /// (when `stdin`) to it, our signals (`sigs`, already blocked) to it, and
     /// with `tty` our terminal's size. Returns the exit status, or None when
     /// the connection closed first (the VM stopped).
-    pub fn relay(mut self, stdin: bool, tty: bool, sigs: &SigSet) -> Result<Option<i32>> {
+    /// With `escape`, that byte on our stdin ends the session (the
+    /// connection closes, which makes guest-init hang the process up):
+    /// `Some(0)`.
+    pub fn relay(
+        mut self,
+        stdin: bool,
+        tty: bool,
+        sigs: &SigSet,
+        escape: Option<u8>,
+    ) -> Result<Option<i32>> {
         let sfd = SignalFd::with_flags(sigs, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .context("cannot create a signalfd")?;
         if tty {
@@ -178,7 +187,15 @@ impl Session {
                         stdin_open = false;
                         self.send(&Message::Stdin(Vec::new()))?;
                     }
-                    Ok(n) => self.send(&Message::Stdin(buf[..n].to_vec()))?,
+                    Ok(n) => match escape.and_then(|e| buf[..n].iter().position(|b| *b == e)) {
+                        Some(i) => {
+                            if i > 0 {
+                                self.send(&Message::Stdin(buf[..i].to_vec()))?;
+                            }
+                            return Ok(Some(0));
+                        }
+                        None => self.send(&Message::Stdin(buf[..n].to_vec()))?,
+                    },
                 }
             }
             if conn_ready {

@@ -8,6 +8,7 @@ mod assets;
 mod control;
 mod exec;
 mod initramfs;
+mod jail;
 mod rootfs;
 mod run;
 mod vmm;
@@ -36,9 +37,16 @@ fn main() {
             pod_dir,
             force,
             timeout,
-        } => berth_spec::cgroup::stop(&PodDir::new(pod_dir), force, Duration::from_secs(timeout))
-            .map(|()| 0)
-            .map_err(Into::into),
+        } => berth_spec::cgroup::stop(
+            &PodDir::new(pod_dir),
+            // The leader is this stage1, which passes it on to guest-init
+            // (which halts a service pod's systemd).
+            libc::SIGTERM,
+            force,
+            Duration::from_secs(timeout),
+        )
+        .map(|()| 0)
+        .map_err(Into::into),
         Verb::Gc { pod_dir } => gc(&PodDir::new(pod_dir)).map(|()| 0),
     };
     stage1_cli::exit_with(result)

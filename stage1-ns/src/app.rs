@@ -60,8 +60,8 @@ pub enum Started {
     },
 }
 
-/// Fork and exec. The caller must reap the returned pid.
-pub fn launch(l: &Launch<'_>) -> Result<Started, AppError> {
+/// argv, environment and PATH of a launch, as the child needs them.
+fn prepare(l: &Launch<'_>) -> Result<(Vec<CString>, Vec<CString>, String), AppError> {
     let cstrings = |v: &[String]| {
         v.iter()
             .map(|a| CString::new(a.as_str()))
@@ -71,7 +71,7 @@ pub fn launch(l: &Launch<'_>) -> Result<Started, AppError> {
     let argv = cstrings(&l.argv)?;
     let mut env = l.env.clone();
     env.extend(l.pass.listen_env());
-    let mut env = cstrings(&env)?;
+    let env = cstrings(&env)?;
     let path = l
         .env
         .iter()
@@ -79,6 +79,20 @@ pub fn launch(l: &Launch<'_>) -> Result<Started, AppError> {
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or(berth_spec::DEFAULT_PATH)
         .to_string();
+    Ok((argv, env, path))
+}
+
+/// Become the process (no fork): set it up and exec it in place — a
+/// service pod's systemd, which must be PID 1. Returns only on failure:
+/// the exit code (126/127/125) and why.
+pub fn exec_in_place(l: &Launch<'_>) -> Result<(i32, String), AppError> {
+    let (argv, env, path) = prepare(l)?;
+    Ok(child(l, &argv, &env, &path))
+}
+
+/// Fork and exec. The caller must reap the returned pid.
+pub fn launch(l: &Launch<'_>) -> Result<Started, AppError> {
+    let (argv, mut env, path) = prepare(l)?;
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(AppError::Pipe)?;
     // SAFETY: the caller is single-threaded (stage1 and the pod init never
     // start threads), so the child may run arbitrary code until it execs.

@@ -7,9 +7,16 @@ use berth_spec::{PodDir, PodSpec};
 use std::time::Duration;
 
 /// Ask the pod to stop (see `berth_spec::cgroup::stop`): SIGTERM reaches
-/// the pod's init, which forwards it to the app.
+/// the pod's init, which forwards it to the app; a service pod's leader is
+/// systemd, which halts on SIGRTMIN+3.
 pub fn stop(pod: &PodDir, force: bool, timeout: Duration) -> Result<()> {
-    Ok(cgroup::stop(pod, force, timeout)?)
+    let service = PodSpec::load(pod).is_ok_and(|s| s.service.is_some());
+    let signal = if service {
+        libc::SIGRTMIN() + 3
+    } else {
+        libc::SIGTERM
+    };
+    Ok(cgroup::stop(pod, signal, force, timeout)?)
 }
 
 /// Release what a dead pod still holds on the host (its cgroup, killing any
