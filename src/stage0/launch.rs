@@ -190,8 +190,9 @@ fn detached(
         }
         other => {
             let status = child.wait().ok();
-            let code = report_failure(other, status);
-            let collected = collect_failed_start(l, guard.take());
+            let reported = matches!(other, Ok(Some(_)));
+            let code = report_failure(&l.stage1, other, status);
+            let collected = collect_failed_start(l, guard.take(), reported);
             Ok(Outcome {
                 code,
                 started: false,
@@ -203,6 +204,7 @@ fn detached(
 
 /// Print why a start failed; return `berth`'s exit code.
 fn report_failure(
+    stage1: &Path,
     report: Result<Option<StartReport>, berth_spec::report::ReportError>,
     status: Option<ExitStatus>,
 ) -> i32 {
@@ -214,7 +216,8 @@ fn report_failure(
         Ok(Some(StartReport::Started)) => 0,
         Ok(None) => {
             eprintln!(
-                "berth: the stage1 exited before the pod started ({})",
+                "berth: the stage1 {} exited before the pod started ({})",
+                stage1.display(),
                 status.map_or("unknown status".into(), describe)
             );
             EXIT_BERTH_FAILED
@@ -230,12 +233,17 @@ fn report_failure(
 /// (the network lease first, then whatever the stage1's `gc` verb knows).
 /// A pod dir survives only when that clean-up failed, so that `berth gc`
 /// can retry it later (the caller's guard removes a new pod's dir otherwise).
-fn collect_failed_start(l: &Launch, guard: Option<NetGuard>) -> bool {
+/// `reported`: the stage1 wrote a start report. One that exited without
+/// one, recorded nothing in the pod dir (no `cgroup`, no `pid`) and cannot
+/// collect either (`--stage1=/bin/false`: no stage1 at all) held nothing a
+/// later `gc` could release: its failure was reported already.
+fn collect_failed_start(l: &Launch, guard: Option<NetGuard>, reported: bool) -> bool {
     drop(guard);
     // The lock we hand over is the one the stage1 (and processes it forked)
     // held, so its `gc` runs even while they are still on their way out.
     match super::gc::collect(l.pod, &l.stage1, Some(&l.lock)) {
         Ok(()) => true,
+        Err(_) if !reported && !l.pod.cgroup_file().exists() && !l.pod.pid_file().exists() => true,
         Err(e) => {
             eprintln!("berth: {e:#}");
             false
@@ -340,6 +348,7 @@ fn foreground(
         (None, None) => Ok(None),
     };
     let started = matches!(report, Ok(Some(StartReport::Started)));
+    let reported = matches!(report, Ok(Some(_)));
     let code = match status.code().or_else(|| status.signal().map(|s| 128 + s)) {
         Some(c) if started => c,
         _ if started => EXIT_BERTH_FAILED,
@@ -347,7 +356,7 @@ fn foreground(
         // stage1 that printed nothing gets a message from us.
         _ => match &report {
             Ok(Some(StartReport::Failed { code, .. })) => *code,
-            _ => report_failure(report, Some(status)),
+            _ => report_failure(&l.stage1, report, Some(status)),
         },
     };
     // Whatever the stage1 did, its pod's network is no longer needed
@@ -360,7 +369,7 @@ fn foreground(
         // A pod that never started is collected like a failed create; so is
         // a --rm pod whose stage1 died without removing it. (A stage1 that
         // recorded a status has released everything itself.)
-        collected = collect_failed_start(l, None);
+        collected = collect_failed_start(l, None, reported);
         if started && collected {
             let _ = super::store::remove(l.pod);
         }

@@ -210,6 +210,15 @@ fn setup_stdio(stdio: &Stdio) -> nix::Result<()> {
     use nix::sys::stat::Mode;
     match stdio {
         Stdio::Inherit { stdin, pipes } => {
+            // A session of its own, so no controlling terminal: the caller's
+            // (the host's) would otherwise be reachable through /dev/tty —
+            // TIOCSTI into the host shell. A session leader already (a
+            // service pod's PID 1, which init made one) has none either.
+            if let Err(e) = nix::unistd::setsid() {
+                if nix::unistd::getsid(None) != Ok(nix::unistd::getpid()) {
+                    return Err(e);
+                }
+            }
             if let Some(p) = pipes {
                 p.install()?;
             }

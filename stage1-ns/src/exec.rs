@@ -8,7 +8,10 @@
 //! non-dumpable before joining (nothing in the pod may ptrace it or open its
 //! /proc/PID/{exe,mem,fd}); when the pod is allowed CAP_SYS_PTRACE (which
 //! overrides that), it first re-executes itself from a sealed memfd copy
-//! ([`crate::sealed`]), so /proc/PID/exe never names the host binary; it
+//! ([`crate::sealed`]) with none of the caller's environment, so
+//! /proc/PID/exe never names the host binary and /proc/PID/environ holds
+//! nothing of the host's, and it forks the command only once it holds no
+//! more than the pod's capabilities ([`crate::security::limit_entering`]); it
 //! holds no host terminal (a pty of the pod's own with -t, pipes otherwise);
 //! and it keeps no fd but 0, 1, 2 at the command's exec.
 
@@ -126,6 +129,8 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
         confinement: &confinement,
         pass: &PassedFds::default(),
     };
+    crate::security::limit_entering(&confinement)
+        .context("cannot limit the entering process to the pod's capabilities")?;
     let started = app::launch(&launch)?;
     drop(pipes);
     match started {

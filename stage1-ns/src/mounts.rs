@@ -167,7 +167,7 @@ pub fn build_root(
         None,
     )?;
     let dev = ensure_dir(&root_fd, "/dev")?;
-    build_dev(&root_fd, &fd_path(&dev))?;
+    build_dev(&root_fd, &fd_path(&dev), &spec.devices)?;
     let sys = ensure_dir(&root_fd, "/sys")?;
     do_mount(
         Some("sysfs"),
@@ -390,9 +390,13 @@ pub fn mount_cgroup2() -> Result<(), MountError> {
     )
 }
 
-/// The pod's /dev: a small tmpfs with the usual character devices, a private
-/// devpts instance, /dev/shm and /dev/mqueue.
-fn build_dev(root: &OwnedFd, mountpoint: &Path) -> Result<(), MountError> {
+/// The pod's /dev: a small tmpfs with the usual character devices, the
+/// `--device` nodes, a private devpts instance, /dev/shm and /dev/mqueue.
+fn build_dev(
+    root: &OwnedFd,
+    mountpoint: &Path,
+    devices: &[berth_spec::Device],
+) -> Result<(), MountError> {
     do_mount(
         Some("tmpfs"),
         mountpoint,
@@ -440,6 +444,9 @@ fn build_dev(root: &OwnedFd, mountpoint: &Path) -> Result<(), MountError> {
             nix::sys::stat::FchmodatFlags::FollowSymlink,
         );
     }
+    for d in devices {
+        make_device(dev, d)?;
+    }
     for (link, to) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
@@ -482,6 +489,51 @@ fn build_dev(root: &OwnedFd, mountpoint: &Path) -> Result<(), MountError> {
         do_mount(Some(fstype), &p, Some(fstype), flags, data)?;
     }
     Ok(())
+}
+
+/// A `--device` node (its path is below /dev/, clean: `PodSpec::validate`)
+/// in the pod's /dev tmpfs `dev`, with the host node's type, numbers, mode
+/// and owner. Where mknod is refused (a user namespace), the host node of
+/// the same path is bound instead when it is that very device.
+fn make_device(dev: &Path, d: &berth_spec::Device) -> Result<(), MountError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let rel = d.path.trim_start_matches("/dev/");
+    let p = dev.join(rel);
+    let create = |path: &Path, source: nix::Error| MountError::Create {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| create(parent, io_to_nix(e)))?;
+    }
+    let kind = match d.kind {
+        berth_spec::DeviceKind::Char => SFlag::S_IFCHR,
+        berth_spec::DeviceKind::Block => SFlag::S_IFBLK,
+    };
+    let rdev = makedev(u64::from(d.major), u64::from(d.minor));
+    let mode = Mode::from_bits_truncate(d.mode & 0o7777);
+    if let Err(e) = mknod(&p, kind, mode, rdev) {
+        let host = Path::new(&d.path);
+        let same = std::fs::metadata(host).is_ok_and(|m| {
+            m.rdev() == rdev
+                && (m.file_type().is_char_device() == (kind == SFlag::S_IFCHR))
+                && (m.file_type().is_block_device() == (kind == SFlag::S_IFBLK))
+        });
+        if !same {
+            return Err(create(&p, e));
+        }
+        std::fs::File::create(&p).map_err(|_| create(&p, e))?;
+        return do_mount(Some(&d.path), &p, None, MsFlags::MS_BIND, None);
+    }
+    // mknod honours the umask: make the mode exact, and the owner the host's.
+    nix::sys::stat::fchmodat(None, &p, mode, nix::sys::stat::FchmodatFlags::FollowSymlink)
+        .map_err(|e| create(&p, e))?;
+    nix::unistd::chown(
+        &p,
+        Some(nix::unistd::Uid::from_raw(d.uid)),
+        Some(nix::unistd::Gid::from_raw(d.gid)),
+    )
+    .map_err(|e| create(&p, e))
 }
 
 /// Bind a volume at its destination, creating the mount point inside the pod

@@ -22,6 +22,17 @@ pub enum SealError {
     Exec(#[source] std::io::Error),
 }
 
+/// The environment a sealed re-execution keeps (what stage1 reads).
+const KEPT_ENV: &[&str] = &[
+    berth_spec::ENV_LOCK_FD,
+    berth_spec::ENV_READY_FD,
+    berth_spec::ENV_PASS_FDS,
+    berth_spec::ENV_LISTEN_FDNAMES,
+    "BERTH_NO_SYSTEMD",
+    "BERTH_DELEGATED",
+    "BERTH_LOG",
+];
+
 /// Are we running from a sealed memfd already?
 fn running_sealed() -> bool {
     std::fs::read_link("/proc/self/exe")
@@ -62,7 +73,15 @@ pub fn reexec_sealed() -> Result<(), SealError> {
     let args: Vec<CString> = std::env::args_os()
         .filter_map(|a| CString::new(a.into_encoded_bytes()).ok())
         .collect();
+    // Only the variables the stage1 itself reads: the caller's environment
+    // would be readable in /proc/PID/environ by pod root (which, with
+    // CAP_SYS_PTRACE, passes the checks non-dumpable would make).
     let env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| {
+            KEPT_ENV
+                .iter()
+                .any(|keep| k.as_encoded_bytes() == keep.as_bytes())
+        })
         .filter_map(|(k, v)| {
             let mut e = k.into_encoded_bytes();
             e.push(b'=');

@@ -143,6 +143,53 @@ pub fn confine(c: &Confinement) -> Result<(), SecurityError> {
     Ok(())
 }
 
+/// For `exec`, after joining the pod's namespaces and before forking the
+/// command into its pid namespace: reduce this process to the pod's power,
+/// so the child is never more than pod root while it is reachable from the
+/// pod (with CAP_SYS_PTRACE, which overrides non-dumpable, pod root can
+/// attach to it before its execve). The bounding set becomes the pod's;
+/// the permitted and effective sets the pod's plus what [`confine`] still
+/// needs in the child (CAP_SETUID/SETGID for the user switch, CAP_SETPCAP
+/// for the inheritable set, CAP_SYS_ADMIN only to load a filter without
+/// no_new_privs) and CAP_KILL, which this process keeps to forward signals
+/// to a command that switched users.
+pub fn limit_entering(c: &Confinement) -> Result<(), SecurityError> {
+    for cap in caps::all() {
+        if !c.keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(|source| SecurityError::DropBounding { cap, source })?;
+        }
+    }
+    let mut allowed = c.keep.clone();
+    allowed.extend([
+        Capability::CAP_SETUID,
+        Capability::CAP_SETGID,
+        Capability::CAP_SETPCAP,
+        Capability::CAP_KILL,
+    ]);
+    if !c.no_new_privs && !c.filters.is_empty() {
+        allowed.insert(Capability::CAP_SYS_ADMIN);
+    }
+    let read = |set: CapSet| {
+        caps::read(None, set).map_err(|source| SecurityError::SetCaps { set, source })
+    };
+    let permitted: CapsHashSet = read(CapSet::Permitted)?
+        .intersection(&allowed)
+        .copied()
+        .collect();
+    let inheritable: CapsHashSet = read(CapSet::Inheritable)?
+        .intersection(&permitted)
+        .copied()
+        .collect();
+    let set = |set: CapSet, value: &CapsHashSet| {
+        caps::set(None, set, value).map_err(|source| SecurityError::SetCaps { set, source })
+    };
+    set(CapSet::Ambient, &CapsHashSet::new())?;
+    set(CapSet::Inheritable, &inheritable)?;
+    set(CapSet::Effective, &permitted)?;
+    set(CapSet::Permitted, &permitted)
+}
+
 /// For the pod's init once the app runs: drop every capability but
 /// CAP_KILL from all sets (the bounding set too), and set no_new_privs.
 pub fn keep_only_kill() -> Result<(), SecurityError> {

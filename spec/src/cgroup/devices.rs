@@ -1,7 +1,9 @@
 //! The pod's device policy: exactly the devices berth creates in the pod's
-//! /dev (null, zero, full, random, urandom, tty, console, ptmx and the
-//! devpts ptys) plus the ones given with `--device` are usable; making or
-//! opening any other node is refused.
+//! /dev (null, zero, full, random, urandom, tty, ptmx and the devpts ptys)
+//! plus the ones given with `--device` are usable; making or opening any
+//! other node is refused. Not the host's console (c 5:1): a pod's
+//! `/dev/console`, where it has one (service pods), is a pty of its own
+//! (major 136), and a node made for 5:1 would open the host's console.
 //!
 //! cgroup v1: the `devices` controller (`devices.deny a`, then one
 //! `devices.allow` line per entry). cgroup v2 (and the unified hierarchy of a
@@ -45,8 +47,9 @@ impl Rule {
     }
 }
 
-/// The devices every pod has: the nodes berth makes in its /dev, the
-/// console and ptmx, and the pod's ptys (major 136: its private devpts).
+/// The devices every pod has: the nodes berth makes in its /dev, ptmx,
+/// and the pod's ptys (major 136: its private devpts; a service pod's
+/// /dev/console is one of them).
 pub fn builtin_rules() -> Vec<Rule> {
     vec![
         Rule::char(1, Some(3)), // null
@@ -55,7 +58,6 @@ pub fn builtin_rules() -> Vec<Rule> {
         Rule::char(1, Some(8)), // random
         Rule::char(1, Some(9)), // urandom
         Rule::char(5, Some(0)), // tty
-        Rule::char(5, Some(1)), // console
         Rule::char(5, Some(2)), // ptmx
         Rule::char(136, None),  // pts/*
     ]
@@ -379,6 +381,8 @@ mod tests {
         assert_eq!(run(&p, c, rd | wr, 10, 232), 0, "kvm");
         assert_eq!(run(&p, c, m, 10, 237), 0, "loop-control mknod");
         assert_eq!(run(&p, c, wr, 1, 11), 0, "kmsg");
+        assert_eq!(run(&p, c, rd | wr, 5, 1), 0, "the host's console");
+        assert_eq!(run(&p, c, m, 5, 1), 0, "the host's console, mknod");
         assert_eq!(run(&p, b, rd, 7, 0), 0, "a block device");
         assert_eq!(run(&p, b, rd, 1, 3), 0, "block 1:3 is not null");
         assert_eq!(run(&p, c, rd, 10, 200), 0, "tun is not given by default");
