@@ -9,6 +9,8 @@
 //! `validate` checks the semantic rules (absolute paths, name syntax, limits).
 
 #[cfg(feature = "stage1")]
+pub mod app_log;
+#[cfg(feature = "stage1")]
 pub mod cgroup;
 #[cfg(feature = "confine")]
 pub mod confine;
@@ -16,6 +18,8 @@ pub mod confine;
 pub mod disk;
 #[cfg(feature = "stage1")]
 pub mod idmap;
+#[cfg(feature = "rotating-log")]
+pub mod rotating_log;
 #[cfg(feature = "cli")]
 pub mod stage1_cli;
 #[cfg(feature = "stage1")]

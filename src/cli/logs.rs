@@ -102,7 +102,8 @@ fn app_log(pod: &berth_spec::PodDir, lines: Option<usize>, follow: bool) -> Resu
         }
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
     };
-    let mut text = Vec::new();
+    // The capped log's previous part first (`berth_spec::app_log`).
+    let mut text = std::fs::read(rotated(&path)).unwrap_or_default();
     f.read_to_end(&mut text)?;
     let start = match lines {
         Some(n) => tail_start(&text, n),
@@ -124,11 +125,36 @@ fn app_log(pod: &berth_spec::PodDir, lines: Option<usize>, follow: bool) -> Resu
             out.flush()?;
             continue;
         }
+        if rotated_since(&f, &path) {
+            // What we have read was renamed to app.log.1 (and read to its
+            // end above): go on with the fresh file from its start.
+            if let Ok(fresh) = std::fs::File::open(&path) {
+                f = fresh;
+                pos = 0;
+                continue;
+            }
+        }
         if !store::is_running(pod) {
             return Ok(0);
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
         f.seek(std::io::SeekFrom::Start(pos))?;
+    }
+}
+
+/// Where a capped log's previous part is (`<path>.1`).
+fn rotated(path: &std::path::Path) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".1");
+    p.into()
+}
+
+/// Is the file at `path` no longer the one `f` reads (the log rotated)?
+fn rotated_since(f: &std::fs::File, path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.ino() != b.ino() || a.dev() != b.dev(),
+        _ => false,
     }
 }
 

@@ -135,6 +135,14 @@ fn child(l: &Launch<'_>, argv: &[CString], env: &[CString], path: &str) -> (i32,
     // Signals were blocked by the parent for its signalfd; the app starts with
     // a clean mask and default dispositions (exec resets handlers).
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // exec keeps ignored signals ignored: Rust's runtime ignores SIGPIPE in
+    // stage1, which the app must not inherit (`yes | head` would never end).
+    for sig in 1..32 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: SIG_DFL for a standard signal; async-signal-safe.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+    }
     if let Err(e) = setup_stdio(&l.stdio) {
         return fail(format!("cannot set up stdio: {e}"));
     }

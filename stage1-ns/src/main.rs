@@ -25,7 +25,15 @@ fn main() {
     // Nothing stage0 did not mean to pass may reach a pod.
     let pass = berth_spec::state::sanitize_fds();
     let result = match stage1_cli::parse().verb {
-        Verb::Run { pod_dir } => run::run(&PodDir::new(pod_dir), &pass),
+        Verb::Run { pod_dir } => {
+            let pod = PodDir::new(pod_dir);
+            // A detached pod's output: capped and rotated, not a file that
+            // grows without limit.
+            match berth_spec::app_log::cap(&pod) {
+                Ok(_) => run::run(&pod, &pass),
+                Err(e) => Err(anyhow::Error::new(e)),
+            }
+        }
         Verb::Exec(args) => args
             .options()
             .and_then(|(pod, opts)| exec::exec(&pod, opts)),

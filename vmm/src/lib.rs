@@ -56,7 +56,8 @@
 
 pub mod arch;
 pub mod builder;
-pub mod console_log;
+/// The size-capped console log (shared with stage1s' app logs).
+pub use berth_spec::rotating_log as console_log;
 pub mod device_manager;
 pub mod devices;
 pub mod kernel;

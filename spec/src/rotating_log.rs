@@ -1,8 +1,9 @@
-//! A size-capped console log for [`crate::VmConfig::serial_out`].
+//! A size-capped log file for output a pod produces: the kvm VMM's serial
+//! console (`vmm::VmConfig::serial_out`, `console.log`) and a detached pod's
+//! `app.log` ([`crate::app_log`]).
 //!
-//! Whatever the guest prints on its serial console is hostile input of
-//! unbounded length: written to a plain file, a guest could fill the host's
-//! disk. [`RotatingLog`] keeps at most `max_bytes` in the live file: when a
+//! Whatever a guest or pod prints is hostile input of unbounded length:
+//! written to a plain file, it could fill the host's disk. [`RotatingLog`] keeps at most `max_bytes` in the live file: when a
 //! write would take it past that, the file is renamed to `<path>.1`
 //! (replacing the previous one) and a fresh `<path>` is started, so at most
 //! `2 × max_bytes` are ever on disk and the newest output is always kept.
@@ -15,16 +16,14 @@
 //!
 //! The writer runs where serial output is produced, i.e. on the vCPU thread
 //! (port-I/O exits): rotation costs a `rename` and an `openat` there, so a
-//! seccomp filter for vCPU threads must allow both (see [`crate::seccomp`]).
+//! seccomp filter for vCPU threads must allow both (see `vmm::seccomp`).
 //! Readers of the log (e.g. to find the guest's last words) should look in
 //! `<path>.1` too when `<path>` is short.
 //!
 //! ```no_run
-//! let log = vmm::console_log::RotatingLog::create("/run/pod/console.log", 1 << 20)?;
+//! let log = berth_spec::rotating_log::RotatingLog::create("/run/pod/console.log", 1 << 20)?;
 //! let stats = log.stats();
-//! let mut cfg = vmm::VmConfig::new("/usr/local/lib/berth/vmlinux");
-//! cfg.serial_out = Box::new(log);
-//! // … after the VM ran:
+//! // … hand `log` over as a writer (a VM's serial_out); after the VM ran:
 //! println!("{} rotations, {} errors", stats.rotations(), stats.errors());
 //! # Ok::<(), std::io::Error>(())
 //! ```
@@ -96,6 +95,31 @@ impl RotatingLog {
         })
     }
 
+    /// Opens `path` for appending (created, mode 0640, when missing; a
+    /// symlink there is not followed): what it holds already counts
+    /// towards `max_bytes`, so a log that is full rotates at the first write.
+    pub fn append_to(path: impl Into<PathBuf>, max_bytes: u64) -> io::Result<Self> {
+        let path = path.into();
+        let mut old = OsString::from(path.as_os_str());
+        old.push(".1");
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        let max_bytes = max_bytes.max(1);
+        let len = file.metadata()?.len().min(max_bytes);
+        Ok(RotatingLog {
+            path,
+            old_path: PathBuf::from(old),
+            file: Some(file),
+            len,
+            max_bytes,
+            stats: Arc::new(LogStats::default()),
+        })
+    }
+
     /// The live file's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -115,7 +139,7 @@ impl RotatingLog {
         if self.stats.errors.fetch_add(1, Ordering::Relaxed) == 0 {
             // Only the first: a guest must not be able to flood the host's log.
             log::warn!(
-                "vmm: console log {}: {what}: {e} (further errors only counted)",
+                "log {}: {what}: {e} (further errors only counted)",
                 self.path.display()
             );
         }
