@@ -191,6 +191,7 @@ idle_cpu() {
     for cg in $(cat "$work/$kind/cpu-cgs"); do a1=$((a1 + $(cg_cpu_ns "$cg"))); done
     while read -r pod sup; do s1=$((s1 + $(proc_cpu_ticks "$sup"))); done < "$list"
     h1=$(host_busy)
+    log "$kind: the pods' cpu cgroups ($(wc -l < "$work/$kind/cpu-cgs")) hold $(awk -v a="$a1" 'BEGIN { printf "%.1f", a / 1e9 }') s of CPU since their start"
     local sup_ns=$(( (s1 - s0) * 1000000000 / clk_tck ))
     local pods_ns=$((a1 - a0))
     [ "$sup_inside" = 1 ] && pods_ns=$((pods_ns - sup_ns))
