@@ -31,6 +31,27 @@ const PODS: usize = 10;
 /// the kernel's default of 128 stops the 32nd pod.
 const INOTIFY_INSTANCES_FLOOR: u64 = 8192;
 
+/// Where a pod's cgroup may be: the unified root (cgroup v2) or a v1
+/// hierarchy of a hybrid host.
+const CGROUP_HIERARCHIES: &[&str] = &[
+    "",
+    "memory",
+    "pids",
+    "cpu,cpuacct",
+    "cpuset",
+    "devices",
+    "freezer",
+    "unified",
+    "systemd",
+];
+
+/// The directory of cgroup `cg` (`/berth/<uuid>`) in hierarchy `h`.
+fn cgroup_dir(h: &str, cg: &str) -> std::path::PathBuf {
+    Path::new("/sys/fs/cgroup")
+        .join(h)
+        .join(cg.trim_start_matches('/'))
+}
+
 fn ok(what: &str, o: &Output) {
     assert_eq!(
         o.status.code(),
@@ -227,7 +248,20 @@ fn ten_service_pods_start_at_once_serve_and_leave_nothing() {
     if let Some(n) = nft_elements("bridge", &e.net.nft_table) {
         assert!(n >= PODS, "{n} nft elements for {PODS} pods");
     }
+    // The leak checks below look where the pods really are.
     let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mounts_before.lines().any(|l| l.contains(root.as_str())),
+        "the pods' mounts are not where the leak check looks ({root})"
+    );
+    for cg in &cgroups {
+        assert!(
+            CGROUP_HIERARCHIES
+                .iter()
+                .any(|h| cgroup_dir(h, cg).exists()),
+            "pod cgroup {cg} is in none of the hierarchies checked"
+        );
+    }
 
     let t2 = Instant::now();
     let stops = all_at_once(&names, |n| e.berth(&["stop", n]));
@@ -255,11 +289,8 @@ fn ten_service_pods_start_at_once_serve_and_leave_nothing() {
             .count()
     );
     for cg in &cgroups {
-        for h in [
-            "", "memory", "pids", "cpu,cpuacct", "cpuset", "devices", "freezer", "unified",
-            "systemd",
-        ] {
-            let d = Path::new("/sys/fs/cgroup").join(h).join(cg.trim_start_matches('/'));
+        for h in CGROUP_HIERARCHIES {
+            let d = cgroup_dir(h, cg);
             assert!(!d.exists(), "{} left behind", d.display());
         }
     }
