@@ -37,7 +37,7 @@ const PODS: usize = 10;
 /// The least `fs.inotify.max_user_instances` the ns stage1 gives a host
 /// running service pods (stage1-ns `service::INOTIFY_INSTANCES_FLOOR`):
 /// every pod's systemd holds 4 of them, all charged to the host's root, and
-/// the kernel's default of 128 stops the 32nd pod.
+/// the kernel's default of 128 runs out at the 33rd pod.
 const INOTIFY_INSTANCES_FLOOR: u64 = 8192;
 
 /// Where a pod's cgroup may be: the unified root (cgroup v2) or a v1

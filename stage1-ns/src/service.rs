@@ -27,15 +27,15 @@ pub fn check_units(pod: &PodDir, spec: &PodSpec) -> StartReport {
 const INOTIFY_INSTANCES: &str = "/proc/sys/fs/inotify/max_user_instances";
 
 /// The least [`INOTIFY_INSTANCES`] a host running service pods gets: 2048
-/// pods' worth (systemd as a pod's PID 1 holds 4 instances; journald,
-/// logind and udev-less services hold none). The kernel's default of 128
-/// is a per-user count, and every pod's systemd is charged to the host's
-/// root whether or not the pod has a user namespace of its own (a user
-/// namespace's instances count against its owner in the parent namespace
-/// too), so without this the 32nd service pod's systemd cannot start
-/// ("Failed to allocate manager object: Too many open files"). It is a
-/// limit, not an allocation; as with `ip_forward`, berth raises it for the
-/// host and never lowers it.
+/// pods' worth (a Debian 12 pod's systemd, as its PID 1, holds 4 instances;
+/// its journald and nginx none). The kernel's default of 128 is a per-user
+/// count, and every pod's systemd is charged to the host's root whether or
+/// not the pod has a user namespace of its own (a user namespace's
+/// instances count against its owner in the parent namespace too), so
+/// without this the 33rd service pod's systemd cannot get its inotify
+/// instances (sooner when other root processes hold some). It is a limit,
+/// not an allocation; as with `ip_forward`, berth raises it for the host
+/// and never lowers it.
 pub const INOTIFY_INSTANCES_FLOOR: u64 = 8192;
 
 /// Raising [`INOTIFY_INSTANCES`] failed.
