@@ -257,12 +257,17 @@ fn ten_service_pods_start_at_once_serve_and_leave_nothing() {
     if let Some(n) = nft_elements("bridge", &e.net.nft_table) {
         assert!(n >= PODS, "{n} nft elements for {PODS} pods");
     }
-    // The leak checks below look where the pods really are.
+    // The leak checks below look where the pods really are. A pod's mounts
+    // are in its own mount namespace (its overlay names its upper layer in
+    // the state root); the host's must not get any of them, now or later.
+    for pid in &leaders {
+        let m = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        assert!(
+            m.lines().any(|l| l.contains(root.as_str())),
+            "pod leader {pid}'s mounts do not name the state root {root}"
+        );
+    }
     let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        mounts_before.lines().any(|l| l.contains(root.as_str())),
-        "the pods' mounts are not where the leak check looks ({root})"
-    );
     for cg in &cgroups {
         assert!(
             CGROUP_HIERARCHIES
@@ -291,7 +296,7 @@ fn ten_service_pods_start_at_once_serve_and_leave_nothing() {
         .collect();
     assert!(
         left.is_empty(),
-        "mounts left: {left:?} (while running: {} of the root's)",
+        "mounts left on the host: {left:?} (while the pods ran: {})",
         mounts_before
             .lines()
             .filter(|l| l.contains(root.as_str()))
