@@ -30,6 +30,8 @@
 //!
 //! Boot cost: one kvm boot for the whole suite (30-90 s on the PVM hosts).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{stderr, stdout, Env, LeakedFds};

@@ -7,6 +7,8 @@
 //! The probes run inside pods come from `tests/data/probe.c` (static,
 //! musl), given to the pod on a read-only volume at /tools.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{each_stage1, stderr, stdout, Env, LeakedFds};

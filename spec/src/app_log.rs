@@ -90,12 +90,16 @@ fn relay(rd: OwnedFd, path: &std::path::Path) {
             unsafe { libc::dup2(n.as_raw_fd(), fd) };
         }
     }
-    // SAFETY: dup2 of the pipe onto a fixed, free slot.
-    let rfd = unsafe { libc::dup2(rd.as_raw_fd(), 3) };
     drop(null);
-    drop(rd);
-    if rfd != 3 {
-        return;
+    if rd.as_raw_fd() != 3 {
+        // SAFETY: dup2 of the pipe onto fd 3 (whatever was there closes).
+        if unsafe { libc::dup2(rd.as_raw_fd(), 3) } != 3 {
+            return;
+        }
+        drop(rd);
+    } else {
+        // Already fd 3: keep it open past close_from below.
+        std::mem::forget(rd);
     }
     crate::state::close_from(4, false);
     // Nothing a pod is stopped with is for us: we end at EOF.
@@ -103,15 +107,17 @@ fn relay(rd: OwnedFd, path: &std::path::Path) {
         // SAFETY: SIG_IGN for a standard signal.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
-    let Ok(mut log) = RotatingLog::append_to(path, APP_LOG_MAX) else {
-        return;
-    };
+    // Without a log (it cannot be opened) the output is dropped, but still
+    // read: the pod must not die of SIGPIPE for it.
+    let mut log = RotatingLog::append_to(path, APP_LOG_MAX).ok();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: read into our buffer from our pipe fd 3.
         let n = unsafe { libc::read(3, buf.as_mut_ptr().cast(), buf.len()) };
         if n > 0 {
-            let _ = log.write_all(&buf[..n as usize]);
+            if let Some(l) = log.as_mut() {
+                let _ = l.write_all(&buf[..n as usize]);
+            }
         } else if n == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
             return;
         }
