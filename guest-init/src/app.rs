@@ -98,7 +98,7 @@ pub struct AppConfig {
     pub confinement: Confinement,
     pub stdio: StdioSetup,
     /// Port range to drop from the inherited I/O permission bitmap (set when
-    /// guest-init holds ioperm and the app is not root).
+    /// guest-init holds ioperm, whatever the app's user).
     pub drop_ioperm: Option<(u16, u16)>,
 }
 

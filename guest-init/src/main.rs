@@ -187,10 +187,11 @@ fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, ExecPolicy), Fatal>
         drop_ioperm: None,
     };
     if ports.out_works() {
+        // Root too: the pod's root holds no CAP_SYS_RAWIO, and the bitmap
+        // inherited from us would let it write the VMM's boot-mark and
+        // status ports.
         policy.drop_ioperm = Some((BOOT_MARK_PORT.min(STATUS_PORT), 2));
-        if spec.app.user.uid != 0 {
-            cfg.drop_ioperm = policy.drop_ioperm;
-        }
+        cfg.drop_ioperm = policy.drop_ioperm;
     }
 
     mounts::mount_root().map_err(fatal("root filesystem"))?;

@@ -508,9 +508,8 @@ fn start_exec(mut conn: Conn, p: &Process, policy: &ExecPolicy) -> Option<Sessio
     conn.send(&Message::Hello { version: VERSION });
     let started = AppConfig::from_process(p, &policy.confinement)
         .map(|mut cfg| {
-            if cfg.uid != 0 {
-                cfg.drop_ioperm = policy.drop_ioperm;
-            }
+            // Whatever the user (see main: root too).
+            cfg.drop_ioperm = policy.drop_ioperm;
             cfg
         })
         .and_then(|cfg| app::spawn(&cfg).map(|st| (st, cfg)));
