@@ -1430,23 +1430,19 @@ fn disk_limit_holds() {
 /// A detached pod's output is capped like the kvm console log: a pod that
 /// writes 12 MB leaves at most `APP_LOG_MAX` in `app.log` and as much in
 /// `app.log.1` (less than it wrote: the oldest part went), its last line is
-/// kept, and `berth logs` shows the newest output through its end.
+/// kept, and `berth logs` shows the newest output through its end. (kvm:
+/// 5 MB, past one rotation — the guest's output crosses vsock at some
+/// 25 KB/s on the PVM hosts.)
 #[test]
 fn app_log_is_capped() {
     each_stage1("holes-app-log", |s| {
         let e = Env::new();
-        run_detached(
-            &e,
-            s,
-            "lg",
-            &["--net", "none"],
-            &[
-                "sh",
-                "-c",
-                "yes 0123456789abcdef | head -c 12000000; echo; echo end-of-output; \
-                 exec sleep 100000",
-            ],
+        let written: u64 = if s == "kvm" { 5_000_000 } else { 12_000_000 };
+        let script = format!(
+            "yes 0123456789abcdef | head -c {written}; echo; echo end-of-output; \
+             exec sleep 100000"
         );
+        run_detached(&e, s, "lg", &["--net", "none"], &["sh", "-c", &script]);
         let pod = e.pod("lg");
         let log = pod.app_log();
         let mut old = log.clone().into_os_string();
@@ -1463,12 +1459,17 @@ fn app_log_is_capped() {
         eprintln!("{s}: app.log {live} bytes, app.log.1 {prev} bytes");
         assert!(live <= max, "{s}: app.log holds {live} bytes, over {max}");
         assert!(prev <= max, "{s}: app.log.1 holds {prev} bytes, over {max}");
-        assert!(prev > 0, "{s}: 12 MB written and the log never rotated");
         assert!(
-            live + prev < 12_000_000,
-            "{s}: {} bytes on disk for 12 MB of output: not capped",
-            live + prev
+            prev > 0,
+            "{s}: {written} bytes written and the log never rotated"
         );
+        if written > 2 * max {
+            assert!(
+                live + prev < written,
+                "{s}: {} bytes on disk for {written} bytes of output: not capped",
+                live + prev
+            );
+        }
         let o = e.berth(&["logs", "-n", "2", "lg"]);
         assert_eq!(o.status.code(), Some(0), "{s}: logs: {}", stderr(&o));
         assert!(
