@@ -58,6 +58,13 @@ install: build
 	install -d $(PREFIX)/bin $(LIBDIR) $(PREFIX)/lib/systemd/system
 	for b in $(BINARIES); do install -m 0755 target/release/$$b $(PREFIX)/bin/$$b; done
 	sed 's|@BINDIR@|$(PREFIX)/bin|g' systemd/berth@.service > $(PREFIX)/lib/systemd/system/berth@.service
+	# Man pages and completions, generated from the CLI's definitions.
+	$(PREFIX)/bin/berth generate-manpages $(PREFIX)/share/man/man1
+	install -d $(PREFIX)/share/bash-completion/completions $(PREFIX)/share/zsh/site-functions \
+	    $(PREFIX)/share/fish/vendor_completions.d
+	$(PREFIX)/bin/berth completion bash > $(PREFIX)/share/bash-completion/completions/berth
+	$(PREFIX)/bin/berth completion zsh > $(PREFIX)/share/zsh/site-functions/_berth
+	$(PREFIX)/bin/berth completion fish > $(PREFIX)/share/fish/vendor_completions.d/berth.fish
 	install -m 0755 -s $(MUSL_INIT) $(LIBDIR)/berth-guest-init
 
 # The guest kernel: built once per input hash (minutes), then cached.

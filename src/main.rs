@@ -14,6 +14,7 @@ use std::path::PathBuf;
 #[command(
     name = "berth",
     version,
+    long_version = stage0::version::long(),
     about = "Run a command or service in a sandbox: Linux namespaces (--stage1=ns) or a KVM microVM (--stage1=kvm)"
 )]
 pub struct Cli {
@@ -48,6 +49,11 @@ enum Command {
     Connect(cli::connect::ConnectArgs),
     /// Reload a running service pod's units.
     Reload(cli::reload::ReloadArgs),
+    /// Print a shell completion script (bash, zsh, fish...).
+    Completion(cli::docs::CompletionArgs),
+    /// Write the man pages (berth.1, berth-VERB.1) into DIR.
+    #[command(hide = true)]
+    GenerateManpages(cli::docs::ManArgs),
     /// Run a command inside a running pod.
     Exec(cli::exec::ExecArgs),
     /// Stop a running pod.
@@ -115,6 +121,8 @@ fn main() {
         Command::Logs(a) => cli::logs::logs(&store, a),
         Command::Connect(a) => cli::connect::connect(&store, a),
         Command::Reload(a) => cli::reload::reload(&store, a),
+        Command::Completion(a) => cli::docs::completion(a),
+        Command::GenerateManpages(a) => cli::docs::manpages(a),
         Command::Exec(a) => cli::exec::exec(&store, a),
         Command::Stop(a) => cli::stop::stop(&store, a),
         Command::List(a) => cli::list::list(&store, a),

@@ -14,6 +14,8 @@ pub mod cgroup;
 pub mod confine;
 #[cfg(feature = "stage1")]
 pub mod disk;
+#[cfg(feature = "stage1")]
+pub mod idmap;
 #[cfg(feature = "cli")]
 pub mod stage1_cli;
 #[cfg(feature = "stage1")]
@@ -1236,13 +1238,25 @@ impl PodDir {
     pub fn notify_socket(&self) -> PathBuf {
         self.0.join("notify.sock")
     }
+    /// kvm: the directory of the VMM's sockets (bound into its jail).
+    pub fn run_dir(&self) -> PathBuf {
+        self.0.join("run")
+    }
     /// Control socket for exec/stop (kvm).
     pub fn ctl_socket(&self) -> PathBuf {
-        self.0.join("ctl.sock")
+        self.run_dir().join("ctl.sock")
     }
-    /// Kernel and guest-init diagnostics (kvm).
+    /// kvm: the directory of the console log (bound into the VMM's jail).
+    pub fn log_dir(&self) -> PathBuf {
+        self.0.join("log")
+    }
+    /// Kernel and guest-init diagnostics (kvm), rotated to `console.log.1`.
     pub fn console_log(&self) -> PathBuf {
-        self.0.join("console.log")
+        self.log_dir().join("console.log")
+    }
+    /// kvm: the mount point of the VMM's jail.
+    pub fn jail_dir(&self) -> PathBuf {
+        self.0.join("jail")
     }
     /// stdout+stderr of a detached pod.
     pub fn app_log(&self) -> PathBuf {

@@ -468,6 +468,9 @@ pub struct Place<'a> {
     pub spec: &'a PodSpec,
     pub placement: &'a Placement,
     pub leader: i32,
+    /// Other processes to put in the pod's cgroup (kvm: the VMM, whose
+    /// leader is a small process rooted in the pod's root filesystem).
+    pub members: Vec<i32>,
     pub root_directory: &'a Path,
     pub ifindices: Vec<i32>,
     /// The limits of the leader's cgroup (ns: the pod's; kvm: the VMM's).
@@ -519,6 +522,9 @@ pub fn place(p: &Place) -> Result<crate::cgroup::PodCgroup, PlaceError> {
                 // the hierarchies it manages: the rest (devices among them)
                 // are made here, at the same path.
                 c.add(p.leader)?;
+                for m in &p.members {
+                    c.add(*m)?;
+                }
                 c.apply_devices(p.devices)?;
                 return Ok(c);
             }
@@ -537,6 +543,9 @@ pub fn place(p: &Place) -> Result<crate::cgroup::PodCgroup, PlaceError> {
     cgroup::record(p.pod, &rel)?;
     let c = PodCgroup::open(&rel)?;
     c.add(p.leader)?;
+    for m in &p.members {
+        c.add(*m)?;
+    }
     match p.placement {
         // Not delegated: no controllers of ours (and none asked for).
         Placement::Unit {

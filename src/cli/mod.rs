@@ -2,6 +2,7 @@
 
 pub mod connect;
 pub mod create;
+pub mod docs;
 pub mod exec;
 pub mod gc;
 pub mod inspect;

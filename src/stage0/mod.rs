@@ -12,5 +12,6 @@ pub mod stage1;
 pub mod store;
 pub mod systemd;
 pub mod users;
+pub mod version;
 
 pub use berth_spec::state::pod_name;

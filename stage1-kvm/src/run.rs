@@ -94,7 +94,7 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
     // they wait for the control thread's signalfd.
     let sigs = relayed_signals();
     sigs.thread_block().context("cannot block signals")?;
-    let (child, cgroup, exit_rd) = vmm_process::spawn(cfg, &spec, pod, &placement)?;
+    let (child, holder, cgroup, exit_rd) = vmm_process::spawn(cfg, &spec, pod, &placement)?;
     state::write_file(&pod.pid_file(), &std::process::id().to_string())?;
     let proxy = match &spec.network.private {
         Some(net) => Some(berth_net::proxy::start(&net.ports, net.address)?),
@@ -108,6 +108,8 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
     let control = start_control(listener, ready, &spec, &sigs, child.pid())?;
     let exit = vmm_process::wait(child.disarm(), exit_rd);
     let code = outcome(pod, ready, &exit, control);
+    // Reaped before its cgroup goes (a zombie keeps a cgroup busy).
+    drop(holder);
     drop(proxy);
     finish(pod, &spec, &cgroup, code)?;
     Ok(code)
@@ -127,11 +129,23 @@ fn vm_config(spec: &PodSpec, pod: &PodDir) -> Result<(vmm::VmConfig, UnixListene
         berth_spec::disk::ensure_image(pod, size)?;
     }
     let shares = rootfs::shares(spec, pod)?;
+    for d in [pod.run_dir(), pod.log_dir(), pod.jail_dir()] {
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
     let ctl = pod.ctl_socket();
     let main_path = host_port_socket(&ctl, MAIN_PORT);
     let _ = std::fs::remove_file(&main_path);
     let listener = UnixListener::bind(&main_path)
         .with_context(|| format!("cannot listen on {}", main_path.display()))?;
+    if let Some(u) = &spec.security.userns {
+        // The VMM runs as the pod's mapped root: its socket and log
+        // directories, and the socket it connects guest-init through, are
+        // the pod's root's.
+        for p in [pod.run_dir(), pod.log_dir(), main_path.clone()] {
+            std::os::unix::fs::chown(&p, Some(u.host_uid), Some(u.host_gid))
+                .with_context(|| format!("cannot give {} to the pod's root", p.display()))?;
+        }
+    }
 
     let mut cfg = vmm::VmConfig::new(kernel);
     cfg.initramfs = Some(vmm::Initramfs::Bytes(cpio));
@@ -170,11 +184,8 @@ fn vm_config(spec: &PodSpec, pod: &PodDir) -> Result<(vmm::VmConfig, UnixListene
             mac,
         });
     }
-    // At most ~2 × CONSOLE_LOG_MAX of console on disk (console.log and
-    // console.log.1): a guest cannot fill the host's disk through it.
-    let log = vmm::console_log::RotatingLog::create(pod.console_log(), CONSOLE_LOG_MAX)
-        .with_context(|| format!("cannot create {}", pod.console_log().display()))?;
-    cfg.serial_out = Box::new(log);
+    // The console log is opened by the VMM process, in its jail.
+    let _ = std::fs::remove_file(pod.console_log());
     Ok((cfg, listener))
 }
 

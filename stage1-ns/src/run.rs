@@ -263,6 +263,7 @@ fn place_and_plug(
         spec,
         placement,
         leader: child.as_raw(),
+        members: Vec::new(),
         root_directory: &pod.rootfs(),
         ifindices,
         limits: &spec.resources,

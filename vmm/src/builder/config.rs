@@ -108,6 +108,9 @@ pub struct VmConfig {
     pub serial_out: SerialOut,
     /// Override PVM detection (None = detect).
     pub pvm: Option<bool>,
+    /// /dev/kvm, opened by the caller (a jailed VMM has no device nodes);
+    /// `None`: opened at boot.
+    pub kvm_fd: Option<std::os::fd::OwnedFd>,
     /// Seccomp filters on the vCPU and event-loop threads ([`crate::seccomp`]).
     pub seccomp: SeccompLevel,
     /// A virtio-balloon device for free page reporting (placed last): the
@@ -161,6 +164,7 @@ impl VmConfig {
             net: Vec::new(),
             serial_out: Box::new(std::io::stdout()),
             pvm: None,
+            kvm_fd: None,
             seccomp: SeccompLevel::Enforce,
             free_page_reporting: true,
         }

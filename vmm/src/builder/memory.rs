@@ -48,6 +48,7 @@ pub fn create_vm_and_load_images(
     mem: GuestMemoryMmap<()>,
     kernel: &PreparedKernel,
     initramfs: Option<&Initramfs>,
+    kvm: Option<std::os::fd::OwnedFd>,
     start: Instant,
 ) -> Result<(vm::Vm, BootImages), BuildError> {
     let (vm, loaded) = std::thread::scope(|s| {
@@ -57,7 +58,7 @@ pub fn create_vm_and_load_images(
             // page would stay in the VMM's RSS.
             .stack_size(128 << 10)
             .spawn_scoped(s, || load_images(&mem, kernel, initramfs));
-        let vm = vm::Vm::new(mem.clone());
+        let vm = vm::Vm::new(mem.clone(), kvm);
         log::trace!("vmm: VM created after {:?}", start.elapsed());
         let loaded = match loader {
             Ok(h) => h.join().unwrap_or(Err(BuildError::LoaderPanicked)),

@@ -35,7 +35,7 @@ impl Vm {
     /// Boots a VM from `cfg` and starts its vCPUs; returns once vCPU 0 is
     /// about to enter its first KVM_RUN (or after 1 s, if its thread has not
     /// been scheduled by then).
-    pub fn boot(cfg: VmConfig) -> Result<RunningVm, BuildError> {
+    pub fn boot(mut cfg: VmConfig) -> Result<RunningVm, BuildError> {
         let start = Instant::now();
         cfg.validate()?;
         let pvm = pvm::quirks_on(cfg.pvm);
@@ -46,8 +46,13 @@ impl Vm {
         let mem = memory::guest_memory(mem_size)?;
         log::trace!("vmm: guest memory mapped after {:?}", start.elapsed());
         let kernel = memory::map_kernel(&mem, &cfg.kernel)?;
-        let (vm, images) =
-            memory::create_vm_and_load_images(mem, &kernel, cfg.initramfs.as_ref(), start)?;
+        let (vm, images) = memory::create_vm_and_load_images(
+            mem,
+            &kernel,
+            cfg.initramfs.as_ref(),
+            cfg.kvm_fd.take(),
+            start,
+        )?;
         log::debug!(
             "vmm: VM created, kernel and initramfs loaded after {:?}",
             start.elapsed()
