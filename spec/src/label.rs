@@ -160,8 +160,7 @@ impl SecurityLabel {
 
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
 }
 
@@ -387,7 +386,9 @@ impl PreparedLabel {
     /// The `context=` mount option (quoted: levels hold commas), when the
     /// label gives the pod's mounts a file context.
     pub fn mount_option(&self) -> Option<String> {
-        self.mount_context.as_ref().map(|c| format!("context=\"{c}\""))
+        self.mount_context
+            .as_ref()
+            .map(|c| format!("context=\"{c}\""))
     }
 }
 
@@ -495,7 +496,9 @@ mod tests {
         .unwrap();
         let e = check_active(&aa, r.path()).unwrap_err().to_string();
         assert!(
-            e.ends_with("AppArmor is not active on this host (active LSMs: lockdown,capability,landlock)"),
+            e.ends_with(
+                "AppArmor is not active on this host (active LSMs: lockdown,capability,landlock)"
+            ),
             "{e}"
         );
         std::fs::write(
@@ -612,7 +615,9 @@ mod tests {
         assert_eq!(std::fs::read(&f2).unwrap(), b"exec berth-pod");
         // The attr file is never created, nor followed through a symlink.
         let e = p.apply_to(&r.path().join("missing")).unwrap_err();
-        assert!(e.to_string().starts_with("cannot write the AppArmor exec label to "));
+        assert!(e
+            .to_string()
+            .starts_with("cannot write the AppArmor exec label to "));
         std::os::unix::fs::symlink(&f2, r.path().join("link")).unwrap();
         assert!(p.apply_to(&r.path().join("link")).is_err());
         assert!(!r.path().join("missing").exists());

@@ -423,7 +423,10 @@ mod tests {
         #[cfg(feature = "stage1")]
         {
             let v = ours.map_or(0, |v| v as i32);
-            assert_eq!(landlock::ABI::from(v) == landlock::ABI::Unsupported, ours.is_none());
+            assert_eq!(
+                landlock::ABI::from(v) == landlock::ABI::Unsupported,
+                ours.is_none()
+            );
         }
         if let Some(v) = ours {
             assert!(v >= 1);
@@ -513,17 +516,17 @@ mod rule_tests {
             if at != Err(nix::Error::EACCES) {
                 return 13;
             }
-            let magic = std::path::PathBuf::from(format!(
-                "/proc/self/fd/{}/secret",
-                out_fd.as_raw_fd()
-            ));
+            let magic =
+                std::path::PathBuf::from(format!("/proc/self/fd/{}/secret", out_fd.as_raw_fd()));
             if read(&magic) != Err(libc::EACCES) {
                 return 14;
             }
             if read(&ro.join("r")) != Ok("ro".into()) {
                 return 15;
             }
-            if std::fs::write(ro.join("w"), "x").map_err(|e| e.raw_os_error()) != Err(Some(libc::EACCES)) {
+            if std::fs::write(ro.join("w"), "x").map_err(|e| e.raw_os_error())
+                != Err(Some(libc::EACCES))
+            {
                 return 16;
             }
             if std::fs::write(inside.join("w"), "x").is_err() {

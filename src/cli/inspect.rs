@@ -58,9 +58,9 @@ pub fn inspect(store: &store::Store, a: InspectArgs) -> Result<i32> {
         bridge: p.map(|p| p.bridge.clone()),
         host_interface: p.map(|p| p.host_ifname.clone()),
         ports: p.map(|p| p.ports.clone()).unwrap_or_default(),
-        landlock: LandlockState::recorded(&pod).or(
-            (spec.security.landlock == berth_spec::LandlockMode::Off).then_some(LandlockState::Off),
-        ),
+        landlock: LandlockState::recorded(&pod)
+            .or((spec.security.landlock == berth_spec::LandlockMode::Off)
+                .then_some(LandlockState::Off)),
         security_label: spec.security.label.as_ref().map(|l| l.to_string()),
         spec: spec.clone(),
     };

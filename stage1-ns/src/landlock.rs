@@ -115,7 +115,10 @@ fn state(spec: &PodSpec, abi: Option<u32>) -> LandlockState {
 
 /// `run`: the app's plan (None: no Landlock), recorded for `exec` and
 /// `inspect`; one warning line when the kernel has none.
-pub fn for_run(pod: &PodDir, spec: &PodSpec) -> Result<Option<Plan>, berth_spec::state::StateError> {
+pub fn for_run(
+    pod: &PodDir,
+    spec: &PodSpec,
+) -> Result<Option<Plan>, berth_spec::state::StateError> {
     let s = state(spec, kernel_abi());
     s.record(pod)?;
     Ok(match s {

@@ -766,7 +766,10 @@ mod tests {
     fn selinux_context_mount_option() {
         assert_eq!(with_context("mode=755", None), "mode=755");
         assert_eq!(
-            with_context("mode=755", Some("system_u:object_r:container_file_t:s0:c1,c2")),
+            with_context(
+                "mode=755",
+                Some("system_u:object_r:container_file_t:s0:c1,c2")
+            ),
             "mode=755,context=\"system_u:object_r:container_file_t:s0:c1,c2\""
         );
         assert_eq!(with_context("", Some("u:r:t:s0")), "context=\"u:r:t:s0\"");
