@@ -40,7 +40,7 @@ pub enum LabelError {
         lsm: &'static str,
         detail: String,
     },
-    #[error("cannot write the {lsm} exec label to {path}")]
+    #[error("cannot write the {lsm} label to {path}")]
     Write {
         lsm: &'static str,
         path: String,
@@ -340,6 +340,39 @@ impl SecurityLabel {
     }
 }
 
+impl SecurityLabel {
+    /// Resolve for a process that takes the label itself, now, without an
+    /// execve (the kvm stage1's VMM, a clone of the stage1): SELinux's
+    /// `setcon(3)` (the context and its NUL to
+    /// `/proc/thread-self/attr/current`; the policy must allow the
+    /// dynamic transition), AppArmor's `aa_change_profile(3)`
+    /// (`changeprofile PROFILE` to `attr/apparmor/current`, or the legacy
+    /// `attr/current`). Write it while the process is single-threaded.
+    pub fn prepare_current(&self, root: &Path) -> PreparedLabel {
+        match self {
+            SecurityLabel::Apparmor(p) => {
+                let path = if root.join("proc/self/attr/apparmor").is_dir() {
+                    root.join("proc/thread-self/attr/apparmor/current")
+                } else {
+                    root.join("proc/thread-self/attr/current")
+                };
+                PreparedLabel {
+                    lsm: Lsm::Apparmor,
+                    attr: path,
+                    bytes: format!("changeprofile {p}").into_bytes(),
+                    mount_context: None,
+                }
+            }
+            _ => {
+                let mut p = self.prepare(root);
+                p.attr = root.join("proc/thread-self/attr/current");
+                p.mount_context = None;
+                p
+            }
+        }
+    }
+}
+
 /// A label ready to apply: computed on the host before forking, written in
 /// the child with [`PreparedLabel::apply`] (syscalls only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -617,9 +650,32 @@ mod tests {
         let e = p.apply_to(&r.path().join("missing")).unwrap_err();
         assert!(e
             .to_string()
-            .starts_with("cannot write the AppArmor exec label to "));
+            .starts_with("cannot write the AppArmor label to "));
         std::os::unix::fs::symlink(&f2, r.path().join("link")).unwrap();
         assert!(p.apply_to(&r.path().join("link")).is_err());
         assert!(!r.path().join("missing").exists());
+    }
+
+    #[test]
+    fn a_label_taken_now_goes_to_current() {
+        let r = fake_root();
+        // SELinux: setcon(3), the context and its NUL; no mount context.
+        let p = SecurityLabel::parse("s0:c1,c2")
+            .unwrap()
+            .prepare_current(r.path());
+        assert_eq!(p.attr, r.path().join("proc/thread-self/attr/current"));
+        assert_eq!(p.bytes, b"system_u:system_r:svirt_lxc_net_t:s0:c1,c2\0");
+        assert_eq!(p.mount_option(), None);
+        // AppArmor: aa_change_profile(3).
+        let aa = SecurityLabel::parse("apparmor=berth-vmm").unwrap();
+        let p = aa.prepare_current(r.path());
+        assert_eq!(p.attr, r.path().join("proc/thread-self/attr/current"));
+        assert_eq!(p.bytes, b"changeprofile berth-vmm");
+        std::fs::create_dir_all(r.path().join("proc/self/attr/apparmor")).unwrap();
+        let p = aa.prepare_current(r.path());
+        assert_eq!(
+            p.attr,
+            r.path().join("proc/thread-self/attr/apparmor/current")
+        );
     }
 }

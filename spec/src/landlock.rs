@@ -96,6 +96,9 @@ impl LandlockState {
                 let each: Vec<String> = domains
                     .iter()
                     .map(|d| {
+                        if !d.files && d.scoped.is_empty() {
+                            return format!("{}: not confined", d.who);
+                        }
                         let files = if d.files {
                             "files confined"
                         } else {
@@ -408,6 +411,15 @@ mod tests {
             s.describe(),
             "ABI 7 (app: files not confined, scoped (signal); exec: files confined)"
         );
+        let none = LandlockState::Enforced {
+            abi: 7,
+            domains: vec![Domain {
+                who: "exec".into(),
+                files: false,
+                scoped: vec![],
+            }],
+        };
+        assert_eq!(none.describe(), "ABI 7 (exec: not confined)");
         LandlockState::Off.record(&pod).unwrap();
         assert_eq!(LandlockState::recorded(&pod), Some(LandlockState::Off));
         assert_eq!(

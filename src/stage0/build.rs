@@ -111,7 +111,6 @@ pub fn spec(store: &Store, a: &PodArgs, app: AppOptions) -> Result<Built> {
         );
     }
     let resources = resources(a, is_kvm)?;
-
     let spec = PodSpec {
         version: SPEC_VERSION,
         machine_id: uuid.replace('-', ""),
@@ -144,7 +143,6 @@ pub fn spec(store: &Store, a: &PodArgs, app: AppOptions) -> Result<Built> {
             } else {
                 Security::default()
             },
-            is_kvm,
         )?,
         stdio: app.stdio,
         kvm: is_kvm.then(KvmSettings::default),
@@ -230,7 +228,7 @@ fn resources(a: &PodArgs, is_kvm: bool) -> Result<Resources> {
     })
 }
 
-fn security(a: &PodArgs, mut security: Security, is_kvm: bool) -> Result<Security> {
+fn security(a: &PodArgs, mut security: Security) -> Result<Security> {
     for o in &a.security_opt {
         security.landlock = match o.as_str() {
             "landlock=on" => berth_spec::LandlockMode::On,
@@ -241,9 +239,6 @@ fn security(a: &PodArgs, mut security: Security, is_kvm: bool) -> Result<Securit
     if let Some(l) = &a.security_label {
         let label = berth_spec::label::SecurityLabel::parse(l)?;
         berth_spec::label::check_active(&label, std::path::Path::new("/"))?;
-        if is_kvm {
-            bail!("--security-label {l:?} is not applied by --stage1=kvm yet");
-        }
         security.label = Some(label);
     }
     if let Some(r) = &a.user_remap {

@@ -22,7 +22,13 @@
 //!   PrivateTmp=, ProtectSystem=…);
 //! - each `berth exec` process: files confined, abstract sockets scoped
 //!   with `--net host`; signals not scoped, so `kill`, `nginx -s reload`
-//!   and the like reach the app.
+//!   and the like reach the app. It cannot ptrace the app nor read its
+//!   /proc/PID/{fd,root,environ,mem} (different domains), so `strace -p`
+//!   from an exec does not work in a command pod;
+//! - in a service pod, each `berth exec` process gets no domain at all,
+//!   as unconfined as the pod's systemd: confined, it could not read
+//!   /proc/1/root or trace systemd's services (`systemctl` itself works
+//!   either way, over systemd's socket).
 //!
 //! One exception: the process's own standard streams. When stdin, stdout
 //! or stderr is a host file or device (`berth run > out.log`, a detached
@@ -78,6 +84,13 @@ fn plan(spec: &PodSpec, who: Who) -> Plan {
                 signal: true,
                 abstract_unix_socket: host_net,
             },
+        },
+        // In a service pod, as unconfined as its systemd: a domain of
+        // its own would cut it off from /proc/1/{root,fd,…} (Landlock
+        // refuses ptrace access to a process outside the domain).
+        Who::Exec if spec.service.is_some() => Plan {
+            files: false,
+            scopes: Scopes::default(),
         },
         Who::Exec => Plan {
             files: true,
@@ -239,7 +252,14 @@ mod tests {
             units: vec!["nginx.service".into()],
         });
         assert!(!plan(&s, Who::App).files, "systemd mounts");
-        assert!(plan(&s, Who::Exec).files);
+        assert_eq!(
+            plan(&s, Who::Exec),
+            Plan {
+                files: false,
+                scopes: Scopes::default()
+            },
+            "no domain: systemd's /proc/1 stays readable"
+        );
     }
 
     #[test]
