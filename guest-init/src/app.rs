@@ -567,7 +567,7 @@ fn child(
         step,
         errno: Errno::last(),
     };
-    // SAFETY (whole function): plain syscalls on values prepared before clone;
+    // SAFETY: (whole function) plain syscalls on values prepared before clone;
     // pointers come from CStrings and null-terminated arrays that outlive
     // the calls.
     unsafe {
