@@ -3,6 +3,8 @@
 //! opens nothing new), pods keep working under it, and `--security-label`
 //! fails clearly where its LSM is not active. Root only.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{stderr, stdout, Env};

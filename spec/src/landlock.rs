@@ -454,6 +454,7 @@ mod rule_tests {
 
     /// Run `f` in a forked child (a domain cannot be lifted, and tests
     /// share the process); returns the child's exit code.
+    #[allow(clippy::unwrap_used)]
     fn in_child(f: impl FnOnce() -> i32) -> i32 {
         // SAFETY: the test harness runs other threads, but the child only
         // makes syscalls and allocates before it _exits (no locks of the
