@@ -653,3 +653,78 @@ fn without_landlock_pods_run_with_one_warning() {
     assert_eq!(v["spec"]["security"]["landlock"], "off");
     check("rm -f", &e.berth(&["rm", "-f", "nol", "offpod"]), 0, "");
 }
+
+/// kvm: the VMM process confines itself (its jail's paths only) and the
+/// VM still boots and runs its app over the virtio-fs shares; a
+/// `--security-label` whose LSM is not active fails as on ns. One boot
+/// (a minute or more on PVM).
+#[test]
+fn kvm_vmm_is_confined_and_the_pod_boots() {
+    if !common::have_root() || !common::available("kvm") || !have_landlock() {
+        return;
+    }
+    let e = Env::new();
+    let img = common::busybox().to_string_lossy().into_owned();
+    for label in ["apparmor=berth-test", "s0:c1,c2"] {
+        let parsed = berth_spec::label::SecurityLabel::parse(label).unwrap();
+        let lsm = parsed.lsm().name();
+        if berth_spec::label::check_active(&parsed, std::path::Path::new("/")).is_ok() {
+            eprintln!("skipping {label:?}: {lsm} is active on this host");
+            continue;
+        }
+        let o = e.berth(&[
+            "run",
+            "--rm",
+            "--stage1",
+            "kvm",
+            "--net",
+            "none",
+            "--rootfs",
+            &img,
+            "--security-label",
+            label,
+            "--",
+            "true",
+        ]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(125), "{label}: {err}");
+        assert!(
+            err.starts_with(&format!(
+                "berth: --security-label {label:?}: {lsm} is not active on this host"
+            )),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(e.pods().is_empty(), "left behind: {:?}", e.pods());
+    }
+    let w = tempfile::tempdir().unwrap();
+    let vol = format!("{}:/w", w.path().display());
+    let o = e.berth(&[
+        "run",
+        "--stage1",
+        "kvm",
+        "--name",
+        "kv",
+        "--net",
+        "none",
+        "-v",
+        &vol,
+        "--rootfs",
+        &img,
+        "--",
+        "sh",
+        "-c",
+        "echo hi > /w/from-guest && cat /w/from-guest && ls /bin/sh",
+    ]);
+    check("kvm run", &o, 0, "hi\n/bin/sh\n");
+    assert_eq!(
+        std::fs::read_to_string(w.path().join("from-guest")).unwrap(),
+        "hi\n"
+    );
+    let o = e.berth(&["inspect", "--format", "json", "kv"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["landlock"]["state"], "enforced", "{v}");
+    assert_eq!(v["landlock"]["domains"][0]["who"], "vmm");
+    assert_eq!(v["landlock"]["domains"][0]["files"], true);
+    check("rm", &e.berth(&["rm", "kv"]), 0, "");
+}
