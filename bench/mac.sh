@@ -8,7 +8,7 @@
 # (landlock_create_ruleset, an O_PATH open and landlock_add_rule per rule,
 # landlock_restrict_self) plus a path walk check on each open in the pod.
 #
-#   bench/mac.sh [RUNS]        (default 50 runs per case, after 5 warm-ups)
+#   bench/mac.sh [ROUNDS]      (default 50 interleaved rounds, after a warm-up)
 #
 # Uses the installed berth (make setup), or BERTH=path/to/berth. Needs root
 # and a kernel with Landlock (it says which ABI).
@@ -17,7 +17,7 @@ runs=${1:-50}
 here=$(cd "$(dirname "$0")/.." && pwd)
 berth=${BERTH:-$(command -v berth || echo "$here/target/release/berth")}
 [ -x "$berth" ] || { echo "bench: berth not found (run make setup)" >&2; exit 1; }
-for t in hyperfine jq; do command -v $t >/dev/null || { echo "bench: $t missing (run make setup)" >&2; exit 1; }; done
+for t in jq; do command -v $t >/dev/null || { echo "bench: $t missing (run make setup)" >&2; exit 1; }; done
 img=$(bash "$here/images/busybox.sh")
 work=$(mktemp -d /tmp/berth-bench-mac-XXXXXX)
 cleanup() {
@@ -40,24 +40,28 @@ add "run, landlock=off" "$b run --rm --stage1=ns --net none --security-opt landl
 add "exec, landlock" "$b exec mac-on -- /bin/true"
 add "exec, landlock=off" "$b exec mac-off -- /bin/true"
 
-echo "bench/mac.sh: $runs runs each; $(nproc) CPUs; kernel $(uname -r), Landlock ABI $abi; $(date -u +%F); load $(cut -d' ' -f1-3 /proc/loadavg)"
-declare -A median mean sd
-for i in "${!names[@]}"; do
-    n=${names[$i]}; c=${cmds[$i]}; j="$work/$i.json"
-    hyperfine -w 5 -r "$runs" -N --export-json "$j" "$c" >/dev/null 2>&1 \
-        || hyperfine -w 5 -r "$runs" --export-json "$j" "$c" >/dev/null
-    median[$n]=$(jq '.results[0].median*1000' "$j")
-    mean[$n]=$(jq '.results[0].mean*1000' "$j")
-    sd[$n]=$(jq '.results[0].stddev*1000' "$j")
+echo "bench/mac.sh: $runs rounds; $(nproc) CPUs; kernel $(uname -r), Landlock ABI $abi; $(date -u +%F); load $(cut -d' ' -f1-3 /proc/loadavg)"
+# Interleaved rounds (each round runs every case once, in turn), so that a
+# change of load on a shared machine hits both sides of a pair alike; the
+# cost is the median of the paired differences (landlock - off), with the
+# medians of each case beside it.
+us() { local s e; s=$(date +%s%N); bash -c "$1" >/dev/null 2>&1 || { echo "bench: failed: $1" >&2; exit 1; }; e=$(date +%s%N); echo $(( (e - s) / 1000 )); }
+for i in "${!names[@]}"; do bash -c "${cmds[$i]}" >/dev/null 2>&1 || true; done # warm-up
+declare -A t
+for ((r = 0; r < runs; r++)); do
+    for i in "${!names[@]}"; do t[$i]+="$(us "${cmds[$i]}") "; done
 done
-
-printf '\n| %-18s | %9s | %15s | %16s |\n' "case" "median ms" "mean ± sd ms" "landlock - off"
-printf '|-%-18s-|-%9s-|-%15s-|-%16s-|\n' "------------------" "---------" "---------------" "----------------"
-for n in "${names[@]}"; do
-    case $n in
-        *"landlock=off") d="" ;;
-        *) off="${n%, landlock}, landlock=off"
-           d=$(echo "${median[$n]} ${median[$off]}" | awk '{ printf "%+.2f ms (%+.1f%%)", $1-$2, ($1-$2)*100/$2 }') ;;
-    esac
-    printf '| %-18s | %9.1f | %6.1f ± %6.1f | %16s |\n' "$n" "${median[$n]}" "${mean[$n]}" "${sd[$n]}" "$d"
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2] / 1000; else print (a[NR / 2] + a[NR / 2 + 1]) / 2000 }'; }
+pairdiff() { paste -d' ' <(echo "$1" | tr ' ' '\n') <(echo "$2" | tr ' ' '\n') | awk 'NF == 2 { print $1 - $2 }' | tr '\n' ' '; }
+printf '\n| %-18s | %9s | %25s |\n' "case" "median ms" "landlock - off, median ms"
+printf '|-%-18s-|-%9s-|-%25s-|\n' "------------------" "---------" "-------------------------"
+for i in "${!names[@]}"; do
+    n=${names[$i]}
+    m=$(echo "${t[$i]}" | median)
+    d=""
+    if [ $((i % 2)) -eq 0 ]; then
+        d=$(pairdiff "${t[$i]}" "${t[$((i + 1))]}" | median)
+        d=$(awk -v d="$d" -v off="$(echo "${t[$((i + 1))]}" | median)" 'BEGIN { printf "%+.2f (%+.1f%%)", d, d * 100 / off }')
+    fi
+    printf '| %-18s | %9.2f | %25s |\n' "$n" "$m" "$d"
 done
