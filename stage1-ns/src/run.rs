@@ -59,7 +59,14 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
     // A service pod's systemd reports READY=1 here (init mounts it at
     // /run/host/notify).
     let notify = match &spec.service {
-        Some(_) => Some(bind_notify(pod, spec.security.userns.as_ref())?),
+        Some(_) => {
+            // Not fatal: a host that keeps /proc/sys read-only to berth can
+            // still run the service pods its limit has room for.
+            if let Err(e) = crate::service::ensure_inotify_instances() {
+                log::warn!("stage1-ns: {}", ErrorChain(&e));
+            }
+            Some(bind_notify(pod, spec.security.userns.as_ref())?)
+        }
         None => None,
     };
     let placement = systemd::placement(&spec)?;
