@@ -983,7 +983,8 @@ fn pvm_flake_retry_only_on_its_signature() {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("status"), status).unwrap();
         std::fs::write(dir.join("app.log"), app).unwrap();
-        std::fs::write(dir.join("console.log"), console).unwrap();
+        std::fs::create_dir_all(dir.join("log")).unwrap();
+        std::fs::write(dir.join("log/console.log"), console).unwrap();
         e
     };
     for (status, app, console, retried) in [

@@ -8,7 +8,7 @@
 //! ```toml
 //! [network]
 //! bridge = "berth0"          # host bridge the pods are attached to
-//! subnet = "10.88.0.0/16"    # pod addresses; the bridge gets the first one
+//! subnet = "10.77.0.0/16"    # pod addresses; the bridge gets the first one
 //! nft_table = "berth"        # berth's own nftables table (family ip)
 //! dns = ["192.0.2.53"]       # default: the host's non-loopback name servers
 //! ```
@@ -20,8 +20,12 @@ use std::path::{Path, PathBuf};
 /// The system-wide config file.
 pub const SYSTEM_CONFIG: &str = "/etc/berth/berth.toml";
 pub const DEFAULT_BRIDGE: &str = "berth0";
+/// Not 10.88.0.0/16, podman's default network (a host with both would route
+/// one subnet to two bridges), nor the pools podman (10.89-10.255 /24s),
+/// Docker (172.17-31, 192.168), Kubernetes (10.96.0.0/12, 10.244.0.0/16)
+/// and libvirt (192.168.122.0/24) take by default.
 pub const DEFAULT_SUBNET: Subnet = Subnet {
-    network: Ipv4Addr::new(10, 88, 0, 0),
+    network: Ipv4Addr::new(10, 77, 0, 0),
     prefix_len: 16,
 };
 pub const DEFAULT_NFT_TABLE: &str = "berth";

@@ -87,6 +87,16 @@ pub enum NetError {
         "pods that no longer run still hold leases: {0} (berth gc, or --force, collects them)"
     )]
     DeadLeases(String),
+    #[error(
+        "subnet {subnet} overlaps {route} on {dev}, which is not berth's bridge {bridge}: \
+         set [network] subnet in berth.toml to a free range"
+    )]
+    SubnetInUse {
+        subnet: Subnet,
+        route: String,
+        dev: String,
+        bridge: String,
+    },
     #[error("cannot enable IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")]
     Forwarding(#[source] std::io::Error),
     #[error("cannot open the network namespace of pid {pid}")]
@@ -157,6 +167,61 @@ pub fn mac_for(uuid: &str) -> String {
         m.push_str(h.get(2 * i..2 * i + 2).unwrap_or("00"));
     }
     m
+}
+
+/// Refuse a subnet another interface already routes (another container
+/// engine's bridge — podman's default is 10.88.0.0/16 —, a VPN, the LAN):
+/// two bridges with one subnet break both. Read from /proc/net/route (the
+/// main table's IPv4 routes; the default route and berth's own bridge do
+/// not count).
+fn check_subnet_free(subnet: Subnet, bridge: &str) -> Result<(), NetError> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/route") else {
+        return Ok(());
+    };
+    match route_conflict(&table, subnet, bridge) {
+        Some((dev, route)) => Err(NetError::SubnetInUse {
+            subnet,
+            route,
+            dev,
+            bridge: bridge.into(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The first route of `table` (/proc/net/route's format: hex, in the
+/// host's byte order) whose network overlaps `subnet` on an interface other
+/// than `bridge`: (interface, network/prefix).
+fn route_conflict(table: &str, subnet: Subnet, bridge: &str) -> Option<(String, String)> {
+    // The kernel prints the network-order word as a host integer: its
+    // bytes in host order are the address's bytes.
+    let word = |f: &str| {
+        u32::from_str_radix(f, 16)
+            .ok()
+            .map(|v| u32::from_be_bytes(v.to_ne_bytes()))
+    };
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(dev), Some(dst), Some(mask)) = (
+            f.first(),
+            f.get(1).and_then(|d| word(d)),
+            f.get(7).and_then(|m| word(m)),
+        ) else {
+            continue;
+        };
+        if mask == 0 || *dev == bridge {
+            continue;
+        }
+        let common = mask & subnet.mask();
+        if dst & common == u32::from(subnet.network) & common {
+            let prefix = mask.leading_ones();
+            return Some((
+                dev.to_string(),
+                format!("{}/{prefix}", std::net::Ipv4Addr::from(dst)),
+            ));
+        }
+    }
+    None
 }
 
 fn enable_forwarding() -> Result<(), NetError> {
@@ -235,6 +300,7 @@ fn ensure_host(
         enable_forwarding()?;
         if nl.index(&cfg.bridge)?.is_none() {
             log::warn!("net: bridge {} is gone: creating it again", cfg.bridge);
+            check_subnet_free(cfg.subnet, &cfg.bridge)?;
             nl.ensure_bridge(&cfg.bridge, cfg.subnet.gateway(), cfg.subnet.prefix_len)?;
         }
         // Both tables still there? (Someone may have flushed the ruleset;
@@ -286,6 +352,7 @@ fn ensure_host(
             old.nft_table
         );
     }
+    check_subnet_free(cfg.subnet, &cfg.bridge)?;
     enable_forwarding()?;
     nl.ensure_bridge(&cfg.bridge, cfg.subnet.gateway(), cfg.subnet.prefix_len)?;
     let pods: Vec<&PrivateNetwork> = live.iter().map(|l| &l.network).collect();
@@ -643,6 +710,56 @@ pub fn describe(net: &PrivateNetwork) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// /proc/net/route as a little-endian host prints it (the words are
+    /// written out in host order; on a big-endian host they would be too).
+    fn route_table(rows: &[(&str, [u8; 4], [u8; 4])]) -> String {
+        let mut t = String::from(
+            "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n",
+        );
+        for (dev, dst, mask) in rows {
+            t.push_str(&format!(
+                "{dev}\t{:08X}\t00000000\t0001\t0\t0\t0\t{:08X}\t0\t0\t0\n",
+                u32::from_ne_bytes(*dst),
+                u32::from_ne_bytes(*mask)
+            ));
+        }
+        t
+    }
+
+    #[test]
+    fn a_subnet_another_interface_routes_is_refused() {
+        let t = route_table(&[
+            ("eth0", [0, 0, 0, 0], [0, 0, 0, 0]),
+            ("berth0", [10, 77, 0, 0], [255, 255, 0, 0]),
+            ("podman0", [10, 88, 0, 0], [255, 255, 0, 0]),
+            ("eth0", [192, 0, 2, 0], [255, 255, 255, 0]),
+        ]);
+        let s = |x: &str| Subnet::parse(x).unwrap();
+        // Our own bridge and the default route never conflict.
+        assert_eq!(route_conflict(&t, s("10.77.0.0/16"), "berth0"), None);
+        assert_eq!(
+            route_conflict(&t, s("10.88.0.0/16"), "berth0"),
+            Some(("podman0".into(), "10.88.0.0/16".into()))
+        );
+        // Overlap either way: a smaller subnet inside a route, a larger
+        // one holding it.
+        assert_eq!(
+            route_conflict(&t, s("10.88.4.0/24"), "berth0"),
+            Some(("podman0".into(), "10.88.0.0/16".into()))
+        );
+        assert_eq!(
+            route_conflict(&t, s("192.0.0.0/16"), "berth0"),
+            Some(("eth0".into(), "192.0.2.0/24".into()))
+        );
+        assert_eq!(route_conflict(&t, s("10.89.0.0/16"), "berth0"), None);
+        // Another bridge name: berth0's route is someone else's now.
+        assert_eq!(
+            route_conflict(&t, s("10.77.0.0/16"), "berthx"),
+            Some(("berth0".into(), "10.77.0.0/16".into()))
+        );
+        assert_eq!(route_conflict("", s("10.77.0.0/16"), "berth0"), None);
+    }
 
     #[test]
     fn names() {

@@ -543,6 +543,8 @@ pub fn translate(
             no_new_privileges: process["noNewPrivileges"].as_bool().unwrap_or(false),
             // A config asking for a user namespace is refused by name above.
             userns: None,
+            landlock: Default::default(),
+            label: None,
         },
         stdio: Stdio {
             interactive: true,

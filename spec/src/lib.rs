@@ -28,6 +28,8 @@ pub mod systemd;
 pub use stage1_cli::exit_with;
 pub mod control;
 pub mod init_msg;
+pub mod label;
+pub mod landlock;
 pub mod oci;
 pub mod report;
 pub mod service;
@@ -586,6 +588,31 @@ pub struct Security {
     /// (`--user-remap`, `--private-users`). `None`: root is root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub userns: Option<UserNamespace>,
+    /// Landlock (`--security-opt landlock=on|off`): the pod's processes
+    /// reach no file outside the pod's own tree ([`landlock`]).
+    #[serde(default, skip_serializing_if = "LandlockMode::is_default")]
+    pub landlock: LandlockMode,
+    /// The SELinux context or AppArmor profile of the pod's processes
+    /// (`--security-label`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<label::SecurityLabel>,
+}
+
+/// [`Security::landlock`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LandlockMode {
+    /// Applied where the kernel has Landlock (one warning where not).
+    #[default]
+    On,
+    /// Not applied.
+    Off,
+}
+
+impl LandlockMode {
+    fn is_default(&self) -> bool {
+        *self == LandlockMode::On
+    }
 }
 
 /// The pod's id mapping: ids `0 .. count` in the pod are `host_uid ..` and
@@ -729,6 +756,8 @@ impl Default for Security {
             seccomp_profile: SeccompProfile::Default,
             no_new_privileges: true,
             userns: None,
+            landlock: LandlockMode::On,
+            label: None,
         }
     }
 }
@@ -751,6 +780,8 @@ impl Security {
             seccomp_profile: SeccompProfile::Systemd,
             no_new_privileges: false,
             userns: None,
+            landlock: LandlockMode::On,
+            label: None,
         }
     }
 }
@@ -1017,6 +1048,14 @@ impl PodSpec {
                 return bad("a user namespace cannot share the host's network (--net host)".into());
             }
         }
+        if let Some(l) = &self.security.label {
+            // Each form must read back as itself: what a stage1 writes to
+            // an attr file went through the command line's checks.
+            match label::SecurityLabel::parse(&l.to_string()) {
+                Ok(back) if back == *l => {}
+                _ => return bad(format!("security label {l:?} is not valid")),
+            }
+        }
         for c in &self.security.capabilities {
             if !c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') || c.is_empty() {
                 return bad(format!(
@@ -1226,6 +1265,11 @@ impl PodDir {
     /// stdout+stderr of a detached pod.
     pub fn app_log(&self) -> PathBuf {
         self.0.join("app.log")
+    }
+    /// The pod's Landlock as its stage1 applied it
+    /// ([`landlock::LandlockState`], JSON).
+    pub fn landlock_file(&self) -> PathBuf {
+        self.0.join("landlock.json")
     }
     /// Present when stage0 asked for the pod to be removed once it exits
     /// (`run --detach --rm`, where stage0 is gone by then): stage1 removes

@@ -2,6 +2,7 @@
 
 use crate::stage0::{stage1, store};
 use anyhow::{bail, Context, Result};
+use berth_spec::landlock::LandlockState;
 use berth_spec::{PodSpec, PortMapping};
 use clap::Args;
 use serde::Serialize;
@@ -28,6 +29,11 @@ struct Inspect {
     bridge: Option<String>,
     host_interface: Option<String>,
     ports: Vec<PortMapping>,
+    /// As its stage1 applied it at the last start (null: never started,
+    /// or a stage1 that does not record it).
+    landlock: Option<LandlockState>,
+    /// `--security-label`, as given.
+    security_label: Option<String>,
     spec: PodSpec,
 }
 
@@ -52,6 +58,10 @@ pub fn inspect(store: &store::Store, a: InspectArgs) -> Result<i32> {
         bridge: p.map(|p| p.bridge.clone()),
         host_interface: p.map(|p| p.host_ifname.clone()),
         ports: p.map(|p| p.ports.clone()).unwrap_or_default(),
+        landlock: LandlockState::recorded(&pod)
+            .or((spec.security.landlock == berth_spec::LandlockMode::Off)
+                .then_some(LandlockState::Off)),
+        security_label: spec.security.label.as_ref().map(|l| l.to_string()),
         spec: spec.clone(),
     };
     if a.format == "json" {
@@ -66,6 +76,13 @@ pub fn inspect(store: &store::Store, a: InspectArgs) -> Result<i32> {
     println!("pid:       {}", i.pid.map_or("-".into(), |p| p.to_string()));
     println!("command:   {}", spec.app.argv.join(" "));
     println!("rootfs:    {}", spec.rootfs.image.display());
+    println!(
+        "landlock:  {}",
+        i.landlock
+            .as_ref()
+            .map_or("- (not started yet)".into(), LandlockState::describe)
+    );
+    println!("label:     {}", dash(&i.security_label));
     println!("network:   {}", i.network);
     if let Some(p) = p {
         println!("address:   {}/{}", p.address, p.prefix_len);

@@ -65,4 +65,12 @@ pub struct PodArgs {
     /// Limit what the pod may write to its root filesystem, e.g. 1g.
     #[arg(long = "disk", value_name = "SIZE", allow_hyphen_values = true)]
     pub disk: Option<String>,
+    /// Security option: landlock=on|off (on: the pod's processes reach no
+    /// file outside the pod's tree, where the kernel has Landlock).
+    #[arg(long = "security-opt", value_name = "landlock=on|off")]
+    pub security_opt: Vec<String>,
+    /// SELinux context (user:role:type[:level]), SELinux level (s0:c1,c2)
+    /// or apparmor=PROFILE for the pod's processes (that LSM must be active).
+    #[arg(long = "security-label", value_name = "LABEL")]
+    pub security_label: Option<String>,
 }

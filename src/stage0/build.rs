@@ -229,6 +229,18 @@ fn resources(a: &PodArgs, is_kvm: bool) -> Result<Resources> {
 }
 
 fn security(a: &PodArgs, mut security: Security) -> Result<Security> {
+    for o in &a.security_opt {
+        security.landlock = match o.as_str() {
+            "landlock=on" => berth_spec::LandlockMode::On,
+            "landlock=off" => berth_spec::LandlockMode::Off,
+            _ => bail!("invalid --security-opt {o:?}: expected landlock=on or landlock=off"),
+        };
+    }
+    if let Some(l) = &a.security_label {
+        let label = berth_spec::label::SecurityLabel::parse(l)?;
+        berth_spec::label::check_active(&label, std::path::Path::new("/"))?;
+        security.label = Some(label);
+    }
     if let Some(r) = &a.user_remap {
         security.userns = Some(super::users::parse_remap(r)?);
     }

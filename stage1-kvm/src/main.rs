@@ -9,6 +9,7 @@ mod control;
 mod exec;
 mod initramfs;
 mod jail;
+mod landlock;
 mod rootfs;
 mod run;
 mod vmm;

@@ -163,6 +163,17 @@ pub fn spawn(
         .context("cannot create the VMM's start pipe")?;
     let (jailed_rd, jailed_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .context("cannot create the VMM's jail pipe")?;
+    // Decided on the host: the VMM's Landlock (recorded for inspect) and
+    // its --security-label, taken in its jail.
+    let landlock = crate::landlock::for_run(pod, spec)?;
+    let label = match &spec.security.label {
+        Some(l) => {
+            berth_spec::label::check_active(l, std::path::Path::new("/"))?;
+            Some(l.prepare_current(std::path::Path::new("/")))
+        }
+        None => None,
+    };
+    let confine = Confine { landlock, label };
     let mut cfg = Some(cfg);
     let mut stack = vec![0u8; VMM_STACK_SIZE];
     let child = {
@@ -173,7 +184,7 @@ pub fn spawn(
                 jailed: &jailed_wr,
                 report: &exit_wr,
             };
-            main(cfg, spec, pod, &keep, userns.as_ref(), ends) as isize
+            main(cfg, spec, pod, &keep, userns.as_ref(), &confine, ends) as isize
         });
         let flags = CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID
@@ -216,6 +227,16 @@ impl Drop for Holder {
         let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGKILL);
         while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(self.0, None) {}
     }
+}
+
+/// What the VMM process confines itself with, besides its jail and
+/// capabilities.
+struct Confine {
+    /// Landlock over the jail's paths ([`crate::landlock`]).
+    landlock: bool,
+    /// `--security-label`, resolved on the host (`attr/current`: the VMM
+    /// takes it without an execve).
+    label: Option<berth_spec::label::PreparedLabel>,
 }
 
 /// The pipe ends the VMM process uses.
@@ -292,6 +313,7 @@ fn main(
     pod: &PodDir,
     keep: &[caps::Capability],
     userns: Option<&OwnedFd>,
+    confine: &Confine,
     ends: Ends,
 ) -> i32 {
     let result = (|| -> Result<VmmReport> {
@@ -308,7 +330,9 @@ fn main(
         if !matches!(nix::unistd::read(ends.go.as_raw_fd(), &mut b), Ok(1)) {
             anyhow::bail!("the stage1 could not place the VMM process in the pod's cgroup");
         }
+        let t_overlay = std::time::Instant::now();
         let volume_trees = crate::rootfs::mount_overlay(spec, pod, userns)?;
+        let t_jail = std::time::Instant::now();
         // What the jail has no room for: /dev/kvm (as an fd), the PVM check.
         let kvm = std::fs::File::options()
             .read(true)
@@ -355,7 +379,23 @@ fn main(
             berth_spec::idmap::become_root()
                 .context("cannot become root of the pod's user namespace")?;
         }
+        // The label first: writing it takes its /proc/thread-self attr
+        // file, which Landlock leaves read-only.
+        if let Some(l) = &confine.label {
+            l.apply().context("cannot label the VMM process")?;
+        }
         drop_privileges(keep)?;
+        // After no_new_privs (drop_privileges), before any thread.
+        if confine.landlock {
+            crate::landlock::apply(cfg.fs.len().saturating_sub(1))?;
+        }
+        // The jail's own cost (bench/security.sh): what a VMM without one
+        // would not do — namespaces aside, which clone(2) makes at once.
+        log::debug!(
+            "stage1-kvm: VMM overlay {:?}, jail {:?} (pivot, shares, user namespace, capabilities, Landlock)",
+            t_jail.duration_since(t_overlay),
+            t_jail.elapsed()
+        );
         let vm = vmm::Vm::boot(cfg).context("cannot boot the VM")?;
         let exit = vm.run().context("the VM failed")?;
         log::debug!(

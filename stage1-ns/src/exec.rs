@@ -51,7 +51,8 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
     }
     spec.app.env.extend(opts.env);
     spec.stdio.tty = opts.tty;
-    let confinement = Confinement::from_spec(&spec)?;
+    let mut confinement = Confinement::from_spec(&spec)?;
+    confinement.landlock = crate::landlock::for_exec(pod, &spec);
     // Open every namespace first: /proc changes meaning once we join mnt.
     // A pod's user namespace goes first: the others belong to it.
     let mut ns = Vec::new();

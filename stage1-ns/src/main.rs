@@ -7,6 +7,7 @@ mod app;
 mod chan;
 mod exec;
 mod init;
+mod landlock;
 mod lifecycle;
 mod mounts;
 mod oci;

@@ -146,6 +146,13 @@ pub fn build_root(
         berth_net::etc::write(&fd_path(upper), &spec.hostname, net).map_err(MountError::Etc)?;
     }
     let lower_refs: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+    // --security-label (SELinux): the file context of the pod's own mounts.
+    let context = spec
+        .security
+        .label
+        .as_ref()
+        .and_then(|l| l.prepare(Path::new("/")).mount_context);
+    let context = context.as_deref();
     // The mount's own descriptor is the pod's root from here on (a path or
     // /proc/self/fd look-up could land under it).
     let root_fd = if spec.oci.is_some() {
@@ -155,7 +162,14 @@ pub fn build_root(
     } else {
         // The new mount API.
         let (upper, work) = dirs.overlay()?;
-        mount_overlay(&lower_refs, &upper, &work, idmapped.is_some(), &dirs.rootfs)?
+        mount_overlay(
+            &lower_refs,
+            &upper,
+            &work,
+            idmapped.is_some(),
+            context,
+            &dirs.rootfs,
+        )?
     };
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_dir = ensure_dir(&root_fd, "/proc")?;
@@ -167,7 +181,7 @@ pub fn build_root(
         None,
     )?;
     let dev = ensure_dir(&root_fd, "/dev")?;
-    build_dev(&root_fd, &fd_path(&dev), &spec.devices)?;
+    build_dev(&root_fd, &fd_path(&dev), &spec.devices, context)?;
     let sys = ensure_dir(&root_fd, "/sys")?;
     do_mount(
         Some("sysfs"),
@@ -184,7 +198,7 @@ pub fn build_root(
         bind_volume(&root_fd, m, idmapped.map(|t| &t[nlowers + j]))?;
     }
     if let Some(sock) = &notify {
-        run_host(&root_fd, sock)?;
+        run_host(&root_fd, sock, context)?;
     }
     let root = fd_path(&root_fd);
     if let Some(o) = &spec.oci {
@@ -202,6 +216,7 @@ fn mount_overlay(
     upper: &Path,
     work: &Path,
     userxattr: bool,
+    context: Option<&str>,
     at: &OwnedFd,
 ) -> Result<OwnedFd, MountError> {
     const FSCONFIG_SET_FLAG: u32 = 0;
@@ -256,6 +271,9 @@ fn mount_overlay(
     )?;
     if userxattr {
         set(FSCONFIG_SET_FLAG, "userxattr", None)?;
+    }
+    if let Some(c) = context {
+        set(FSCONFIG_SET_STRING, "context", Some(c))?;
     }
     // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
     let r = unsafe {
@@ -351,14 +369,14 @@ fn open_path(path: &Path) -> Result<OwnedFd, MountError> {
 /// manager) with systemd's container interface in /run/host:
 /// `container-manager` naming berth and `notify`, stage1's socket for
 /// systemd's sd_notify messages (its READY=1).
-fn run_host(root: &OwnedFd, sock: &OwnedFd) -> Result<(), MountError> {
+fn run_host(root: &OwnedFd, sock: &OwnedFd, context: Option<&str>) -> Result<(), MountError> {
     let run = ensure_dir(root, "/run")?;
     do_mount(
         Some("tmpfs"),
         &fd_path(&run),
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=20%"),
+        Some(&with_context("mode=755,size=20%", context)),
     )?;
     let host = ensure_dir(root, "/run/host")?;
     let host = fd_path(&host);
@@ -396,13 +414,14 @@ fn build_dev(
     root: &OwnedFd,
     mountpoint: &Path,
     devices: &[berth_spec::Device],
+    context: Option<&str>,
 ) -> Result<(), MountError> {
     do_mount(
         Some("tmpfs"),
         mountpoint,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
+        Some(&with_context("mode=755,size=65536k", context)),
     )?;
     // The descriptor behind `mountpoint` still names the directory *under*
     // the new tmpfs; look the path up again to land on the tmpfs itself.
@@ -485,7 +504,12 @@ fn build_dev(
             path: p.display().to_string(),
             source: io_to_nix(e),
         })?;
-        let data = (!data.is_empty()).then_some(data);
+        // mqueue takes no mount options; its inodes get the policy's label.
+        let data = match fstype {
+            "mqueue" => data.to_string(),
+            _ => with_context(data, context),
+        };
+        let data = (!data.is_empty()).then_some(data.as_str());
         do_mount(Some(fstype), &p, Some(fstype), flags, data)?;
     }
     Ok(())
@@ -671,6 +695,15 @@ pub fn bind_console(slave_path: &Path) -> Result<(), MountError> {
     do_mount(Some(&src), console, None, MsFlags::MS_BIND, None)
 }
 
+/// Mount data with the SELinux `context="…"` option appended, if any.
+fn with_context(data: &str, context: Option<&str>) -> String {
+    match context {
+        Some(c) if data.is_empty() => format!("context=\"{c}\""),
+        Some(c) => format!("{data},context=\"{c}\""),
+        None => data.to_string(),
+    }
+}
+
 fn io_to_nix(e: std::io::Error) -> nix::Error {
     nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
@@ -781,6 +814,19 @@ pub(crate) fn ensure_file(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selinux_context_mount_option() {
+        assert_eq!(with_context("mode=755", None), "mode=755");
+        assert_eq!(
+            with_context(
+                "mode=755",
+                Some("system_u:object_r:container_file_t:s0:c1,c2")
+            ),
+            "mode=755,context=\"system_u:object_r:container_file_t:s0:c1,c2\""
+        );
+        assert_eq!(with_context("", Some("u:r:t:s0")), "context=\"u:r:t:s0\"");
+    }
 
     #[test]
     fn ensure_dir_stays_inside_root_through_symlinks() {

@@ -47,7 +47,8 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
     let _lock = state::take_life_lock(pod)?;
     let _ = std::fs::remove_file(pod.status_file());
     let _ = std::fs::remove_file(pod.exit_reason_file());
-    let confinement = Confinement::from_spec(&spec)?;
+    let mut confinement = Confinement::from_spec(&spec)?;
+    confinement.landlock = crate::landlock::for_run(pod, &spec)?;
     let handoff = match &spec.oci {
         Some(o) => Some(crate::oci::Handoff::open(o, _lock.raw_fd())?),
         None => None,

@@ -1,12 +1,19 @@
-//! Process confinement applied just before the app is exec'd: capability
-//! sets, no_new_privs, user/group switch and the default seccomp filter.
+//! Process confinement applied just before the app is exec'd: the
+//! security label, capability sets, no_new_privs, Landlock, user/group
+//! switch and the default seccomp filter.
 //!
-//! Order matters and is fixed in [`confine`]: the bounding set is reduced while
-//! we still hold CAP_SETPCAP; the uid switch happens while we still hold
-//! CAP_SETUID/SETGID; the remaining sets are trimmed after it; seccomp is
-//! loaded last so the filter never has to allow berth's own set-up calls.
+//! Order matters and is fixed in [`confine`]: the exec label is written
+//! first (to the pod's /proc/thread-self, as the task itself, before any
+//! uid change); the bounding set is reduced while we still hold
+//! CAP_SETPCAP; Landlock is enforced after no_new_privs (or, without it,
+//! while we still hold CAP_SYS_ADMIN) and before seccomp (a caller's
+//! profile need not allow the landlock calls); the uid switch happens
+//! while we still hold CAP_SETUID/SETGID; the remaining sets are trimmed
+//! after it; seccomp is loaded last so the filter never has to allow
+//! berth's own set-up calls.
 
 use berth_spec::confine::{ConfineError, Policy};
+use berth_spec::label::{check_active, LabelError, PreparedLabel};
 use caps::{CapSet, Capability, CapsHashSet};
 use seccompiler::BpfProgram;
 
@@ -37,6 +44,10 @@ pub enum SecurityError {
     },
     #[error("cannot load the seccomp filter")]
     SeccompLoad(#[source] seccompiler::Error),
+    #[error(transparent)]
+    Label(#[from] LabelError),
+    #[error(transparent)]
+    Landlock(#[from] berth_spec::landlock::LandlockError),
 }
 
 /// Everything [`confine`] needs, computed before forking so that the child
@@ -49,12 +60,30 @@ pub struct Confinement {
     pub filters: Vec<BpfProgram>,
     /// Supplementary groups besides `gid` (an OCI pod's `additionalGids`).
     pub groups: Vec<u32>,
+    /// `--security-label`, resolved against the host's policy.
+    pub label: Option<PreparedLabel>,
+    /// Landlock (None: off, or no Landlock in the kernel); set by `run`
+    /// and `exec`, which know who the process is ([`crate::landlock`]).
+    pub landlock: Option<crate::landlock::Plan>,
 }
 
 impl Confinement {
+    /// Called on the host (before joining or building the pod's mount
+    /// namespace): the label is checked and resolved against the host's
+    /// LSM and policy here.
     pub fn from_spec(spec: &berth_spec::PodSpec) -> Result<Confinement, SecurityError> {
         let p = Policy::from_spec(spec)?;
+        let root = std::path::Path::new("/");
+        let label = match &spec.security.label {
+            Some(l) => {
+                check_active(l, root)?;
+                Some(l.prepare(root))
+            }
+            None => None,
+        };
         Ok(Confinement {
+            label,
+            landlock: None,
             keep: p.keep,
             uid: spec.app.user.uid,
             gid: spec.app.user.gid,
@@ -73,6 +102,9 @@ impl Confinement {
 /// A capability the host withholds from berth itself (not in our bounding
 /// set) cannot be given to the pod and is left out.
 pub fn confine(c: &Confinement) -> Result<(), SecurityError> {
+    if let Some(l) = &c.label {
+        l.apply()?;
+    }
     let held: CapsHashSet = c
         .keep
         .iter()
@@ -86,6 +118,8 @@ pub fn confine(c: &Confinement) -> Result<(), SecurityError> {
         no_new_privs: c.no_new_privs,
         filters: c.filters.clone(),
         groups: c.groups.clone(),
+        label: None,
+        landlock: c.landlock,
     };
     for cap in caps::all() {
         if !c.keep.contains(&cap) {
@@ -100,7 +134,11 @@ pub fn confine(c: &Confinement) -> Result<(), SecurityError> {
     }
     if c.no_new_privs {
         nix::sys::prctl::set_no_new_privs().map_err(SecurityError::NoNewPrivs)?;
-    } else {
+    }
+    if let Some(plan) = &c.landlock {
+        crate::landlock::apply(plan)?;
+    }
+    if !c.no_new_privs {
         // Without no_new_privs, loading a filter takes CAP_SYS_ADMIN,
         // which the app usually does not keep: load it now, while we
         // still hold it (the filter must allow the few calls left:
