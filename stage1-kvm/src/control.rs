@@ -119,7 +119,19 @@ impl Session {
     /// (when `stdin`) to it, our signals (`sigs`, already blocked) to it, and
     /// with `tty` our terminal's size. Returns the exit status, or None when
     /// the connection closed first (the VM stopped).
-    pub fn relay(mut self, stdin: bool, tty: bool, sigs: &SigSet) -> Result<Option<i32>> {
+    ///
+    /// With `on_start`, the start report has not come yet: it is handed to
+    /// `on_start` whenever it arrives, while the process' output and our
+    /// signals are relayed meanwhile (a service pod's systemd writes to its
+    /// console and can be stopped while its units start; its report comes
+    /// once they are active). A second report is a protocol error.
+    pub fn relay(
+        mut self,
+        stdin: bool,
+        tty: bool,
+        sigs: &SigSet,
+        mut on_start: Option<&mut dyn FnMut(Start)>,
+    ) -> Result<Option<i32>> {
         let sfd = SignalFd::with_flags(sigs, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .context("cannot create a signalfd")?;
         if tty {
@@ -137,6 +149,16 @@ impl Session {
                     Message::Stdout(d) => write_out(&mut std::io::stdout().lock(), &d),
                     Message::Stderr(d) => write_out(&mut std::io::stderr().lock(), &d),
                     Message::Exit(code) => return Ok(Some(code)),
+                    Message::Started if on_start.is_some() => {
+                        if let Some(f) = on_start.take() {
+                            f(Start::Started);
+                        }
+                    }
+                    Message::Failed { status, message } if on_start.is_some() => {
+                        if let Some(f) = on_start.take() {
+                            f(Start::Failed { status, message });
+                        }
+                    }
                     other => bail!("guest-init sent an unexpected {} frame", other.name()),
                 }
             }

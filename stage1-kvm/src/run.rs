@@ -145,6 +145,11 @@ fn vm_config(spec: &PodSpec, pod: &PodDir) -> Result<(vmm::VmConfig, UnixListene
             tag: s.tag,
             path: s.path,
             read_only: s.read_only,
+            cache: if s.guest_owned {
+                vmm::ShareCache::GuestOwned
+            } else {
+                vmm::ShareCache::Shared
+            },
         })
         .collect();
     cfg.vsock = Some(vmm::VsockConfig {
@@ -224,8 +229,10 @@ fn serve_main(
         );
         return Ok(Relay::Interrupted(sig));
     }
-    let mut s = Session::accept_main(listener)?;
-    match s.start()? {
+    let s = Session::accept_main(listener)?;
+    // The start report may come after output and signals (a service pod's
+    // comes once its units are active).
+    let mut on_start = |start: Start| match start {
         Start::Started => report(ready, &StartReport::Started),
         Start::Failed { status, message } => {
             eprintln!("berth: {message}");
@@ -237,8 +244,8 @@ fn serve_main(
                 },
             );
         }
-    }
-    Ok(Relay::Exited(s.relay(stdin, tty, sigs)?))
+    };
+    Ok(Relay::Exited(s.relay(stdin, tty, sigs, Some(&mut on_start))?))
 }
 
 /// Wait until guest-init connects (`None`) or a signal asks us to stop

@@ -63,6 +63,9 @@ pub struct FsConfig {
     pub path: PathBuf,
     /// Refuse every mutating request with EROFS, host side.
     pub read_only: bool,
+    /// Who may change the share while the guest runs: how much the guest
+    /// may cache (see [`crate::devices::virtio::fs::ShareCache`]).
+    pub cache: crate::devices::virtio::fs::ShareCache,
 }
 
 impl FsConfig {
@@ -610,6 +613,7 @@ impl Vm {
                 &share.tag,
                 &share.path,
                 share.read_only,
+                share.cache,
                 line.interrupt.clone(),
             )
             .map_err(|e| BuildError::Fs(share.tag.clone(), e))?;
@@ -898,6 +902,7 @@ mod tests {
             tag: tag.into(),
             path: path.to_path_buf(),
             read_only,
+            cache: Default::default(),
         };
         validate_fs(&[]).unwrap();
         validate_fs(&[share("a", tmp.path(), false), share("b", tmp.path(), true)]).unwrap();
