@@ -359,6 +359,9 @@ pub struct Started {
     /// With [`AppConfig::pod_init`]: a pidfd of the child (the PID 1 of its
     /// new PID namespace).
     pub pidfd: Option<OwnedFd>,
+    /// With [`AppConfig::pod_init`] and a terminal: a slave end kept open
+    /// for as long as the master is relayed.
+    pub console_hold: Option<OwnedFd>,
 }
 
 fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), Errno> {
@@ -552,7 +555,15 @@ pub fn spawn(cfg: &AppConfig) -> Result<Started, AppError> {
         Some(((or, _), (er, _))) => (Some(or), Some(er)),
         None => (None, None),
     };
-    let tty = pty.map(|(m, _)| m);
+    // A service pod's terminal is its /dev/console, which systemd opens
+    // and closes for each message (its stdio goes to /dev/null): keep a
+    // slave open, or the master would read EIO between messages and the
+    // terminal would go away with the relay's end of it.
+    let (tty, console_hold) = match pty {
+        Some((m, s)) if cfg.pod_init.is_some() => (Some(m), Some(s)),
+        Some((m, _)) => (Some(m), None),
+        None => (None, None),
+    };
     for fd in [&stdin, &stdout, &stderr, &tty].into_iter().flatten() {
         set_nonblocking(fd);
     }
@@ -577,6 +588,7 @@ pub fn spawn(cfg: &AppConfig) -> Result<Started, AppError> {
         tty,
         failure,
         pidfd,
+        console_hold,
     })
 }
 

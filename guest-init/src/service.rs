@@ -293,6 +293,7 @@ impl Readiness {
         match w {
             Watch::Notify => {
                 if self.drain_notify() && self.check.is_none() {
+                    crate::trace::mark("service: READY=1 from systemd");
                     return self.start_check();
                 }
                 None
@@ -395,6 +396,7 @@ impl Readiness {
         let out = String::from_utf8_lossy(&c.out_buf).into_owned();
         let err = String::from_utf8_lossy(&c.err_buf).into_owned();
         self.check = None;
+        crate::trace::mark("service: units checked");
         Some(match judge(&self.units, status, &out, &err) {
             None => {
                 self.reported = true;

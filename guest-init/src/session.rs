@@ -133,6 +133,9 @@ struct Proc {
     status: Option<i32>,
     /// A service pod's systemd: the host's SIGTERM is its halt request.
     systemd: bool,
+    /// A slave end of the terminal, held so that the master never reads
+    /// EIO while the process has none open (a service pod's console).
+    _console_hold: Option<OwnedFd>,
 }
 
 impl Proc {
@@ -140,6 +143,7 @@ impl Proc {
         let tty = s.tty.is_some();
         Proc {
             systemd: false,
+            _console_hold: s.console_hold,
             pid: s.pid,
             out: s.tty.or(s.stdout),
             err: s.stderr,

@@ -93,7 +93,7 @@ pub fn share_server(
         .map_err(|e| FsError::Passthrough(root.clone(), e))?;
     let mut fs = ShareFs::new(passthrough, read_only);
     if cache == ShareCache::GuestOwned {
-        fs = fs.with_negative_timeout(GUEST_OWNED_TIMEOUT);
+        fs = fs.guest_owned(GUEST_OWNED_TIMEOUT);
     }
     let fs = Arc::new(fs);
     Ok((fs.clone(), Server::new(fs)))
@@ -110,6 +110,8 @@ struct FuseStats {
     path: PathBuf,
     count: [u64; 64],
     micros: [u64; 64],
+    /// IOCTL requests by command.
+    ioctls: std::collections::BTreeMap<u32, u64>,
     written: std::time::Instant,
 }
 
@@ -120,6 +122,7 @@ impl FuseStats {
             path: PathBuf::from(path),
             count: [0; 64],
             micros: [0; 64],
+            ioctls: std::collections::BTreeMap::new(),
             written: std::time::Instant::now(),
         })
     }
@@ -145,6 +148,9 @@ impl FuseStats {
             if *n > 0 {
                 out.push_str(&format!("{tag} {} {n} {us}\n", opcode_name(op as u32)));
             }
+        }
+        for (cmd, n) in &self.ioctls {
+            out.push_str(&format!("{tag} IOCTL:{cmd:#x} {n} 0\n"));
         }
         if let Err(e) = std::fs::write(&self.path, out) {
             log::warn!("vmm: virtio-fs: writing {}: {e}", self.path.display());
@@ -274,10 +280,18 @@ fn process_queue_counted<M: GuestMemory, F: FileSystem + Sync>(
         let used_len = match stats.as_deref_mut() {
             None => serve(mem, chain, server),
             Some(st) => {
-                let opcode = Reader::from_descriptor_chain(mem, chain.clone())
-                    .ok()
-                    .and_then(|mut r| r.read_obj::<InHeader>().ok())
+                let mut r = Reader::from_descriptor_chain(mem, chain.clone()).ok();
+                let opcode = r
+                    .as_mut()
+                    .and_then(|r| r.read_obj::<InHeader>().ok())
                     .map_or(0, |h| h.opcode);
+                if opcode == 39 {
+                    if let Some(io) = r.as_mut().and_then(|r| {
+                        r.read_obj::<fuse_backend_rs::abi::fuse_abi::IoctlIn>().ok()
+                    }) {
+                        *st.ioctls.entry(io.cmd).or_default() += 1;
+                    }
+                }
                 let t = std::time::Instant::now();
                 let n = serve(mem, chain, server);
                 st.add(opcode, t.elapsed());

@@ -194,10 +194,12 @@ impl<F: FileSystem> ShareFs<F> {
         }
     }
 
-    /// Answer a lookup of a missing name with a negative entry the guest
-    /// keeps for `timeout` (only for a [`ShareCache::GuestOwned`] share:
-    /// the name cannot appear but through the guest).
-    pub fn with_negative_timeout(mut self, timeout: Duration) -> Self {
+    /// For a [`ShareCache::GuestOwned`] share: answer a lookup of a missing
+    /// name with a negative entry the guest keeps for `timeout` (the name
+    /// cannot appear but through the guest), and let the guest cache
+    /// symlink targets (FUSE_CACHE_SYMLINKS: without it every path walk
+    /// through a symlink — `/lib` on a merged-/usr image — is a READLINK).
+    pub fn guest_owned(mut self, timeout: Duration) -> Self {
         self.negative_timeout = timeout;
         self
     }
@@ -232,7 +234,11 @@ impl<F: FileSystem> FileSystem for ShareFs<F> {
     /// queue without indirect descriptors, and Linux 6.1 does not cap
     /// max_pages by the queue size.
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        Ok(self.inner.init(capable)? | FsOptions::BIG_WRITES)
+        let mut opts = self.inner.init(capable)? | FsOptions::BIG_WRITES;
+        if !self.negative_timeout.is_zero() && capable.contains(FsOptions::CACHE_SYMLINKS) {
+            opts |= FsOptions::CACHE_SYMLINKS;
+        }
+        Ok(opts)
     }
 
     fn destroy(&self) {
