@@ -223,6 +223,12 @@ fn boot(st: &mut State, ports: &Ports) -> Result<Pod, Fatal> {
     }
     let spec = read_spec(INITRAMFS_SPEC_PATH).map_err(fatal("pod spec"))?;
     trace::mark("console ready, spec read");
+    if spec.service.is_some() {
+        // Before the switch root: the seed is in the initramfs.
+        if let Err(e) = service::credit_random_seed(berth_spec::kvm::INITRAMFS_RANDOM_SEED_PATH) {
+            console::say(&format!("random seed: {}", console::chain(&e)));
+        }
+    }
     if spec.network.mode == NetworkMode::Host {
         return Err(fatal("network")(net::NetError::HostUnsupported));
     }

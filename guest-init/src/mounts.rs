@@ -731,6 +731,73 @@ mod tests {
     }
 
     #[test]
+    fn service_pod_plan_leaves_proc_to_systemds_child_and_mounts_run() {
+        let mut s = spec();
+        s.service = Some(berth_spec::Service {
+            units: vec!["nginx.service".into()],
+        });
+        let plan = pod_plan(&s, NEWROOT).unwrap();
+        assert!(
+            plan.iter().all(|st| !st.path().starts_with("/newroot/proc")),
+            "{plan:?}"
+        );
+        assert!(matches!(
+            plan.iter().find(|st| st.path() == "/newroot/run"),
+            Some(Step::Mount { fstype: "tmpfs", .. })
+        ));
+        // /sys's masks stay in guest-init's plan.
+        assert!(plan
+            .iter()
+            .any(|st| st.path() == "/newroot/sys/firmware"));
+        let child = service_child_plan().unwrap();
+        let mounts: Vec<(&str, &str)> = child
+            .iter()
+            .filter_map(|st| match st {
+                RawStep::Mount { target, fstype, .. } => {
+                    Some((target.to_str().unwrap(), fstype.to_str().unwrap()))
+                }
+                _ => None,
+            })
+            .collect();
+        // cgroup2 first (in the new cgroup namespace), then a /proc of the
+        // new PID namespace, then /proc's hidden parts.
+        assert_eq!(mounts, [("/sys/fs/cgroup", "cgroup2"), ("/proc", "proc")]);
+        let hidden: Vec<&str> = child[2..]
+            .iter()
+            .map(|st| match st {
+                RawStep::ReadOnly(p) | RawStep::Mask { path: p, .. } => p.to_str().unwrap(),
+                RawStep::Mount { .. } => panic!("{st:?}"),
+            })
+            .collect();
+        let want: Vec<&str> = READONLY_PATHS
+            .iter()
+            .chain(MASKED_PATHS)
+            .filter(|p| p.starts_with("/proc/"))
+            .copied()
+            .collect();
+        assert_eq!(hidden, want);
+        // A command pod is unchanged: /proc first, /run a directory.
+        let plan = pod_plan(&spec(), NEWROOT).unwrap();
+        assert_eq!(plan[0].path(), "/newroot/proc");
+        assert!(matches!(
+            plan.iter().find(|st| st.path() == "/newroot/run"),
+            Some(Step::Dir { .. })
+        ));
+    }
+
+    #[test]
+    fn raw_steps_on_missing_paths_do_nothing() {
+        // Without privileges: a missing path is skipped before any mount.
+        RawStep::ReadOnly(c"/nonexistent/berth-test".into()).apply().unwrap();
+        RawStep::Mask {
+            path: c"/nonexistent/berth-test".into(),
+            null: c"/dev/null".into(),
+        }
+        .apply()
+        .unwrap();
+    }
+
+    #[test]
     fn pod_plan_at_another_root() {
         let plan = pod_plan(&spec(), "/mnt/x/").expect("plan");
         assert!(plan.iter().all(|s| s.path().starts_with("/mnt/x/")));

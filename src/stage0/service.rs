@@ -307,7 +307,45 @@ pub fn seed(pod: &PodDir, spec: &mut PodSpec) -> Result<()> {
     // Directories are created 0755 by create_dir_all; journald wants 2755
     // owned by root:systemd-journal, which it fixes itself (tmpfiles).
     mask_generators(&seed, spec)?;
+    mark_updated(&seed, spec)?;
     spec.rootfs.layers = vec![seed];
+    Ok(())
+}
+
+/// `/etc/.updated`, stamped with the image's /usr: systemd's
+/// `ConditionNeedsUpdate=/etc` units (ldconfig, systemd-sysusers,
+/// journal-catalog-update, update-done…) run when /usr is newer than that
+/// stamp, i.e. on every pod's first boot of an image that has none —
+/// work the image build already did. Skipped when the image has a stamp
+/// of its own or its /usr is not found.
+fn mark_updated(seed: &Path, spec: &PodSpec) -> Result<()> {
+    let image = &spec.rootfs.image;
+    let usr = spec
+        .mounts
+        .iter()
+        .find(|m| m.destination == "/usr")
+        .map_or_else(|| image.join("usr"), |m| m.source.clone());
+    if image.join("etc/.updated").exists() {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(&usr) else {
+        return Ok(());
+    };
+    let p = seed.join("etc/.updated");
+    let text = format!(
+        "# Written by berth: the image's /usr is up to date.\nTIMESTAMP_NSEC={}\n",
+        meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+    );
+    std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
+    let f = std::fs::File::options()
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("cannot open {}", p.display()))?;
+    let mtime = meta
+        .modified()
+        .with_context(|| format!("cannot read the mtime of {}", usr.display()))?;
+    f.set_times(std::fs::FileTimes::new().set_modified(mtime))
+        .with_context(|| format!("cannot set the mtime of {}", p.display()))?;
     Ok(())
 }
 
@@ -425,6 +463,16 @@ mod tests {
         for g in got {
             assert_eq!(std::fs::read_link(dir.join(g)).unwrap(), Path::new("/dev/null"));
         }
+        // /etc/.updated carries /usr's mtime: ConditionNeedsUpdate=/etc is
+        // false in the pod.
+        let usr = std::fs::metadata(img.join("usr")).unwrap();
+        let stamp = std::fs::metadata(pod.seed_layer().join("etc/.updated")).unwrap();
+        assert_eq!(stamp.modified().unwrap(), usr.modified().unwrap());
+        let text = std::fs::read_to_string(pod.seed_layer().join("etc/.updated")).unwrap();
+        assert!(text.contains(&format!(
+            "TIMESTAMP_NSEC={}\n",
+            usr.mtime() * 1_000_000_000 + usr.mtime_nsec()
+        )));
     }
 
     #[test]

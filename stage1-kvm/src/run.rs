@@ -116,8 +116,14 @@ fn vm_config(spec: &PodSpec, pod: &PodDir) -> Result<(vmm::VmConfig, UnixListene
     let init_path = assets::guest_init()?;
     let init = std::fs::read(&init_path)
         .with_context(|| format!("cannot read {}", init_path.display()))?;
-    let cpio =
-        initramfs::build(&init, spec.to_json().as_bytes()).context("cannot build the initramfs")?;
+    // A service pod's guest gets fresh random bytes to seed its kernel's
+    // pool (see berth_spec::kvm::INITRAMFS_RANDOM_SEED_PATH).
+    let seed = match &spec.service {
+        Some(_) => Some(random_seed()?),
+        None => None,
+    };
+    let cpio = initramfs::build(&init, spec.to_json().as_bytes(), seed.as_deref())
+        .context("cannot build the initramfs")?;
     if let Some(size) = spec.resources.disk {
         berth_spec::disk::ensure_image(pod, size)?;
     }
@@ -174,6 +180,14 @@ fn vm_config(spec: &PodSpec, pod: &PodDir) -> Result<(vmm::VmConfig, UnixListene
         .with_context(|| format!("cannot create {}", pod.console_log().display()))?;
     cfg.serial_out = Box::new(log);
     Ok((cfg, listener))
+}
+
+/// [`berth_spec::kvm::RANDOM_SEED_LEN`] bytes from the host kernel's CSPRNG.
+fn random_seed() -> Result<Vec<u8>> {
+    let mut b = vec![0u8; berth_spec::kvm::RANDOM_SEED_LEN];
+    let mut f = std::fs::File::open("/dev/urandom").context("cannot open /dev/urandom")?;
+    std::io::Read::read_exact(&mut f, &mut b).context("cannot read /dev/urandom")?;
+    Ok(b)
 }
 
 /// What the control thread learned.
