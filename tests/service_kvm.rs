@@ -67,7 +67,15 @@ fn kvm_service_pod_runs_nginx_only_and_keeps_its_state() {
     let name = "web-kvm";
     let publish = format!("{port}:80");
     let o = e.berth(&[
-        "create", "--stage1", "kvm", "--rootfs", &img, "-u", "nginx.service", "-p", &publish,
+        "create",
+        "--stage1",
+        "kvm",
+        "--rootfs",
+        &img,
+        "-u",
+        "nginx.service",
+        "-p",
+        &publish,
         name,
     ]);
     assert_eq!(o.status.code(), Some(0), "create: {}", stderr(&o));
@@ -123,7 +131,11 @@ fn kvm_service_pod_runs_nginx_only_and_keeps_its_state() {
         "{units}"
     );
     // A file written now must survive the restart.
-    exec(&e, name, &["sh", "-c", "echo kept > /var/lib/berth-e2e-kept"]);
+    exec(
+        &e,
+        name,
+        &["sh", "-c", "echo kept > /var/lib/berth-e2e-kept"],
+    );
 
     // Stop: SIGTERM reaches systemd as its halt request; it stops the
     // units and exits 0, and the VM powers off with that status.

@@ -615,7 +615,11 @@ struct CapData {
 fn enter_pod(p: &PodInit, console: Option<&CStr>) -> Result<(), Errno> {
     // SAFETY: a one-byte write from a static buffer; unshare(2) with a flag.
     unsafe {
-        Errno::result(libc::write(p.cgroup_procs.as_raw_fd(), b"0".as_ptr().cast(), 1))?;
+        Errno::result(libc::write(
+            p.cgroup_procs.as_raw_fd(),
+            b"0".as_ptr().cast(),
+            1,
+        ))?;
         Errno::result(libc::unshare(libc::CLONE_NEWCGROUP))?;
     }
     for m in &p.mounts {

@@ -272,12 +272,12 @@ fn boot(st: &mut State, ports: &Ports) -> Result<Pod, Fatal> {
             cgroup_procs: payload,
             mounts: mounts::service_child_plan().map_err(fatal("mounts"))?,
         });
-        service = ServicePrep::new(
-            &spec,
-            &mut cfg,
-            notify,
-            berth_spec::SERVICE_NOTIFY_SOCKET,
-        );
+        service = ServicePrep::new(&spec, &mut cfg, notify, berth_spec::SERVICE_NOTIFY_SOCKET);
+        for a in service::slow_host_args().into_iter().flatten() {
+            if let Ok(a) = std::ffi::CString::new(a) {
+                cfg.argv.push(a);
+            }
+        }
         trace::mark("service pod: cgroups and /run/host ready");
     } else if let Some(max) = spec.resources.pids {
         mounts::limit_pids(max).map_err(fatal("pids limit"))?;

@@ -256,7 +256,10 @@ pub enum RawStep {
         flags: MsFlags,
     },
     ReadOnly(CString),
-    Mask { path: CString, null: CString },
+    Mask {
+        path: CString,
+        null: CString,
+    },
 }
 
 impl RawStep {
@@ -738,17 +741,19 @@ mod tests {
         });
         let plan = pod_plan(&s, NEWROOT).unwrap();
         assert!(
-            plan.iter().all(|st| !st.path().starts_with("/newroot/proc")),
+            plan.iter()
+                .all(|st| !st.path().starts_with("/newroot/proc")),
             "{plan:?}"
         );
         assert!(matches!(
             plan.iter().find(|st| st.path() == "/newroot/run"),
-            Some(Step::Mount { fstype: "tmpfs", .. })
+            Some(Step::Mount {
+                fstype: "tmpfs",
+                ..
+            })
         ));
         // /sys's masks stay in guest-init's plan.
-        assert!(plan
-            .iter()
-            .any(|st| st.path() == "/newroot/sys/firmware"));
+        assert!(plan.iter().any(|st| st.path() == "/newroot/sys/firmware"));
         let child = service_child_plan().unwrap();
         let mounts: Vec<(&str, &str)> = child
             .iter()
@@ -788,7 +793,9 @@ mod tests {
     #[test]
     fn raw_steps_on_missing_paths_do_nothing() {
         // Without privileges: a missing path is skipped before any mount.
-        RawStep::ReadOnly(c"/nonexistent/berth-test".into()).apply().unwrap();
+        RawStep::ReadOnly(c"/nonexistent/berth-test".into())
+            .apply()
+            .unwrap();
         RawStep::Mask {
             path: c"/nonexistent/berth-test".into(),
             null: c"/dev/null".into(),

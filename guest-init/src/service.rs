@@ -76,7 +76,8 @@ struct RandPoolInfo {
 /// from the host, which owns the VM anyway; they are fresh for each boot.
 /// 4 syscalls.
 pub fn credit_random_seed(path: &'static str) -> Result<(), ServiceError> {
-    let c = std::ffi::CString::new(path).map_err(|_| ServiceError::ReadSeed(path, Errno::EINVAL))?;
+    let c =
+        std::ffi::CString::new(path).map_err(|_| ServiceError::ReadSeed(path, Errno::EINVAL))?;
     let f = crate::sys::open(&c, libc::O_RDONLY).map_err(|e| ServiceError::ReadSeed(path, e))?;
     let mut info = RandPoolInfo {
         entropy_count: 0,
@@ -115,6 +116,21 @@ pub fn signal_for_systemd(signo: i32) -> i32 {
 /// assignments; anything else is ignored.)
 pub fn says_ready(datagram: &[u8]) -> bool {
     datagram.split(|b| *b == b'\n').any(|l| l == b"READY=1")
+}
+
+/// Extra arguments for systemd on a slow (PVM) host, where stage1-kvm set
+/// `berth_slow_host=1` on the kernel command line (the kernel hands it to
+/// us in the environment: no syscall to read it). In a container systemd
+/// takes its "kernel command line" from its own arguments, so these raise
+/// its default unit start and stop timeouts from 90 s, which journald's
+/// start alone exceeds there.
+pub fn slow_host_args() -> Option<[&'static str; 2]> {
+    std::env::var_os(berth_spec::kvm::SLOW_HOST_PARAM)
+        .is_some_and(|v| v == "1")
+        .then_some([
+            "systemd.default_timeout_start_sec=1800",
+            "systemd.default_timeout_stop_sec=600",
+        ])
 }
 
 /// systemd's environment additions: where its notify socket is.

@@ -704,7 +704,8 @@ fn service_pod_with_a_failed_unit_is_reported_and_halted() {
     assert!(o.stdout.contains("halting 37"), "{:?}", o.stdout);
     assert_eq!(o.code, 0);
     assert!(
-        o.diag.contains("unit a.service: failed (exit-code): halting the pod"),
+        o.diag
+            .contains("unit a.service: failed (exit-code): halting the pod"),
         "{}",
         o.diag
     );
@@ -736,9 +737,8 @@ fn service_pod_whose_systemd_exits_early_fails_with_its_status() {
     assert_eq!(o.code, 3);
     assert_eq!(o.streams.started, Some(false));
     assert!(
-        o.stderr.contains(
-            "berth: systemd exited (status 3) before the pod's units were active\n"
-        ),
+        o.stderr
+            .contains("berth: systemd exited (status 3) before the pod's units were active\n"),
         "{}",
         o.stderr
     );
@@ -759,6 +759,10 @@ fn only_systemd_itself_can_say_ready() {
         )
     });
     assert_eq!(o.streams.started, Some(false), "{:?}", o.streams.order);
-    assert!(o.stderr.contains("systemd exited (status 0) before"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("systemd exited (status 0) before"),
+        "{}",
+        o.stderr
+    );
     assert!(o.stdout.contains("halting 37"));
 }

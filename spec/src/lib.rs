@@ -1489,6 +1489,12 @@ pub mod kvm {
     pub const INITRAMFS_RANDOM_SEED_PATH: &str = "/berth/random-seed";
     /// Bytes in [`INITRAMFS_RANDOM_SEED_PATH`].
     pub const RANDOM_SEED_LEN: usize = 64;
+    /// Kernel command-line parameter (`NAME=1`, which the kernel hands to
+    /// init as an environment variable) stage1-kvm adds for a service pod
+    /// on a host whose KVM emulates guest kernel code (PVM): there, starting
+    /// a unit takes minutes, past systemd's default 90 s start timeout, so
+    /// guest-init gives systemd longer default timeouts.
+    pub const SLOW_HOST_PARAM: &str = "berth_slow_host";
     /// Kernel command-line parameter enabling the guest-kernel workaround for
     /// PVM's mis-delivered 64-bit `syscall` (see kernel-config/patches/). The
     /// VMM adds it only when it detects PVM.

@@ -440,12 +440,27 @@ mod tests {
     fn every_generator_of_the_image_is_masked() {
         let d = tempfile::tempdir().unwrap();
         let img = d.path().join("img");
-        for g in ["usr/lib/systemd/system-generators", "lib/systemd/system-generators"] {
+        for g in [
+            "usr/lib/systemd/system-generators",
+            "lib/systemd/system-generators",
+        ] {
             std::fs::create_dir_all(img.join(g)).unwrap();
         }
-        std::fs::write(img.join("usr/lib/systemd/system-generators/systemd-fstab-generator"), "").unwrap();
-        std::fs::write(img.join("lib/systemd/system-generators/systemd-getty-generator"), "").unwrap();
-        std::fs::write(img.join("lib/systemd/system-generators/systemd-fstab-generator"), "").unwrap();
+        std::fs::write(
+            img.join("usr/lib/systemd/system-generators/systemd-fstab-generator"),
+            "",
+        )
+        .unwrap();
+        std::fs::write(
+            img.join("lib/systemd/system-generators/systemd-getty-generator"),
+            "",
+        )
+        .unwrap();
+        std::fs::write(
+            img.join("lib/systemd/system-generators/systemd-fstab-generator"),
+            "",
+        )
+        .unwrap();
         let mut spec = PodSpec::new("t", "0b9f3c2e-6a1d-4c8e-9f00-1234567890ab", vec![], &img);
         spec.service = Some(berth_spec::Service {
             units: vec!["nginx.service".into()],
@@ -461,7 +476,10 @@ mod tests {
         got.sort();
         assert_eq!(got, ["systemd-fstab-generator", "systemd-getty-generator"]);
         for g in got {
-            assert_eq!(std::fs::read_link(dir.join(g)).unwrap(), Path::new("/dev/null"));
+            assert_eq!(
+                std::fs::read_link(dir.join(g)).unwrap(),
+                Path::new("/dev/null")
+            );
         }
         // /etc/.updated carries /usr's mtime: ConditionNeedsUpdate=/etc is
         // false in the pod.

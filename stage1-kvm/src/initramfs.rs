@@ -86,7 +86,10 @@ mod tests {
         assert!(plain.iter().all(|e| e.0 != "berth/random-seed"));
         let seeded = entries(build(b"i", b"{}", Some(&[7u8; 64])).unwrap());
         let seed = seeded.iter().find(|e| e.0 == "berth/random-seed").unwrap();
-        assert_eq!((seed.1, seed.4.as_slice()), (S_IFREG | 0o400, &[7u8; 64][..]));
+        assert_eq!(
+            (seed.1, seed.4.as_slice()),
+            (S_IFREG | 0o400, &[7u8; 64][..])
+        );
     }
 
     #[test]

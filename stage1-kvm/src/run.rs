@@ -137,6 +137,11 @@ fn vm_config(spec: &PodSpec, pod: &PodDir) -> Result<(vmm::VmConfig, UnixListene
     let mut cfg = vmm::VmConfig::new(kernel);
     cfg.initramfs = Some(vmm::Initramfs::Bytes(cpio));
     cfg.extra_cmdline = QUIET_CMDLINE.to_string();
+    if spec.service.is_some() && vmm::pvm::detected() {
+        cfg.extra_cmdline.push(' ');
+        cfg.extra_cmdline.push_str(berth_spec::kvm::SLOW_HOST_PARAM);
+        cfg.extra_cmdline.push_str("=1");
+    }
     // Debugging aid: extra guest kernel parameters (e.g. `loglevel=7` to see
     // kernel messages in console.log).
     if let Ok(extra) = std::env::var("BERTH_KVM_CMDLINE") {
@@ -259,7 +264,12 @@ fn serve_main(
             );
         }
     };
-    Ok(Relay::Exited(s.relay(stdin, tty, sigs, Some(&mut on_start))?))
+    Ok(Relay::Exited(s.relay(
+        stdin,
+        tty,
+        sigs,
+        Some(&mut on_start),
+    )?))
 }
 
 /// Wait until guest-init connects (`None`) or a signal asks us to stop

@@ -161,13 +161,58 @@ impl FuseStats {
 /// FUSE opcode names (fuse_kernel.h) for the statistics.
 fn opcode_name(op: u32) -> String {
     const NAMES: &[&str] = &[
-        "0", "LOOKUP", "FORGET", "GETATTR", "SETATTR", "READLINK", "SYMLINK", "7", "MKNOD",
-        "MKDIR", "UNLINK", "RMDIR", "RENAME", "LINK", "OPEN", "READ", "WRITE", "STATFS",
-        "RELEASE", "19", "FSYNC", "SETXATTR", "GETXATTR", "LISTXATTR", "REMOVEXATTR", "FLUSH",
-        "INIT", "OPENDIR", "READDIR", "RELEASEDIR", "FSYNCDIR", "GETLK", "SETLK", "SETLKW",
-        "ACCESS", "CREATE", "INTERRUPT", "BMAP", "DESTROY", "IOCTL", "POLL", "NOTIFY_REPLY",
-        "BATCH_FORGET", "FALLOCATE", "READDIRPLUS", "RENAME2", "LSEEK", "COPY_FILE_RANGE",
-        "SETUPMAPPING", "REMOVEMAPPING", "SYNCFS", "TMPFILE",
+        "0",
+        "LOOKUP",
+        "FORGET",
+        "GETATTR",
+        "SETATTR",
+        "READLINK",
+        "SYMLINK",
+        "7",
+        "MKNOD",
+        "MKDIR",
+        "UNLINK",
+        "RMDIR",
+        "RENAME",
+        "LINK",
+        "OPEN",
+        "READ",
+        "WRITE",
+        "STATFS",
+        "RELEASE",
+        "19",
+        "FSYNC",
+        "SETXATTR",
+        "GETXATTR",
+        "LISTXATTR",
+        "REMOVEXATTR",
+        "FLUSH",
+        "INIT",
+        "OPENDIR",
+        "READDIR",
+        "RELEASEDIR",
+        "FSYNCDIR",
+        "GETLK",
+        "SETLK",
+        "SETLKW",
+        "ACCESS",
+        "CREATE",
+        "INTERRUPT",
+        "BMAP",
+        "DESTROY",
+        "IOCTL",
+        "POLL",
+        "NOTIFY_REPLY",
+        "BATCH_FORGET",
+        "FALLOCATE",
+        "READDIRPLUS",
+        "RENAME2",
+        "LSEEK",
+        "COPY_FILE_RANGE",
+        "SETUPMAPPING",
+        "REMOVEMAPPING",
+        "SYNCFS",
+        "TMPFILE",
     ];
     NAMES
         .get(op as usize)
@@ -286,9 +331,10 @@ fn process_queue_counted<M: GuestMemory, F: FileSystem + Sync>(
                     .and_then(|r| r.read_obj::<InHeader>().ok())
                     .map_or(0, |h| h.opcode);
                 if opcode == 39 {
-                    if let Some(io) = r.as_mut().and_then(|r| {
-                        r.read_obj::<fuse_backend_rs::abi::fuse_abi::IoctlIn>().ok()
-                    }) {
+                    if let Some(io) = r
+                        .as_mut()
+                        .and_then(|r| r.read_obj::<fuse_backend_rs::abi::fuse_abi::IoctlIn>().ok())
+                    {
                         *st.ioctls.entry(io.cmd).or_default() += 1;
                     }
                 }

@@ -250,7 +250,9 @@ impl<F: FileSystem> FileSystem for ShareFs<F> {
         match self.inner.lookup(ctx, parent, name) {
             // Node id 0 with a timeout: "no such entry", cached (FUSE's
             // negative entry; the kernel answers ENOENT meanwhile).
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !self.negative_timeout.is_zero() => {
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOENT) && !self.negative_timeout.is_zero() =>
+            {
                 Ok(Entry {
                     inode: 0,
                     generation: 0,
