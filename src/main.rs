@@ -14,6 +14,7 @@ use std::path::PathBuf;
 #[command(
     name = "berth",
     version,
+    long_version = stage0::version::long(),
     about = "Run a command or service in a sandbox: Linux namespaces (--stage1=ns) or a KVM microVM (--stage1=kvm)"
 )]
 pub struct Cli {
@@ -40,6 +41,19 @@ enum Command {
     Create(Box<cli::create::CreateArgs>),
     /// Start a created (or stopped) pod in the background.
     Start(cli::start::StartArgs),
+    /// A pod's state and, for a service pod, its units' states.
+    Status(cli::status::StatusArgs),
+    /// A service pod's journal (-u: one unit's), or a command pod's output.
+    Logs(cli::logs::LogsArgs),
+    /// An interactive root shell in a running pod (^] detaches).
+    Connect(cli::connect::ConnectArgs),
+    /// Reload a running service pod's units.
+    Reload(cli::reload::ReloadArgs),
+    /// Print a shell completion script (bash, zsh, fish...).
+    Completion(cli::docs::CompletionArgs),
+    /// Write the man pages (berth.1, berth-VERB.1) into DIR.
+    #[command(hide = true)]
+    GenerateManpages(cli::docs::ManArgs),
     /// Run a command inside a running pod.
     Exec(cli::exec::ExecArgs),
     /// Stop a running pod.
@@ -52,6 +66,8 @@ enum Command {
     Rm(cli::rm::RmArgs),
     /// Remove the state of pods that are no longer running.
     Gc,
+    /// The host network of --net private: bridge, nft tables, leases.
+    Network(cli::network::NetworkArgs),
 }
 
 fn main() {
@@ -101,12 +117,19 @@ fn main() {
         Command::Run(a) => cli::run::run(&store, *a, &listen),
         Command::Create(a) => cli::create::create(&store, *a),
         Command::Start(a) => cli::start::start(&store, a),
+        Command::Status(a) => cli::status::status(&store, a),
+        Command::Logs(a) => cli::logs::logs(&store, a),
+        Command::Connect(a) => cli::connect::connect(&store, a),
+        Command::Reload(a) => cli::reload::reload(&store, a),
+        Command::Completion(a) => cli::docs::completion(a),
+        Command::GenerateManpages(a) => cli::docs::manpages(a),
         Command::Exec(a) => cli::exec::exec(&store, a),
         Command::Stop(a) => cli::stop::stop(&store, a),
         Command::List(a) => cli::list::list(&store, a),
         Command::Inspect(a) => cli::inspect::inspect(&store, a),
         Command::Rm(a) => cli::rm::rm(&store, a),
         Command::Gc => cli::gc::gc(&store),
+        Command::Network(a) => cli::network::network(&store, a),
     };
     berth_spec::exit_with(result)
 }

@@ -1170,6 +1170,14 @@ fn nft_table(t: &str) -> Option<String> {
     o.status.success().then(|| stdout(&o))
 }
 
+fn nft_bridge_table(t: &str) -> Option<String> {
+    let o = std::process::Command::new("nft")
+        .args(["-j", "list", "table", "bridge", t])
+        .output()
+        .unwrap();
+    o.status.success().then(|| stdout(&o))
+}
+
 /// Some free UDP port on the host.
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -1329,10 +1337,16 @@ fn net_concurrent_pods_get_distinct_addresses() {
         for a in &addrs {
             assert!(a.starts_with(&e.net.prefix) && a.ends_with("/24"), "{a}");
         }
-        assert!(
-            !links().contains(&e.net.bridge),
-            "last pod gone: bridge removed"
-        );
+        // The bridge and tables stay for the next pod; `network rm`
+        // removes them.
+        assert!(links().contains(&e.net.bridge), "bridge kept");
+        let o = e.berth(&["network", "ls"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(stdout(&o).contains("set up"), "{}", stdout(&o));
+        let o = e.berth(&["network", "rm"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(!links().contains(&e.net.bridge), "bridge removed");
+        assert_eq!(nft_table(&e.net.nft_table), None, "table removed");
     });
 }
 
@@ -1365,7 +1379,10 @@ fn net_cleanup_after_stop_and_after_kill9_and_gc() {
                 ]),
             );
             let info = inspect(&e, name);
-            let uuid = info["spec"]["uuid"].as_str().unwrap().to_string();
+            let mac = info["spec"]["network"]["private"]["mac"]
+                .as_str()
+                .unwrap()
+                .to_string();
             let host_if = info["host_interface"].as_str().unwrap().to_string();
             let addr = info["address"].as_str().unwrap().to_string();
             // A veth shows as `NAME@peer:`, a tap as `NAME:`.
@@ -1375,8 +1392,17 @@ fn net_cleanup_after_stop_and_after_kill9_and_gc() {
                 "{host_if} exists"
             );
             assert!(leases.join(&addr).exists());
-            let rules = nft_table(&e.net.nft_table).expect("berth's table exists");
-            assert_eq!(rules.matches(&uuid).count(), 2, "two port rules: {rules}");
+            // Its elements: host interface bound to MAC and address in the
+            // bridge table, the two published ports in the ip table's maps.
+            let ports = nft_table(&e.net.nft_table).expect("berth's table exists");
+            assert_eq!(
+                ports.matches(&addr).count(),
+                2,
+                "two port elements: {ports}"
+            );
+            let spoof = nft_bridge_table(&e.net.nft_table).expect("bridge table");
+            assert_eq!(spoof.matches(&host_if).count(), 2, "{spoof}");
+            assert!(spoof.contains(&mac), "{spoof}");
             if kill {
                 let pod = e.root.path().join("pods").join(name);
                 let stage1 = stage1_of(&pod).expect("the pod's stage1 process");
@@ -1399,13 +1425,108 @@ fn net_cleanup_after_stop_and_after_kill9_and_gc() {
                 "{host_if} left behind after {name}"
             );
             assert!(!leases.join(&addr).exists(), "lease left after {name}");
-            // It was the only pod: berth's table and bridge are gone too.
-            assert_eq!(
-                nft_table(&e.net.nft_table),
-                None,
-                "nft table left after {name}"
+            // Its elements are gone; the tables and the bridge stay.
+            let ports = nft_table(&e.net.nft_table).expect("table kept");
+            assert!(
+                !ports.contains(&addr),
+                "port elements left after {name}: {ports}"
             );
-            assert!(!links().contains(&e.net.bridge), "bridge left after {name}");
+            let spoof = nft_bridge_table(&e.net.nft_table).expect("bridge table kept");
+            assert!(
+                !spoof.contains(&host_if),
+                "elements left after {name}: {spoof}"
+            );
+            assert!(links().contains(&e.net.bridge), "bridge kept after {name}");
         }
+        ok(&format!(
+            "removed bridge {} and nft tables ip/bridge {}\n",
+            e.net.bridge, e.net.nft_table
+        ))
+        .check("network rm", &e.berth(&["network", "rm"]));
+        assert_eq!(nft_table(&e.net.nft_table), None, "table left");
+        assert_eq!(nft_bridge_table(&e.net.nft_table), None, "table left");
+        assert!(!links().contains(&e.net.bridge), "bridge left");
+    });
+}
+
+#[test]
+fn net_a_pod_cannot_take_over_another_pods_address() {
+    each_stage1("net-spoof", |s| {
+        let e = Env::new();
+        let img = common::busybox().to_string_lossy().into_owned();
+        let gw = e.net.gateway();
+        ok("victim\n").check(
+            "run -d victim",
+            &e.berth(&[
+                "run", "-d", "--name", "victim", "--stage1", s, "--rootfs", &img, "--", "sleep",
+                "1000",
+            ]),
+        );
+        let info = inspect(&e, "victim");
+        let victim = info["address"].as_str().unwrap().to_string();
+        let victim_mac = info["spec"]["network"]["private"]["mac"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // The host learns the victim's MAC (ARP from the host's side).
+        wait_for("the victim to answer ping", || {
+            std::process::Command::new("ping")
+                .args(["-c1", "-W2", &victim])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|st| st.success())
+        });
+        let neigh = || {
+            stdout(
+                &std::process::Command::new("ip")
+                    .args(["neigh", "show", &victim, "dev", &e.net.bridge])
+                    .output()
+                    .unwrap(),
+            )
+        };
+        assert!(neigh().contains(&victim_mac), "{}", neigh());
+        // An attacker with every network capability: the victim's address on
+        // its own interface, gratuitous ARP claiming it (after the host's
+        // neighbour lock time), IPv4 from it; its own address still works.
+        let script = format!(
+            "cat /sys/class/net/eth0/address; \
+             ip addr add {victim}/24 dev eth0 && echo added; sleep 2; \
+             arping -U -c 3 -I eth0 {victim} >/dev/null 2>&1; echo arped; \
+             if ping -c1 -W2 -I {victim} {gw} >/dev/null 2>&1; then echo spoofed-ping-answered; \
+             else echo spoofed-ping-dropped; fi; \
+             ping -c1 -W5 {gw} >/dev/null && echo own-ping-ok"
+        );
+        let o = e.run(
+            s,
+            &["--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW"],
+            &["sh", "-c", &script],
+        );
+        let out = stdout(&o);
+        let (attacker_mac, rest) = out.split_once('\n').unwrap_or(("", ""));
+        assert_eq!(
+            (o.status.code(), rest),
+            (Some(0), "added\narped\nspoofed-ping-dropped\nown-ping-ok\n"),
+            "attacker pod: {}",
+            stderr(&o)
+        );
+        assert_ne!(attacker_mac, victim_mac);
+        let all = stdout(
+            &std::process::Command::new("ip")
+                .args(["neigh", "show", "dev", &e.net.bridge])
+                .output()
+                .unwrap(),
+        );
+        // The host never took the attacker for the victim (its entry may
+        // have aged out meanwhile, but not changed hands).
+        assert!(
+            !neigh().contains(attacker_mac),
+            "the host's neighbour entry for the victim is the attacker's: {all}"
+        );
+        let drops = nft_bridge_table(&e.net.nft_table).expect("bridge table");
+        assert!(
+            !drops.contains(r#""counter": {"packets": 0,"#),
+            "the anti-spoofing chain dropped nothing: {drops}"
+        );
+        ok("").check("stop victim", &e.berth(&["stop", "victim"]));
     });
 }

@@ -101,9 +101,17 @@ pub struct HostConfig {
     pub nft_table: String,
     /// Name servers for pods; `None` = the host's non-loopback ones.
     pub dns: Option<Vec<Ipv4Addr>>,
+    /// `--private-users`: the host ids pods' ranges are taken from
+    /// (`[users] pool = "FIRST-LAST"`), 65536 at a time.
+    pub user_pool: (u32, u32),
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }
+
+/// systemd-nspawn's `--private-users=pick` range (0x80000 … 0x6fffffff):
+/// above the usual `/etc/subuid` ranges, below the ids some tools treat
+/// as negative.
+pub const DEFAULT_USER_POOL: (u32, u32) = (0x0008_0000, 0x6fff_ffff);
 
 impl Default for HostConfig {
     fn default() -> Self {
@@ -112,6 +120,7 @@ impl Default for HostConfig {
             subnet: DEFAULT_SUBNET,
             nft_table: DEFAULT_NFT_TABLE.into(),
             dns: None,
+            user_pool: DEFAULT_USER_POOL,
             source: None,
         }
     }
@@ -122,6 +131,14 @@ impl Default for HostConfig {
 struct File {
     #[serde(default)]
     network: NetworkSection,
+    #[serde(default)]
+    users: UsersSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UsersSection {
+    pool: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -193,6 +210,22 @@ impl HostConfig {
             c.nft_table = t;
         }
         c.dns = f.network.dns;
+        if let Some(p) = f.users.pool {
+            let bad = || {
+                ParseError::Invalid(format!(
+                    "users pool {p:?} is not FIRST-LAST host ids (FIRST > 0, room for 65536 ids)"
+                ))
+            };
+            let (a, b) = p.split_once('-').ok_or_else(bad)?;
+            let (a, b): (u32, u32) = (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            );
+            if a == 0 || b < a || b - a < 65535 {
+                return Err(bad());
+            }
+            c.user_pool = (a, b);
+        }
         Ok(c)
     }
 

@@ -151,6 +151,23 @@ impl LeaseDir {
             .map_err(|source| LeaseError::Write { path, source })
     }
 
+    /// Does the lease on `address` belong to `uuid` (lock held)? An
+    /// unreadable lease file counts as the pod's, as in [`LeaseDir::remove`].
+    pub fn holds(&self, _lock: &NetLock, address: std::net::Ipv4Addr, uuid: &str) -> bool {
+        match std::fs::read_to_string(self.lease_file(address)) {
+            Ok(text) => serde_json::from_str::<Lease>(&text)
+                .map(|l| l.uuid == uuid)
+                .unwrap_or(true),
+            Err(_) => false,
+        }
+    }
+
+    /// Remove `<root>/net/leases` if it is empty (lock held); the lock file
+    /// stays, as others may be waiting on it.
+    pub fn remove_dir_if_empty(&self, _lock: &NetLock) {
+        let _ = std::fs::remove_dir(self.leases_dir());
+    }
+
     /// Remove the lease of `uuid` on `address` (lock held). Returns whether it
     /// existed. A lease on that address held by another pod is left alone.
     pub fn remove(

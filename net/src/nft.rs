@@ -1,30 +1,57 @@
-//! berth's nftables table (family `ip`, name from `berth.toml`), through the
-//! `nftables` crate: typed JSON objects, applied by `nft -j -f -` as one
-//! atomic transaction per call.
+//! berth's two nftables tables (both named by `nft_table` in `berth.toml`):
+//! created once per host set-up through the `nftables` crate (typed JSON
+//! objects, applied by `nft -j -f -` as one atomic transaction), with
+//! everything per pod held in sets and maps whose elements stage0 adds and
+//! removes over netlink ([`crate::nfnl`], no `nft` process):
 //!
 //! ```text
-//! table ip berth {
-//!   chain prerouting  { type nat hook prerouting priority dstnat; fib daddr type local jump ports }
+//! table ip berth {                       # NAT and published ports
+//!   map port_addr { type inet_proto . inet_service : ipv4_addr }     # tcp . 18080 : 10.88.0.2
+//!   map port_port { type inet_proto . inet_service : inet_service }  # tcp . 18080 : 80
+//!   chain prerouting  { type nat hook prerouting priority dstnat;
+//!                       fib daddr type local
+//!                       dnat to meta l4proto . th dport map @port_addr : meta l4proto . th dport map @port_port }
 //!   chain output      { type nat hook output priority dstnat;
-//!                       ip daddr != 127.0.0.0/8 fib daddr type local jump ports }
-//!   chain ports       { tcp dport 18080 dnat ip to 10.88.0.2:80 comment "<pod uuid>" ... }
+//!                       ip daddr != 127.0.0.0/8 fib daddr type local dnat to (the same) }
 //!   chain postrouting { type nat hook postrouting priority srcnat;
 //!                       ip saddr 10.88.0.0/16 ip daddr != 10.88.0.0/16 masquerade
 //!                       ip saddr 10.88.0.0/16 ct status dnat masquerade }   # hairpin
 //! }
+//! table bridge berth {                   # anti-spoofing on the pods' bridge ports
+//!   set ports { type ifname }                                  # "bv0b9f3c2e6a1d"
+//!   set pods  { type ifname . ether_addr . ipv4_addr }         # "bv…" . 02:0b:9f:3c:2e:6a . 10.88.0.2
+//!   chain prerouting { type filter hook prerouting priority -400; policy accept;
+//!     iifname != @ports accept                                 # not a port of ours
+//!     ether type ip iifname . ether saddr . ip saddr @pods accept  # IPv4 from its own MAC and address
+//!     arp htype 1 arp ptype 0x0800 arp hlen 6 arp plen 4
+//!       iifname . ether saddr . arp saddr ip @pods
+//!       iifname . arp saddr ether . arp saddr ip @pods accept  # ARP about itself
+//!     counter drop                                             # anything else from a pod port
+//!   }
+//! }
 //! ```
 //!
-//! Port rules carry the pod's uuid as their comment, so a pod's rules are
-//! found (and deleted by handle) without any other state.
+//! A map lookup that finds nothing ends the rule, so traffic to an
+//! unpublished port is not translated. The bridge chain sees every frame a
+//! pod (ns veth end `bv…` or kvm tap `bt…`) sends into any bridge, before
+//! the bridge forwards or delivers it: a frame whose source MAC is not the
+//! pod's, IPv4 from another source address, ARP whose sender MAC or IP is
+//! not the pod's, and every other ethertype (IPv6 — pods get no IPv6
+//! configuration, and dropping it stops router advertisements and
+//! neighbour-discovery spoofing between pods —, VLAN tags, STP, …) are
+//! dropped. Ports of the bridge that are not pods (not in `@ports`) are left
+//! alone, as are other bridges.
 
 use crate::config::Subnet;
-use berth_spec::{PortMapping, Protocol};
+use crate::nfnl::{Element, Family};
+use berth_spec::{PrivateNetwork, Protocol};
 use nftables::batch::Batch;
 use nftables::expr::{
-    Expression, Fib, FibFlag, FibResult, NamedExpression, Payload, PayloadField, Prefix, CT,
+    Expression, Fib, FibFlag, FibResult, Map, Meta, MetaKey, NamedExpression, Payload,
+    PayloadField, Prefix, CT,
 };
-use nftables::schema::{Chain, NfListObject, Rule, Table};
-use nftables::stmt::{JumpTarget, Match, NATFamily, Operator, Statement, NAT};
+use nftables::schema::{Chain, NfListObject, Rule, Set, SetTypeValue, Table};
+use nftables::stmt::{Match, NATFamily, Operator, Statement, NAT};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use std::borrow::Cow;
 use std::net::Ipv4Addr;
@@ -37,50 +64,61 @@ pub enum NftError {
         #[source]
         source: Box<nftables::helper::NftablesError>,
     },
-    #[error("cannot list nft table {table}")]
-    List {
-        table: String,
-        #[source]
-        source: Box<nftables::helper::NftablesError>,
-    },
+    #[error("mac address {0:?} is not valid")]
+    Mac(String),
 }
 
-const PORTS: &str = "ports";
-const FAMILY: NfFamily = NfFamily::IP;
+/// Map of published (protocol, host port) to the pod's address.
+pub const PORT_ADDR: &str = "port_addr";
+/// Map of published (protocol, host port) to the pod's port.
+pub const PORT_PORT: &str = "port_port";
+/// Set of the pods' host-side interfaces.
+pub const PORTS: &str = "ports";
+/// Set of (host-side interface, MAC, IPv4 address), one per pod.
+pub const PODS: &str = "pods";
+/// Priority of the anti-spoofing chain: before the bridge's own filter
+/// (-200), dnat (-300) and conntrack hooks.
+const BRIDGE_PRIO: i32 = -400;
 
-fn table(name: &str) -> NfListObject<'static> {
+fn table(family: NfFamily, name: &str) -> NfListObject<'static> {
     NfListObject::Table(Table {
-        family: FAMILY,
+        family,
         name: Cow::Owned(name.to_string()),
         handle: None,
     })
 }
 
-fn chain(t: &str, name: &str, hook: Option<(NfHook, i32)>) -> NfListObject<'static> {
+fn chain(
+    family: NfFamily,
+    t: &str,
+    name: &str,
+    ty: NfChainType,
+    hook: NfHook,
+    prio: i32,
+) -> NfListObject<'static> {
     NfListObject::Chain(Chain {
-        family: FAMILY,
+        family,
         table: Cow::Owned(t.to_string()),
         name: Cow::Owned(name.to_string()),
-        _type: hook.map(|_| NfChainType::NAT),
-        hook: hook.map(|(h, _)| h),
-        prio: hook.map(|(_, p)| p),
-        policy: hook.map(|_| NfChainPolicy::Accept),
+        _type: Some(ty),
+        hook: Some(hook),
+        prio: Some(prio),
+        policy: Some(NfChainPolicy::Accept),
         ..Chain::default()
     })
 }
 
 fn rule(
+    family: NfFamily,
     t: &str,
     chain: &str,
     expr: Vec<Statement<'static>>,
-    comment: Option<&str>,
 ) -> NfListObject<'static> {
     NfListObject::Rule(Rule {
-        family: FAMILY,
+        family,
         table: Cow::Owned(t.to_string()),
         chain: Cow::Owned(chain.to_string()),
         expr: Cow::Owned(expr),
-        comment: comment.map(|c| Cow::Owned(c.to_string())),
         ..Rule::default()
     })
 }
@@ -92,6 +130,22 @@ fn field(protocol: &'static str, f: &'static str) -> Expression<'static> {
             field: Cow::Borrowed(f),
         },
     )))
+}
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn concat(parts: Vec<Expression<'static>>) -> Expression<'static> {
+    Expression::Named(NamedExpression::Concat(parts))
+}
+
+fn set_ref(name: &str) -> Expression<'static> {
+    Expression::String(Cow::Owned(format!("@{name}")))
+}
+
+fn s(v: impl ToString) -> Expression<'static> {
+    Expression::String(Cow::Owned(v.to_string()))
 }
 
 fn matches(
@@ -120,75 +174,138 @@ fn daddr_is_local() -> Statement<'static> {
     )
 }
 
-fn jump_ports() -> Statement<'static> {
-    Statement::Jump(JumpTarget {
-        target: Cow::Borrowed(PORTS),
-    })
+/// `dnat to meta l4proto . th dport map @port_addr : meta l4proto . th dport map @port_port`
+fn dnat_published() -> Statement<'static> {
+    let key = || concat(vec![meta(MetaKey::L4proto), field("th", "dport")]);
+    let lookup = |m: &str| {
+        Expression::Named(NamedExpression::Map(Box::new(Map {
+            key: key(),
+            data: set_ref(m),
+        })))
+    };
+    Statement::DNAT(Some(NAT {
+        addr: Some(lookup(PORT_ADDR)),
+        family: Some(NATFamily::IP),
+        port: Some(lookup(PORT_PORT)),
+        flags: None,
+    }))
 }
 
-fn apply(batch: Batch<'_>, what: impl Into<String>) -> Result<(), NftError> {
-    nftables::helper::apply_ruleset(&batch.to_nftables()).map_err(|source| NftError::Apply {
-        what: what.into(),
-        source: Box::new(source),
-    })
-}
-
-fn port_rules(
+fn set(
+    family: NfFamily,
     t: &str,
-    uuid: &str,
-    address: Ipv4Addr,
-    ports: &[PortMapping],
-    b: &mut Batch<'static>,
-) {
-    for p in ports {
-        let proto = match p.protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        };
-        b.add(rule(
-            t,
-            PORTS,
-            vec![
-                matches(
-                    field(proto, "dport"),
-                    Operator::EQ,
-                    Expression::Number(u32::from(p.host_port)),
-                ),
-                Statement::DNAT(Some(NAT {
-                    addr: Some(Expression::String(Cow::Owned(address.to_string()))),
-                    family: Some(NATFamily::IP),
-                    port: Some(Expression::Number(u32::from(p.pod_port))),
-                    flags: None,
-                })),
-            ],
-            Some(uuid),
-        ));
+    name: &str,
+    ty: SetTypeValue<'static>,
+    map: Option<SetTypeValue<'static>>,
+) -> NfListObject<'static> {
+    match map {
+        None => NfListObject::Set(Box::new(Set {
+            family,
+            table: Cow::Owned(t.to_string()),
+            name: Cow::Owned(name.to_string()),
+            handle: None,
+            set_type: ty,
+            policy: None,
+            flags: None,
+            elem: None,
+            timeout: None,
+            gc_interval: None,
+            size: None,
+            comment: None,
+        })),
+        Some(data) => NfListObject::Map(Box::new(nftables::schema::Map {
+            family,
+            table: Cow::Owned(t.to_string()),
+            name: Cow::Owned(name.to_string()),
+            handle: None,
+            set_type: ty,
+            map: data,
+            policy: None,
+            flags: None,
+            elem: None,
+            timeout: None,
+            gc_interval: None,
+            size: None,
+            comment: None,
+        })),
     }
 }
 
-/// (Re)create the whole table for `subnet` in one transaction, with the port
-/// rules of one pod (the first one) included.
-pub fn create_table(
+fn element(
+    family: NfFamily,
     t: &str,
-    subnet: Subnet,
-    first_pod: Option<(&str, Ipv4Addr, &[PortMapping])>,
-) -> Result<(), NftError> {
-    let mut b = Batch::new();
+    name: &str,
+    elem: Expression<'static>,
+) -> NfListObject<'static> {
+    NfListObject::Element(nftables::schema::Element {
+        family,
+        table: Cow::Owned(t.to_string()),
+        name: Cow::Owned(name.to_string()),
+        elem: Cow::Owned(vec![elem]),
+    })
+}
+
+fn proto_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+fn ip_table(t: &str, subnet: Subnet, pods: &[&PrivateNetwork], b: &mut Batch<'static>) {
+    use nftables::schema::SetType as T;
+    let f = NfFamily::IP;
     // "add; delete; add" makes this idempotent: a leftover table is replaced.
-    b.add(table(t));
-    b.delete(table(t));
-    b.add(table(t));
-    b.add(chain(t, "prerouting", Some((NfHook::Prerouting, -100))));
-    b.add(chain(t, "output", Some((NfHook::Output, -100))));
-    b.add(chain(t, "postrouting", Some((NfHook::Postrouting, 100))));
-    b.add(chain(t, PORTS, None));
-    b.add(rule(
+    b.add(table(f, t));
+    b.delete(table(f, t));
+    b.add(table(f, t));
+    let key = || SetTypeValue::Concatenated(Cow::Owned(vec![T::InetProto, T::InetService]));
+    b.add(set(
+        f,
+        t,
+        PORT_ADDR,
+        key(),
+        Some(SetTypeValue::Single(T::Ipv4Addr)),
+    ));
+    b.add(set(
+        f,
+        t,
+        PORT_PORT,
+        key(),
+        Some(SetTypeValue::Single(T::InetService)),
+    ));
+    b.add(chain(
+        f,
         t,
         "prerouting",
-        vec![daddr_is_local(), jump_ports()],
-        None,
+        NfChainType::NAT,
+        NfHook::Prerouting,
+        -100,
+    ));
+    b.add(chain(
+        f,
+        t,
+        "output",
+        NfChainType::NAT,
+        NfHook::Output,
+        -100,
+    ));
+    b.add(chain(
+        f,
+        t,
+        "postrouting",
+        NfChainType::NAT,
+        NfHook::Postrouting,
+        100,
     ));
     b.add(rule(
+        f,
+        t,
+        "prerouting",
+        vec![daddr_is_local(), dnat_published()],
+    ));
+    b.add(rule(
+        f,
         t,
         "output",
         vec![
@@ -201,11 +318,11 @@ pub fn create_table(
                 }),
             ),
             daddr_is_local(),
-            jump_ports(),
+            dnat_published(),
         ],
-        None,
     ));
     b.add(rule(
+        f,
         t,
         "postrouting",
         vec![
@@ -213,11 +330,11 @@ pub fn create_table(
             matches(field("ip", "daddr"), Operator::NEQ, prefix(subnet)),
             Statement::Masquerade(None),
         ],
-        None,
     ));
     // A pod reaching another pod (or itself) through a published host port:
     // masquerade so the reply comes back through the host's conntrack.
     b.add(rule(
+        f,
         t,
         "postrouting",
         vec![
@@ -233,130 +350,297 @@ pub fn create_table(
             ),
             Statement::Masquerade(None),
         ],
+    ));
+    for net in pods {
+        for p in &net.ports {
+            let k = || {
+                concat(vec![
+                    s(proto_name(p.protocol)),
+                    Expression::Number(u32::from(p.host_port)),
+                ])
+            };
+            b.add(element(
+                f,
+                t,
+                PORT_ADDR,
+                Expression::List(vec![k(), s(net.address)]),
+            ));
+            b.add(element(
+                f,
+                t,
+                PORT_PORT,
+                Expression::List(vec![k(), Expression::Number(u32::from(p.pod_port))]),
+            ));
+        }
+    }
+}
+
+fn bridge_table(t: &str, pods: &[&PrivateNetwork], b: &mut Batch<'static>) {
+    use nftables::schema::SetType as T;
+    let f = NfFamily::Bridge;
+    b.add(table(f, t));
+    b.delete(table(f, t));
+    b.add(table(f, t));
+    b.add(set(f, t, PORTS, SetTypeValue::Single(T::Ifname), None));
+    b.add(set(
+        f,
+        t,
+        PODS,
+        SetTypeValue::Concatenated(Cow::Owned(vec![T::Ifname, T::EtherAddr, T::Ipv4Addr])),
         None,
     ));
-    if let Some((uuid, address, ports)) = first_pod {
-        port_rules(t, uuid, address, ports, &mut b);
+    let c = "prerouting";
+    b.add(chain(
+        f,
+        t,
+        c,
+        NfChainType::Filter,
+        NfHook::Prerouting,
+        BRIDGE_PRIO,
+    ));
+    let iif = || meta(MetaKey::Iifname);
+    b.add(rule(
+        f,
+        t,
+        c,
+        vec![
+            matches(iif(), Operator::NEQ, set_ref(PORTS)),
+            Statement::Accept(None),
+        ],
+    ));
+    b.add(rule(
+        f,
+        t,
+        c,
+        vec![
+            // Explicitly the Ethernet type, not the (VLAN-untagged)
+            // skb protocol nft would test: a tagged frame must not pass.
+            matches(field("ether", "type"), Operator::EQ, s("ip")),
+            matches(
+                concat(vec![iif(), field("ether", "saddr"), field("ip", "saddr")]),
+                Operator::EQ,
+                set_ref(PODS),
+            ),
+            Statement::Accept(None),
+        ],
+    ));
+    let eq =
+        |fl: &'static str, v: u32| matches(field("arp", fl), Operator::EQ, Expression::Number(v));
+    b.add(rule(
+        f,
+        t,
+        c,
+        vec![
+            eq("htype", 1),
+            eq("ptype", 0x0800),
+            eq("hlen", 6),
+            eq("plen", 4),
+            matches(
+                concat(vec![
+                    iif(),
+                    field("ether", "saddr"),
+                    field("arp", "saddr ip"),
+                ]),
+                Operator::EQ,
+                set_ref(PODS),
+            ),
+            matches(
+                concat(vec![
+                    iif(),
+                    field("arp", "saddr ether"),
+                    field("arp", "saddr ip"),
+                ]),
+                Operator::EQ,
+                set_ref(PODS),
+            ),
+            Statement::Accept(None),
+        ],
+    ));
+    // Counted, so that `nft list table bridge …` shows what was dropped.
+    b.add(rule(
+        f,
+        t,
+        c,
+        vec![
+            Statement::Counter(nftables::stmt::Counter::Anonymous(None)),
+            Statement::Drop(None),
+        ],
+    ));
+    for net in pods {
+        b.add(element(f, t, PORTS, s(&net.host_ifname)));
+        b.add(element(
+            f,
+            t,
+            PODS,
+            concat(vec![s(&net.host_ifname), s(&net.mac), s(net.address)]),
+        ));
     }
-    apply(b, format!("create nft table ip {t}"))
 }
 
-/// Add one pod's port rules to the existing table.
-pub fn add_ports(
-    t: &str,
-    uuid: &str,
-    address: Ipv4Addr,
-    ports: &[PortMapping],
-) -> Result<(), NftError> {
-    if ports.is_empty() {
-        return Ok(());
-    }
+fn apply(batch: Batch<'_>, what: impl Into<String>) -> Result<(), NftError> {
+    nftables::helper::apply_ruleset(&batch.to_nftables()).map_err(|source| NftError::Apply {
+        what: what.into(),
+        source: Box::new(source),
+    })
+}
+
+/// (Re)create both tables for `subnet` in one transaction, with the
+/// elements of `pods` (the live pods, when the tables are rebuilt under
+/// them).
+pub fn create(t: &str, subnet: Subnet, pods: &[&PrivateNetwork]) -> Result<(), NftError> {
     let mut b = Batch::new();
-    port_rules(t, uuid, address, ports, &mut b);
-    apply(b, format!("add port rules to nft table ip {t}"))
+    ip_table(t, subnet, pods, &mut b);
+    bridge_table(t, pods, &mut b);
+    apply(b, format!("create nft tables ip {t} and bridge {t}"))
 }
 
-/// Handles of the rules in chain `ports` whose comment is `uuid`; empty when
-/// the table does not exist.
-pub fn pod_rule_handles(t: &str, uuid: &str) -> Result<Vec<u32>, NftError> {
-    let out = match nftables::helper::get_current_ruleset_raw(
-        None::<&str>,
-        ["list", "chain", "ip", t, PORTS],
-    ) {
-        Ok(o) => o,
-        Err(nftables::helper::NftablesError::NftFailed { stderr, .. })
-            if stderr.contains("No such file or directory") =>
-        {
-            return Ok(Vec::new())
-        }
-        Err(source) => {
-            return Err(NftError::List {
-                table: t.into(),
-                source: Box::new(source),
-            })
-        }
+/// Delete both tables, if they exist.
+pub fn delete(t: &str) -> Result<(), NftError> {
+    let mut b = Batch::new();
+    for f in [NfFamily::IP, NfFamily::Bridge] {
+        b.add(table(f, t));
+        b.delete(table(f, t));
+    }
+    apply(b, format!("delete nft tables ip {t} and bridge {t}"))
+}
+
+fn mac_bytes(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// nft's encoding of an `ifname` key: the name, NUL-padded to IFNAMSIZ.
+fn ifname_key(name: &str) -> Vec<u8> {
+    let mut k = vec![0u8; libc::IFNAMSIZ];
+    let n = name.len().min(libc::IFNAMSIZ - 1);
+    k[..n].copy_from_slice(&name.as_bytes()[..n]);
+    k
+}
+
+/// Each field of a concatenation takes a whole number of 32-bit registers.
+fn pad4(mut v: Vec<u8>) -> Vec<u8> {
+    v.resize(v.len().div_ceil(4) * 4, 0);
+    v
+}
+
+/// The elements that make up one pod in the two tables: its host interface
+/// in `ports`, (interface, MAC, address) in `pods`, and for each published
+/// port one element in each port map.
+pub fn pod_elements(t: &str, net: &PrivateNetwork) -> Result<Vec<Element>, NftError> {
+    let mac = mac_bytes(&net.mac).ok_or_else(|| NftError::Mac(net.mac.clone()))?;
+    let el = |family, set: &str, key: Vec<u8>, data: Option<Vec<u8>>| Element {
+        family,
+        table: t.to_string(),
+        set: set.to_string(),
+        key,
+        data,
     };
-    Ok(handles_with_comment(&out, uuid))
-}
-
-fn handles_with_comment(json: &str, comment: &str) -> Vec<u32> {
-    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-    v.get("nftables")
-        .and_then(|a| a.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|o| o.get("rule"))
-                .filter(|r| r.get("comment").and_then(|c| c.as_str()) == Some(comment))
-                .filter_map(|r| r.get("handle").and_then(|h| h.as_u64()))
-                .filter_map(|h| u32::try_from(h).ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Delete every port rule of pod `uuid`. Idempotent.
-pub fn remove_ports(t: &str, uuid: &str) -> Result<(), NftError> {
-    let handles = pod_rule_handles(t, uuid)?;
-    if handles.is_empty() {
-        return Ok(());
+    let ifname = ifname_key(&net.host_ifname);
+    let mut key = ifname.clone();
+    key.extend(pad4(mac.to_vec()));
+    key.extend(net.address.octets());
+    let mut v = vec![
+        el(Family::Bridge, PORTS, ifname, None),
+        el(Family::Bridge, PODS, key, None),
+    ];
+    for p in &net.ports {
+        let proto = match p.protocol {
+            Protocol::Tcp => libc::IPPROTO_TCP as u8,
+            Protocol::Udp => libc::IPPROTO_UDP as u8,
+        };
+        let mut k = pad4(vec![proto]);
+        k.extend(pad4(p.host_port.to_be_bytes().to_vec()));
+        v.push(el(
+            Family::Ip,
+            PORT_ADDR,
+            k.clone(),
+            Some(net.address.octets().to_vec()),
+        ));
+        v.push(el(
+            Family::Ip,
+            PORT_PORT,
+            k,
+            Some(p.pod_port.to_be_bytes().to_vec()),
+        ));
     }
-    let mut b = Batch::new();
-    for h in handles {
-        b.delete(NfListObject::Rule(Rule {
-            family: FAMILY,
-            table: Cow::Owned(t.to_string()),
-            chain: Cow::Borrowed(PORTS),
-            handle: Some(h),
-            ..Rule::default()
-        }));
-    }
-    apply(
-        b,
-        format!("delete port rules of pod {uuid} from nft table ip {t}"),
-    )
-}
-
-/// Delete the table if it exists.
-pub fn delete_table(t: &str) -> Result<(), NftError> {
-    let mut b = Batch::new();
-    b.add(table(t));
-    b.delete(table(t));
-    apply(b, format!("delete nft table ip {t}"))
+    Ok(v)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_spec::PortMapping;
 
-    #[test]
-    fn finds_rules_by_comment() {
-        let json = r#"{"nftables": [{"metainfo": {}}, {"chain": {"name": "ports"}},
-            {"rule": {"chain": "ports", "handle": 7, "comment": "u1", "expr": []}},
-            {"rule": {"chain": "ports", "handle": 8, "comment": "u2", "expr": []}},
-            {"rule": {"chain": "ports", "handle": 9, "comment": "u1", "expr": []}}]}"#;
-        assert_eq!(handles_with_comment(json, "u1"), vec![7, 9]);
-        assert!(handles_with_comment("garbage", "u1").is_empty());
+    fn net() -> PrivateNetwork {
+        PrivateNetwork {
+            address: Ipv4Addr::new(10, 88, 0, 3),
+            prefix_len: 16,
+            gateway: Ipv4Addr::new(10, 88, 0, 1),
+            ifname: "eth0".into(),
+            mac: "02:01:02:03:04:06".into(),
+            bridge: "berth0".into(),
+            host_ifname: "bvx".into(),
+            nft_table: "berth".into(),
+            dns: vec![],
+            ports: vec![PortMapping {
+                host_port: 53,
+                pod_port: 5353,
+                protocol: Protocol::Udp,
+            }],
+        }
     }
 
     #[test]
-    fn table_batch_serializes() {
+    fn elements_are_encoded_like_nft() {
+        // From `nft --debug=netlink add element ...` (nft 1.0.6), which
+        // prints 32-bit words in host (little-endian) order:
+        //   pods:  00787662 00000000 00000000 00000000 03020102 00000604 0300580a
+        //   ports: 00787662 00000000 00000000 00000000
+        let words = |ws: &[u32]| ws.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>();
+        let e = pod_elements("berth", &net()).unwrap();
+        assert_eq!(e.len(), 4);
+        assert_eq!((e[0].family, e[0].set.as_str()), (Family::Bridge, PORTS));
+        assert_eq!(e[0].key, words(&[0x00787662, 0, 0, 0]));
+        assert_eq!(
+            e[1].key,
+            words(&[0x00787662, 0, 0, 0, 0x03020102, 0x00000604, 0x0300580a])
+        );
+        // udp . 53 : 10.88.0.3 and udp . 53 : 5353
+        //   port_addr: 00000011 00003500 : 0300580a
+        assert_eq!((e[2].family, e[2].set.as_str()), (Family::Ip, PORT_ADDR));
+        assert_eq!(e[2].key, words(&[0x00000011, 0x00003500]));
+        assert_eq!(e[2].data.as_deref(), Some(&[10, 88, 0, 3][..]));
+        assert_eq!(e[3].set, PORT_PORT);
+        assert_eq!(e[3].data.as_deref(), Some(&5353u16.to_be_bytes()[..]));
+        let mut bad = net();
+        bad.mac = "02:01".into();
+        assert!(pod_elements("berth", &bad).is_err());
+    }
+
+    #[test]
+    fn ruleset_serializes() {
+        let n = net();
         let mut b = Batch::new();
-        port_rules(
+        ip_table(
             "berth",
-            "u",
-            Ipv4Addr::new(10, 88, 0, 2),
-            &[PortMapping {
-                host_port: 18080,
-                pod_port: 80,
-                protocol: Protocol::Tcp,
-            }],
+            Subnet::parse("10.88.0.0/16").unwrap(),
+            &[&n],
             &mut b,
         );
+        bridge_table("berth", &[&n], &mut b);
         let j = serde_json::to_string(&b.to_nftables()).unwrap();
-        assert!(
-            j.contains(r#""dnat":{"addr":"10.88.0.2","family":"ip","port":80}"#),
-            "{j}"
-        );
-        assert!(j.contains(r#""comment":"u""#), "{j}");
+        for want in [
+            r#""map":{"key":{"concat":[{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}}]},"data":"@port_addr"}"#,
+            r#""elem":[[{"concat":["udp",53]},"10.88.0.3"]]"#,
+            r#""elem":[{"concat":["bvx","02:01:02:03:04:06","10.88.0.3"]}]"#,
+            r#"{"payload":{"protocol":"arp","field":"saddr ether"}}"#,
+            r#"{"drop":null}"#,
+        ] {
+            assert!(j.contains(want), "{want} not in {j}");
+        }
     }
 }

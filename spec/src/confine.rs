@@ -68,6 +68,21 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// The pod's policy: [`Policy::from_security`], with an OCI pod's own
+    /// seccomp profile (or none) in place of berth's filter.
+    pub fn from_spec(spec: &crate::PodSpec) -> Result<Policy, ConfineError> {
+        let mut p = Policy::from_security(&spec.security)?;
+        if let Some(o) = &spec.oci {
+            p.filters = match &o.seccomp {
+                Some(rules) => custom_filters(rules)?,
+                None => Vec::new(),
+            };
+        }
+        Ok(p)
+    }
+}
+
 /// Parse berth capability names (`net_raw`) into a set.
 pub fn parse_caps(names: &[String]) -> Result<CapsHashSet, ConfineError> {
     names
@@ -244,6 +259,114 @@ fn filters(allowed: &[i64], deny_newuser: bool) -> Result<Vec<BpfProgram>, Confi
     ])
 }
 
+/// Compile a caller's seccomp profile ([`crate::oci::SeccompRules`], the
+/// runtime-spec's `linux.seccomp`) with seccompiler. A profile gives each
+/// syscall (with argument conditions) an action and everything else the
+/// default; seccompiler's filters have one match action each, so the
+/// profile becomes one program per action other than the default (its
+/// syscalls, native and x32 numbers → that action, the rest allowed) and,
+/// unless the default is to allow, one program allowing every syscall the
+/// profile names (native numbers only) and giving the rest the default.
+/// The kernel runs every program and takes the most restrictive answer,
+/// which is the profile's. Names the running kernel's table does not know
+/// are skipped, as libseccomp does.
+pub fn custom_filters(p: &crate::oci::SeccompRules) -> Result<Vec<BpfProgram>, ConfineError> {
+    use crate::oci::{SeccompAction as A, SeccompOp};
+    let action = |a: A, errno: Option<u32>| match a {
+        A::Allow => SeccompAction::Allow,
+        A::Errno => SeccompAction::Errno(errno.unwrap_or(libc::EPERM as u32)),
+        A::KillThread => SeccompAction::KillThread,
+        A::KillProcess => SeccompAction::KillProcess,
+        A::Trap => SeccompAction::Trap,
+        A::Log => SeccompAction::Log,
+    };
+    let default = action(p.default_action, p.default_errno);
+    let mut by_action: Vec<(SeccompAction, BTreeMap<i64, Vec<SeccompRule>>)> = Vec::new();
+    let mut allowed: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    // Adds `rule` (None: unconditional) for `nr`; an unconditional entry
+    // (an empty rule list) wins over conditional ones.
+    fn add(map: &mut BTreeMap<i64, Vec<SeccompRule>>, nr: i64, rule: Option<&SeccompRule>) {
+        match (map.get_mut(&nr), rule) {
+            (Some(v), Some(r)) if !v.is_empty() => v.push(r.clone()),
+            (Some(_), Some(_)) => {}
+            (Some(v), None) => v.clear(),
+            (None, r) => {
+                map.insert(nr, r.into_iter().cloned().collect());
+            }
+        }
+    }
+    for r in &p.syscalls {
+        let act = action(r.action, r.errno);
+        if act == default {
+            continue;
+        }
+        let rule = if r.args.is_empty() {
+            None
+        } else {
+            let conds = r
+                .args
+                .iter()
+                .map(|a| {
+                    let op = match a.op {
+                        SeccompOp::Ne => SeccompCmpOp::Ne,
+                        SeccompOp::Lt => SeccompCmpOp::Lt,
+                        SeccompOp::Le => SeccompCmpOp::Le,
+                        SeccompOp::Eq => SeccompCmpOp::Eq,
+                        SeccompOp::Ge => SeccompCmpOp::Ge,
+                        SeccompOp::Gt => SeccompCmpOp::Gt,
+                        SeccompOp::MaskedEq => SeccompCmpOp::MaskedEq(a.value),
+                    };
+                    let value = if a.op == SeccompOp::MaskedEq {
+                        a.value_two
+                    } else {
+                        a.value
+                    };
+                    SeccompCondition::new(a.index, SeccompCmpArgLen::Qword, op, value)
+                        .map_err(ConfineError::SeccompBuild)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(SeccompRule::new(conds).map_err(ConfineError::SeccompBuild)?)
+        };
+        let nrs: Vec<i64> = r
+            .names
+            .iter()
+            .filter_map(|n| n.parse::<syscalls::Sysno>().ok())
+            .map(|s| s.id() as i64)
+            .collect();
+        if act != SeccompAction::Allow {
+            let slot = match by_action.iter().position(|(a, _)| *a == act) {
+                Some(i) => i,
+                None => {
+                    by_action.push((act.clone(), BTreeMap::new()));
+                    by_action.len() - 1
+                }
+            };
+            for &nr in &nrs {
+                add(&mut by_action[slot].1, nr, rule.as_ref());
+                add(&mut by_action[slot].1, nr | X32_SYSCALL_BIT, rule.as_ref());
+            }
+        }
+        for &nr in &nrs {
+            add(&mut allowed, nr, rule.as_ref());
+        }
+    }
+    let program = |rules, mismatch, matched| {
+        SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
+            .and_then(BpfProgram::try_from)
+            .map_err(ConfineError::SeccompBuild)
+    };
+    let mut out = Vec::new();
+    for (act, rules) in by_action {
+        if !rules.is_empty() {
+            out.push(program(rules, SeccompAction::Allow, act)?);
+        }
+    }
+    if default != SeccompAction::Allow {
+        out.push(program(allowed, default, SeccompAction::Allow)?);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +404,53 @@ mod tests {
         assert_eq!(f.len(), 2);
         // The deny list compiles to a linear program well within BPF's limit.
         assert!(f[0].len() < 1024, "filter has {} instructions", f[0].len());
+    }
+
+    #[test]
+    fn custom_profiles_compile() {
+        use crate::oci::{SeccompAction as A, SeccompArg, SeccompOp, SeccompRules, SyscallRule};
+        let p = SeccompRules {
+            default_action: A::Errno,
+            default_errno: Some(1),
+            syscalls: vec![
+                SyscallRule {
+                    names: vec!["read".into(), "write".into(), "no_such_call".into()],
+                    action: A::Allow,
+                    errno: None,
+                    args: vec![],
+                },
+                SyscallRule {
+                    names: vec!["personality".into()],
+                    action: A::Allow,
+                    errno: None,
+                    args: vec![SeccompArg {
+                        index: 0,
+                        value: 8,
+                        value_two: 0,
+                        op: SeccompOp::Eq,
+                    }],
+                },
+                SyscallRule {
+                    names: vec!["clone3".into()],
+                    action: A::Errno,
+                    errno: Some(38),
+                    args: vec![],
+                },
+            ],
+        };
+        // ENOSYS for clone3, then the allow-list with EPERM for the rest.
+        assert_eq!(custom_filters(&p).unwrap().len(), 2);
+        let allow_all = SeccompRules {
+            default_action: A::Allow,
+            default_errno: None,
+            syscalls: vec![SyscallRule {
+                names: vec!["mkdir".into()],
+                action: A::Errno,
+                errno: None,
+                args: vec![],
+            }],
+        };
+        assert_eq!(custom_filters(&allow_all).unwrap().len(), 1);
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! Sequence:
 //!
 //! ```text
+//! stage1 → init   mapped       + fds    (user namespace only, first) the id maps are
+//!                                       written; the fds are the idmapped mounts of the
+//!                                       image, the layers and the volumes, in spec order
 //! stage1 → init   go                    init is in the pod's cgroup, its network plugged in
 //! init → stage1   tty          + fd     (only with a terminal) the pty master
 //! init → stage1   ok                    the app was exec'd
@@ -20,6 +23,9 @@
 pub enum InitMessage {
     /// stage1 → init: continue, the cgroup and network are in place.
     Go,
+    /// stage1 → init: the user namespace's maps are written; the idmapped
+    /// mounts travel with this message.
+    Mapped,
     /// init → stage1: the pty master travels with this message.
     Tty,
     /// init → stage1: the app runs.
@@ -41,6 +47,7 @@ impl InitMessage {
     pub fn encode(&self) -> Vec<u8> {
         let s = match self {
             InitMessage::Go => "go".to_string(),
+            InitMessage::Mapped => "mapped".to_string(),
             InitMessage::Tty => "tty".to_string(),
             InitMessage::Started => "ok".to_string(),
             InitMessage::Failed { code, message } => {
@@ -63,6 +70,7 @@ impl InitMessage {
         let bad = || InitMessageError(s.chars().take(80).collect());
         match s.as_ref() {
             "go" => return Ok(InitMessage::Go),
+            "mapped" => return Ok(InitMessage::Mapped),
             "tty" => return Ok(InitMessage::Tty),
             "ok" => return Ok(InitMessage::Started),
             _ => {}
@@ -85,6 +93,7 @@ mod tests {
     fn round_trips() {
         for m in [
             InitMessage::Go,
+            InitMessage::Mapped,
             InitMessage::Tty,
             InitMessage::Started,
             InitMessage::Failed {

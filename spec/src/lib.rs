@@ -14,12 +14,17 @@ pub mod cgroup;
 pub mod confine;
 #[cfg(feature = "stage1")]
 pub mod disk;
+#[cfg(feature = "stage1")]
+pub mod idmap;
 #[cfg(feature = "cli")]
 pub mod stage1_cli;
+#[cfg(feature = "stage1")]
+pub mod systemd;
 #[cfg(feature = "cli")]
 pub use stage1_cli::exit_with;
 pub mod control;
 pub mod init_msg;
+pub mod oci;
 pub mod report;
 pub mod service;
 pub mod state;
@@ -170,6 +175,11 @@ pub struct PodSpec {
     /// only these units (see [`Service`]). `None`: a command pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<Service>,
+    /// A pod made by an OCI runtime front-end (`berth-oci`): the hand-off
+    /// of `create`/`start` and the OCI settings berth has no flag for (see
+    /// [`oci::OciSettings`]). `None`: an ordinary pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<oci::OciSettings>,
 }
 
 /// A service pod (`berth create -u UNIT…`): the app is systemd, booted
@@ -568,6 +578,56 @@ pub struct Security {
     pub seccomp_profile: SeccompProfile,
     /// Set `PR_SET_NO_NEW_PRIVS`.
     pub no_new_privileges: bool,
+    /// A user namespace: root in the pod is `host_uid` on the host
+    /// (`--user-remap`, `--private-users`). `None`: root is root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<UserNamespace>,
+}
+
+/// The pod's id mapping: ids `0 .. count` in the pod are `host_uid ..` and
+/// `host_gid ..` on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserNamespace {
+    pub host_uid: u32,
+    pub host_gid: u32,
+    pub count: u32,
+    /// Picked by berth from its pool (`--private-users`): the range is the
+    /// pod's until it is removed.
+    #[serde(default)]
+    pub private: bool,
+}
+
+impl UserNamespace {
+    /// `uid_map`/`gid_map` contents.
+    pub fn uid_map(&self) -> String {
+        format!("0 {} {}\n", self.host_uid, self.count)
+    }
+    pub fn gid_map(&self) -> String {
+        format!("0 {} {}\n", self.host_gid, self.count)
+    }
+
+    /// Check the numbers: a non-empty range that fits in 32 bits, and not
+    /// the host's root.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.count == 0 {
+            return Err("a user namespace maps at least one id (COUNT > 0)".into());
+        }
+        for (what, base) in [("uid", self.host_uid), ("gid", self.host_gid)] {
+            if u64::from(base) + u64::from(self.count) > u64::from(u32::MAX) {
+                return Err(format!(
+                    "host {what} {base} + {} ids go past 4294967295",
+                    self.count
+                ));
+            }
+            if base == 0 {
+                return Err(format!(
+                    "host {what} 0 would make the pod's root the host's"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The capability set kept by default: Docker's/Moby's default set without
@@ -664,6 +724,7 @@ impl Default for Security {
             seccomp: true,
             seccomp_profile: SeccompProfile::Default,
             no_new_privileges: true,
+            userns: None,
         }
     }
 }
@@ -685,6 +746,7 @@ impl Security {
             seccomp: true,
             seccomp_profile: SeccompProfile::Systemd,
             no_new_privileges: false,
+            userns: None,
         }
     }
 }
@@ -793,6 +855,7 @@ impl PodSpec {
             stdio: Stdio::default(),
             kvm: None,
             service: None,
+            oci: None,
         }
     }
 
@@ -944,11 +1007,23 @@ impl PodSpec {
         if self.resources.pids == Some(0) {
             return bad("pids limit must be greater than 0".into());
         }
+        if let Some(u) = &self.security.userns {
+            u.validate().map_err(SpecError::Invalid)?;
+            if self.network.mode == NetworkMode::Host {
+                return bad("a user namespace cannot share the host's network (--net host)".into());
+            }
+        }
         for c in &self.security.capabilities {
             if !c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') || c.is_empty() {
                 return bad(format!(
                     "capability {c:?} is not a lowercase capability name"
                 ));
+            }
+        }
+        if let Some(o) = &self.oci {
+            o.validate().map_err(SpecError::Invalid)?;
+            if self.service.is_some() {
+                return bad("an OCI pod cannot be a service pod".into());
             }
         }
         if self.kvm.is_some() {
@@ -1124,13 +1199,25 @@ impl PodDir {
     pub fn notify_socket(&self) -> PathBuf {
         self.0.join("notify.sock")
     }
+    /// kvm: the directory of the VMM's sockets (bound into its jail).
+    pub fn run_dir(&self) -> PathBuf {
+        self.0.join("run")
+    }
     /// Control socket for exec/stop (kvm).
     pub fn ctl_socket(&self) -> PathBuf {
-        self.0.join("ctl.sock")
+        self.run_dir().join("ctl.sock")
     }
-    /// Kernel and guest-init diagnostics (kvm).
+    /// kvm: the directory of the console log (bound into the VMM's jail).
+    pub fn log_dir(&self) -> PathBuf {
+        self.0.join("log")
+    }
+    /// Kernel and guest-init diagnostics (kvm), rotated to `console.log.1`.
     pub fn console_log(&self) -> PathBuf {
-        self.0.join("console.log")
+        self.log_dir().join("console.log")
+    }
+    /// kvm: the mount point of the VMM's jail.
+    pub fn jail_dir(&self) -> PathBuf {
+        self.0.join("jail")
     }
     /// stdout+stderr of a detached pod.
     pub fn app_log(&self) -> PathBuf {
@@ -1182,6 +1269,7 @@ mod tests {
             stdio: Stdio::default(),
             kvm: None,
             service: None,
+            oci: None,
         }
     }
 

@@ -48,6 +48,9 @@ pub struct ExecArgs {
     pub workdir: Option<String>,
     #[arg(short, long, value_name = "UID:GID")]
     pub user: Option<String>,
+    /// With -t: this byte on stdin (29 = ^]) detaches: the session hangs up.
+    #[arg(long, value_name = "BYTE")]
+    pub escape_byte: Option<u8>,
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
 }
@@ -60,6 +63,7 @@ pub struct ExecOptions {
     pub user: Option<crate::User>,
     pub interactive: bool,
     pub tty: bool,
+    pub escape: Option<u8>,
 }
 
 impl ExecArgs {
@@ -75,6 +79,7 @@ impl ExecArgs {
                 user,
                 interactive: self.interactive,
                 tty: self.tty,
+                escape: self.escape_byte.filter(|_| self.tty),
             },
         ))
     }

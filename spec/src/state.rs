@@ -86,6 +86,14 @@ pub fn flock(fd: &impl AsRawFd, op: i32) -> std::io::Result<()> {
 /// last descriptor of it closes (process exit included).
 pub struct LifeLock(#[allow(dead_code)] File);
 
+impl LifeLock {
+    /// The locked descriptor (an OCI pod's init keeps a copy of it, so the
+    /// lock lives as long as the init does).
+    pub fn raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 /// Take the pod's life lock: inherit stage0's (already locked) descriptor,
 /// or lock the file ourselves when run by hand.
 pub fn take_life_lock(pod: &PodDir) -> Result<LifeLock, StateError> {
@@ -286,6 +294,24 @@ pub fn remove_if_requested(pod: &PodDir) {
             eprintln!("berth: cannot remove {}: {e}", pod.path().display());
         }
     }
+}
+
+/// Run `cmd` (stdin /dev/null, stderr dropped) and return what it printed
+/// on stdout, at most 1 MiB. Its exit status is not judged: callers parse
+/// the output (which, from inside a pod, is the pod's and untrusted).
+pub fn capture_output(cmd: &mut std::process::Command) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut out = Vec::new();
+    if let Some(o) = child.stdout.take() {
+        let _ = o.take(1 << 20).read_to_end(&mut out);
+    }
+    child.wait()?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// How often `stop` looks whether the pod has gone.

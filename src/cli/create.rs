@@ -55,6 +55,7 @@ pub fn create(store: &Store, mut a: CreateArgs) -> Result<i32> {
     )?;
     let mut spec = built.spec;
     let mut new = pod::claim(store, &spec.name)?;
+    pod::allocate_users(store, &mut spec, a.pod.private_users)?;
     if a.host_share {
         service::build_host_share(&new.dir).context("cannot build the pod's private tree")?;
     }
@@ -62,5 +63,11 @@ pub fn create(store: &Store, mut a: CreateArgs) -> Result<i32> {
     new.write_spec(&spec, &built.stage1)?;
     new.keep();
     println!("{}", spec.name);
+    if crate::stage0::systemd::booted() {
+        eprintln!(
+            "berth: start it with `berth start {n}`, or at every boot with `systemctl enable --now berth@{n}`",
+            n = spec.name
+        );
+    }
     Ok(0)
 }

@@ -21,9 +21,13 @@ struct Row {
     state: store::PodState,
     pid: Option<i32>,
     command: Vec<String>,
+    /// A service pod's units (empty for a command pod).
+    units: Vec<String>,
     rootfs: Option<String>,
-    /// The pod's IPv4 address (`--net private`).
+    /// The pod's IPv4 address (`--net private`, while it runs).
     address: Option<String>,
+    /// Why it ended, when not by its own doing (`oom-killed`).
+    exit_reason: Option<String>,
 }
 
 pub fn list(store: &store::Store, a: ListArgs) -> Result<i32> {
@@ -36,6 +40,7 @@ pub fn list(store: &store::Store, a: ListArgs) -> Result<i32> {
         .map(|pod| {
             let spec = store::spec(pod);
             let state = store::state(pod);
+            let running = state == store::PodState::Running;
             Row {
                 name: crate::stage0::pod_name(pod),
                 uuid: spec.as_ref().map(|s| s.uuid.clone()),
@@ -48,11 +53,18 @@ pub fn list(store: &store::Store, a: ListArgs) -> Result<i32> {
                     .as_ref()
                     .map(|s| s.app.argv.clone())
                     .unwrap_or_default(),
-                rootfs: spec.as_ref().map(|s| s.rootfs.image.display().to_string()),
-                address: spec
+                units: spec
                     .as_ref()
-                    .and_then(|s| s.network.address())
+                    .and_then(|s| s.service.as_ref())
+                    .map(|v| v.units.clone())
+                    .unwrap_or_default(),
+                rootfs: spec.as_ref().map(|s| s.rootfs.image.display().to_string()),
+                // A stopped pod's lease is gone: its old address means nothing.
+                address: running
+                    .then(|| spec.as_ref().and_then(|s| s.network.address()))
+                    .flatten()
                     .map(|a| a.to_string()),
+                exit_reason: store::exit_reason(pod),
             }
         })
         .collect();
@@ -61,18 +73,27 @@ pub fn list(store: &store::Store, a: ListArgs) -> Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<24} {:<6} {:<12} {:<8} {:<15} COMMAND",
+        "{:<24} {:<6} {:<12} {:<8} {:<15} COMMAND / UNITS",
         "NAME", "STAGE1", "STATE", "PID", "ADDRESS"
     );
     for r in rows {
+        let what = if r.units.is_empty() {
+            r.command.join(" ")
+        } else {
+            format!("units: {}", r.units.join(" "))
+        };
+        let state = match &r.exit_reason {
+            Some(why) if r.state != store::PodState::Running => format!("{} {why}", r.state),
+            _ => r.state.to_string(),
+        };
         println!(
             "{:<24} {:<6} {:<12} {:<8} {:<15} {}",
             r.name,
             r.stage1.unwrap_or_else(|| "-".into()),
-            r.state.to_string(),
+            state,
             r.pid.map_or("-".into(), |p| p.to_string()),
             r.address.unwrap_or_else(|| "-".into()),
-            r.command.join(" ")
+            what
         );
     }
     Ok(0)

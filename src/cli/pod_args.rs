@@ -52,6 +52,16 @@ pub struct PodArgs {
     /// Maximum number of processes in the pod.
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub pids: Option<String>,
+    /// A user namespace: root in the pod is host UID (COUNT ids mapped).
+    #[arg(
+        long = "user-remap",
+        value_name = "UID:GID:COUNT",
+        conflicts_with = "private_users"
+    )]
+    pub user_remap: Option<String>,
+    /// A user namespace with a 65536-id range berth picks for this pod.
+    #[arg(long = "private-users")]
+    pub private_users: bool,
     /// Limit what the pod may write to its root filesystem, e.g. 1g.
     #[arg(long = "disk", value_name = "SIZE", allow_hyphen_values = true)]
     pub disk: Option<String>,

@@ -67,7 +67,9 @@ pub fn run(store: &Store, a: RunArgs, listen: &fds::PassFds) -> Result<i32> {
         );
     }
     let mut new = pod::claim(store, &built.spec.name)?;
-    new.write_spec(&built.spec, &built.stage1)?;
+    let mut spec = built.spec;
+    pod::allocate_users(store, &mut spec, a.pod.private_users)?;
+    new.write_spec(&spec, &built.stage1)?;
     let lock = new.lock.take().context("pod lock missing")?;
     let out = launch::start(Launch {
         store,
@@ -89,7 +91,7 @@ pub fn run(store: &Store, a: RunArgs, listen: &fds::PassFds) -> Result<i32> {
         new.keep();
     }
     if out.started && a.detach {
-        println!("{}", built.spec.name);
+        println!("{}", spec.name);
     }
     Ok(out.code)
 }

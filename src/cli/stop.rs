@@ -18,6 +18,11 @@ pub struct StopArgs {
 
 pub fn stop(store: &store::Store, a: StopArgs) -> Result<i32> {
     let pod = store.existing(&a.name)?;
+    // A pod that its unit runs is stopped through the unit (whose ExecStop
+    // comes back here, inside the unit, and stops it directly).
+    if crate::stage0::systemd::use_unit(&a.name) && crate::stage0::systemd::unit_active(&a.name) {
+        return crate::stage0::systemd::systemctl("stop", &a.name);
+    }
     stop_pod(&pod, a.force, a.timeout)?;
     Ok(0)
 }

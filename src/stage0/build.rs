@@ -93,6 +93,12 @@ pub fn spec(store: &Store, a: &PodArgs, app: AppOptions) -> Result<Built> {
         bail!("invalid workdir {:?}: must be an absolute path", a.workdir);
     }
     let (mode, ports) = network(a, is_kvm)?;
+    if a.disk.is_some() && (a.user_remap.is_some() || a.private_users) {
+        bail!("--disk cannot be combined with a user namespace yet: the kernel mounts its ext4 only for the host's root");
+    }
+    if mode == NetworkMode::Host && (a.user_remap.is_some() || a.private_users) {
+        bail!("--net host cannot be combined with a user namespace (--user-remap, --private-users): the host's network belongs to the host's users");
+    }
     let devices = a
         .device
         .iter()
@@ -141,6 +147,7 @@ pub fn spec(store: &Store, a: &PodArgs, app: AppOptions) -> Result<Built> {
         stdio: app.stdio,
         kvm: is_kvm.then(KvmSettings::default),
         service: app.service,
+        oci: None,
     };
     spec.validate()?;
     Ok(Built { spec, stage1 })
@@ -222,6 +229,9 @@ fn resources(a: &PodArgs, is_kvm: bool) -> Result<Resources> {
 }
 
 fn security(a: &PodArgs, mut security: Security) -> Result<Security> {
+    if let Some(r) = &a.user_remap {
+        security.userns = Some(super::users::parse_remap(r)?);
+    }
     for c in &a.cap_drop {
         let drop = parse::capability(c)?;
         security.capabilities.retain(|k| !drop.contains(k));

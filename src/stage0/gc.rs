@@ -32,13 +32,18 @@ pub fn collect(pod: &PodDir, stage1: &std::path::Path, lock: Option<&File>) -> R
     Ok(())
 }
 
-/// Collect a pod that is not running and delete its directory.
+/// Collect a pod that is not running and delete its directory (and give
+/// back its `--private-users` range).
 pub fn remove(pod: &PodDir, lock: Option<&File>) -> Result<()> {
+    let spec = super::store::spec(pod);
     if let Some(s1) = stage1::of_pod(pod) {
         collect(pod, &s1, lock)?;
-    } else if let Some(spec) = super::store::spec(pod) {
-        super::net::release(&pod.state_root(), &spec)?;
+    } else if let Some(spec) = &spec {
+        super::net::release(&pod.state_root(), spec)?;
     }
     super::store::remove(pod)?;
+    if let Some(s) = &spec {
+        super::users::release(&pod.state_root(), s.security.userns.as_ref(), &s.uuid);
+    }
     Ok(())
 }

@@ -302,7 +302,21 @@ fn foreground(
         drop(fds);
         if ready_hit {
             if let Some(mut r) = ready.take() {
-                report = Some(StartReport::read_from(&mut r));
+                let got = StartReport::read_from(&mut r);
+                // Under systemd (berth@NAME.service, `systemd-run -p
+                // Type=notify berth run`): ready once the app runs (a
+                // service pod: once its units are active).
+                match &got {
+                    Ok(Some(StartReport::Started)) => super::systemd::notify(
+                        true,
+                        &format!("pod {} running", super::pod_name(l.pod)),
+                    ),
+                    Ok(Some(StartReport::Failed { message, .. })) => {
+                        super::systemd::notify(false, message)
+                    }
+                    _ => {}
+                }
+                report = Some(got);
             }
         }
         while let Ok(Some(info)) = sfd.read_signal() {

@@ -10,5 +10,8 @@ pub mod pod;
 pub mod service;
 pub mod stage1;
 pub mod store;
+pub mod systemd;
+pub mod users;
+pub mod version;
 
 pub use berth_spec::state::pod_name;

@@ -107,6 +107,24 @@ impl NewPod {
     }
 }
 
+/// `--private-users`: take a range from the pool for the new pod (the pod
+/// directory exists already, so the range is its own from now on).
+pub fn allocate_users(
+    store: &Store,
+    spec: &mut PodSpec,
+    private: bool,
+) -> Result<(), anyhow::Error> {
+    if private {
+        let cfg = berth_net::HostConfig::load(store.root())?;
+        spec.security.userns = Some(super::users::allocate(
+            store.root(),
+            cfg.user_pool,
+            &spec.uuid,
+        )?);
+    }
+    Ok(())
+}
+
 /// Validate and (atomically) write a pod's `pod.json`.
 pub fn write_spec(pod: &PodDir, spec: &PodSpec) -> Result<(), PodError> {
     spec.validate()?;

@@ -91,6 +91,9 @@ pub fn of_pod(pod: &PodDir) -> Option<PathBuf> {
 pub fn command(stage1: &Path, verb: &str, pod: &PodDir, args: &[String]) -> Command {
     let mut c = Command::new(stage1);
     c.arg(verb).arg(pod.path()).args(args);
+    // Our unit's notify socket is ours: no process of the pod may tell
+    // systemd it is ready (or anything else).
+    c.env_remove("NOTIFY_SOCKET");
     if let Ok(level) = std::env::var("BERTH_LOG") {
         c.env("BERTH_LOG", level);
     }

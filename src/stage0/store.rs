@@ -216,6 +216,14 @@ pub fn pid(pod: &PodDir) -> Option<i32> {
         .ok()
 }
 
+/// Why the pod ended, when its stage1 recorded a reason (`oom-killed`).
+pub fn exit_reason(pod: &PodDir) -> Option<String> {
+    std::fs::read_to_string(pod.exit_reason_file())
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && s.len() < 64)
+}
+
 pub fn spec(pod: &PodDir) -> Option<PodSpec> {
     PodSpec::load(pod).ok()
 }

@@ -125,12 +125,17 @@ impl Session {
     /// signals are relayed meanwhile (a service pod's systemd writes to its
     /// console and can be stopped while its units start; its report comes
     /// once they are active). A second report is a protocol error.
+    ///
+    /// With `escape`, that byte on our stdin ends the session (the
+    /// connection closes, which makes guest-init hang the process up):
+    /// `Some(0)`.
     pub fn relay(
         mut self,
         stdin: bool,
         tty: bool,
         sigs: &SigSet,
         mut on_start: Option<&mut dyn FnMut(Start)>,
+        escape: Option<u8>,
     ) -> Result<Option<i32>> {
         let sfd = SignalFd::with_flags(sigs, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .context("cannot create a signalfd")?;
@@ -200,7 +205,15 @@ impl Session {
                         stdin_open = false;
                         self.send(&Message::Stdin(Vec::new()))?;
                     }
-                    Ok(n) => self.send(&Message::Stdin(buf[..n].to_vec()))?,
+                    Ok(n) => match escape.and_then(|e| buf[..n].iter().position(|b| *b == e)) {
+                        Some(i) => {
+                            if i > 0 {
+                                self.send(&Message::Stdin(buf[..i].to_vec()))?;
+                            }
+                            return Ok(Some(0));
+                        }
+                        None => self.send(&Message::Stdin(buf[..n].to_vec()))?,
+                    },
                 }
             }
             if conn_ready {

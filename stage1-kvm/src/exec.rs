@@ -31,7 +31,7 @@ pub fn process(mut spec: PodSpec, opts: ExecOptions) -> Process {
 pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
     let spec = PodSpec::load(pod).context("cannot load the pod spec")?;
     state::running_leader(pod)?;
-    let (stdin, tty) = (opts.interactive, opts.tty);
+    let (stdin, tty, escape) = (opts.interactive, opts.tty, opts.escape);
     let p = process(spec, opts);
     let sigs = relayed_signals();
     sigs.thread_block().context("cannot block signals")?;
@@ -40,7 +40,7 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
     if let Start::Failed { message, .. } = s.start()? {
         eprintln!("berth: {message}");
     }
-    match s.relay(stdin, tty, &sigs, None)? {
+    match s.relay(stdin, tty, &sigs, None, escape)? {
         Some(code) => Ok(code),
         None => bail!("the pod stopped before the command finished"),
     }
@@ -62,6 +62,7 @@ mod tests {
                 user: None,
                 interactive: true,
                 tty: false,
+                escape: None,
             },
         );
         assert_eq!(p.cwd, "/srv");
@@ -84,6 +85,7 @@ mod tests {
                 user: Some(berth_spec::User { uid: 7, gid: 8 }),
                 interactive: false,
                 tty: true,
+                escape: None,
             },
         );
         assert_eq!((p.cwd.as_str(), p.user.uid, p.user.gid), ("/tmp", 7, 8));

@@ -8,6 +8,7 @@ mod assets;
 mod control;
 mod exec;
 mod initramfs;
+mod jail;
 mod rootfs;
 mod run;
 mod vmm;

@@ -6,8 +6,9 @@
 //! refused host-side by the VMM's FUSE server as well as mounted read-only
 //! in the guest.
 
-use berth_spec::{kvm, PodDir, PodSpec};
+use berth_spec::{idmap, kvm, PodDir, PodSpec};
 use nix::mount::{mount, MsFlags};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,10 @@ pub enum RootfsError {
     },
     #[error(transparent)]
     Disk(#[from] berth_spec::disk::DiskError),
+    #[error(transparent)]
+    Idmap(#[from] berth_spec::idmap::IdmapError),
+    #[error("cannot attach the idmapped layer on {0}")]
+    Lower(PathBuf, #[source] std::io::Error),
     #[error("cannot write the pod's /etc/resolv.conf and /etc/hosts")]
     Etc(#[source] std::io::Error),
     #[error("rootfs image {0} is not a directory")]
@@ -76,13 +81,18 @@ pub fn shares(spec: &PodSpec, pod: &PodDir) -> Result<Vec<Share>, RootfsError> {
     Ok(shares)
 }
 
-/// Mount the pod's overlay on `pod.rootfs()` in a new private mount
-/// namespace of the calling process — the VMM process: the mount disappears
-/// with it, so neither a finished nor a killed VM leaves a mount behind, and
-/// the supervising stage1 (which removes the pod directory) never sees it.
-/// Must run while the process is single-threaded (unshare(CLONE_NEWNS)).
-pub fn mount_overlay(spec: &PodSpec, pod: &PodDir) -> Result<(), RootfsError> {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(RootfsError::Unshare)?;
+/// Mount the pod's overlay on `pod.rootfs()` in the calling process's
+/// private mount namespace — the VMM process's: the mount disappears with
+/// it, so neither a finished nor a killed VM leaves a mount behind, and the
+/// supervising stage1 (which removes the pod directory) never sees it.
+/// With a user namespace (`userns`: its fd) the image and layers are
+/// idmapped into it, and the volumes' detached mounts are returned (for the
+/// jail: read-only ones idmapped, read-write ones plain, as on ns).
+pub fn mount_overlay(
+    spec: &PodSpec,
+    pod: &PodDir,
+    userns: Option<&OwnedFd>,
+) -> Result<Option<Vec<OwnedFd>>, RootfsError> {
     mount(
         None::<&str>,
         "/",
@@ -100,7 +110,32 @@ pub fn mount_overlay(spec: &PodSpec, pod: &PodDir) -> Result<(), RootfsError> {
         berth_net::etc::write(&pod.upper(), &spec.hostname, net).map_err(RootfsError::Etc)?;
     }
     let root = pod.rootfs();
-    let opts = spec.rootfs.overlay_options(&pod.upper(), &pod.work());
+    let (opts, volumes) = match userns {
+        None => (spec.rootfs.overlay_options(&pod.upper(), &pod.work()), None),
+        Some(ns) => {
+            let mut lowers = Vec::new();
+            for (i, l) in spec.rootfs.lowers().iter().enumerate() {
+                let tree = idmap::detached(l, ns, true, true)?;
+                let dir = idmap::lower_dir(pod, i);
+                let at: OwnedFd = std::fs::File::open(&dir)
+                    .map_err(|e| RootfsError::Lower(dir.clone(), e))?
+                    .into();
+                idmap::attach(&tree, at.as_raw_fd())
+                    .map_err(|e| RootfsError::Lower(dir.clone(), e))?;
+                lowers.push(dir);
+            }
+            let lowers: Vec<&std::path::Path> = lowers.iter().map(PathBuf::as_path).collect();
+            let volumes = spec
+                .mounts
+                .iter()
+                .map(|m| idmap::detached(&m.source, ns, m.read_only, m.read_only))
+                .collect::<Result<Vec<_>, _>>()?;
+            (
+                berth_spec::overlay_options(&lowers, &pod.upper(), &pod.work()),
+                Some(volumes),
+            )
+        }
+    };
     mount(
         Some("overlay"),
         &root,
@@ -108,7 +143,8 @@ pub fn mount_overlay(spec: &PodSpec, pod: &PodDir) -> Result<(), RootfsError> {
         MsFlags::empty(),
         Some(opts.as_str()),
     )
-    .map_err(|source| RootfsError::Overlay { path: root, source })
+    .map_err(|source| RootfsError::Overlay { path: root, source })?;
+    Ok(volumes)
 }
 
 #[cfg(test)]

@@ -37,6 +37,9 @@ use std::time::Duration;
 /// emulated UART.
 const QUIET_CMDLINE: &str = "quiet loglevel=0";
 
+/// How much of the guest's console one log file holds before it is rotated.
+pub const CONSOLE_LOG_MAX: u64 = 4 << 20;
+
 /// After the VM stopped, how long the relay may take to hand over the last
 /// output and the Exit frame already in the socket.
 const RELAY_DRAIN: Duration = Duration::from_secs(5);
@@ -82,14 +85,16 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
     }
     let (cfg, listener) = vm_config(&spec, pod)?;
     log::debug!("stage1-kvm: VM prepared after {:?}", t0.elapsed());
-    let relative = cgroup::pod_cgroup_path(&spec.uuid);
-    cgroup::record(pod, &relative)?;
-    let cgroup = PodCgroup::open(&relative)?;
+    let placement = berth_spec::systemd::placement(&spec)?;
+    berth_spec::systemd::prepare(&placement, &spec)?;
+    if let Some(rel) = placement.pod_cgroup() {
+        cgroup::record(pod, &rel)?;
+    }
     // Block the relayed signals before any other thread exists, so that
     // they wait for the control thread's signalfd.
     let sigs = relayed_signals();
     sigs.thread_block().context("cannot block signals")?;
-    let (child, exit_rd) = vmm_process::spawn(cfg, &spec, pod, &cgroup)?;
+    let (child, holder, cgroup, exit_rd) = vmm_process::spawn(cfg, &spec, pod, &placement)?;
     state::write_file(&pod.pid_file(), &std::process::id().to_string())?;
     let proxy = match &spec.network.private {
         Some(net) => Some(berth_net::proxy::start(&net.ports, net.address)?),
@@ -103,6 +108,8 @@ fn boot_and_wait(pod: &PodDir, ready: &SharedReady) -> Result<i32> {
     let control = start_control(listener, ready, &spec, &sigs, child.pid())?;
     let exit = vmm_process::wait(child.disarm(), exit_rd);
     let code = outcome(pod, ready, &exit, control);
+    // Reaped before its cgroup goes (a zombie keeps a cgroup busy).
+    drop(holder);
     drop(proxy);
     finish(pod, &spec, &cgroup, code)?;
     Ok(code)
@@ -128,11 +135,23 @@ fn vm_config(spec: &PodSpec, pod: &PodDir) -> Result<(vmm::VmConfig, UnixListene
         berth_spec::disk::ensure_image(pod, size)?;
     }
     let shares = rootfs::shares(spec, pod)?;
+    for d in [pod.run_dir(), pod.log_dir(), pod.jail_dir()] {
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
     let ctl = pod.ctl_socket();
     let main_path = host_port_socket(&ctl, MAIN_PORT);
     let _ = std::fs::remove_file(&main_path);
     let listener = UnixListener::bind(&main_path)
         .with_context(|| format!("cannot listen on {}", main_path.display()))?;
+    if let Some(u) = &spec.security.userns {
+        // The VMM runs as the pod's mapped root: its socket and log
+        // directories, and the socket it connects guest-init through, are
+        // the pod's root's.
+        for p in [pod.run_dir(), pod.log_dir(), main_path.clone()] {
+            std::os::unix::fs::chown(&p, Some(u.host_uid), Some(u.host_gid))
+                .with_context(|| format!("cannot give {} to the pod's root", p.display()))?;
+        }
+    }
 
     let mut cfg = vmm::VmConfig::new(kernel);
     cfg.initramfs = Some(vmm::Initramfs::Bytes(cpio));
@@ -181,9 +200,8 @@ fn vm_config(spec: &PodSpec, pod: &PodDir) -> Result<(vmm::VmConfig, UnixListene
             mac,
         });
     }
-    let log = std::fs::File::create(pod.console_log())
-        .with_context(|| format!("cannot create {}", pod.console_log().display()))?;
-    cfg.serial_out = Box::new(log);
+    // The console log is opened by the VMM process, in its jail.
+    let _ = std::fs::remove_file(pod.console_log());
     Ok((cfg, listener))
 }
 
@@ -269,6 +287,7 @@ fn serve_main(
         tty,
         sigs,
         Some(&mut on_start),
+        None,
     )?))
 }
 
@@ -371,9 +390,12 @@ fn finish(pod: &PodDir, spec: &PodSpec, cgroup: &PodCgroup, code: i32) -> Result
     Ok(())
 }
 
-/// guest-init's own failure line from the console log, if it printed one.
+/// guest-init's own failure line from the console log (or, just rotated,
+/// its previous part), if it printed one.
 fn guest_diagnosis(pod: &PodDir) -> Option<String> {
-    let log = std::fs::read_to_string(pod.console_log()).ok()?;
+    let mut log =
+        std::fs::read_to_string(pod.console_log().with_extension("log.1")).unwrap_or_default();
+    log.push_str(&std::fs::read_to_string(pod.console_log()).ok()?);
     log.lines()
         .rev()
         .find_map(|l| l.trim().strip_prefix("berth-guest-init: "))

@@ -6,7 +6,10 @@
 
 use anyhow::{Context, Result};
 use berth_spec::cgroup::PodCgroup;
+use berth_spec::systemd::Placement;
 use berth_spec::{PodDir, PodSpec, Resources, EXIT_BERTH_FAILED};
+use nix::sched::CloneFlags;
+use std::os::fd::AsRawFd;
 use std::os::fd::OwnedFd;
 
 /// Memory the VMM process may use beyond the guest's RAM: its own heap,
@@ -116,46 +119,180 @@ impl Drop for VmmChild {
     }
 }
 
-/// Fork the VMM process (the caller must still be single-threaded). Returns
-/// it and the read end of its report pipe. The caller's copies of the tap
-/// and console fds go with `cfg`: the tap must vanish with the VMM.
+/// Stack of the cloned VMM process's main thread (it runs the device event
+/// loop; touched lazily).
+const VMM_STACK_SIZE: usize = 8 << 20;
+
+/// Clone the VMM process (the caller must still be single-threaded) into
+/// its own namespaces ([`crate::jail`]), put it in the pod's cgroup
+/// ([`berth_spec::systemd::place`]: limits, device policy) before it
+/// touches guest RAM, start the pod's machined leader ([`holder`]) and
+/// register it. Returns the VMM, its cgroup and the read end of its report
+/// pipe. The caller's copies of the tap and console fds go with `cfg`: the
+/// tap must vanish with the VMM.
 pub fn spawn(
     cfg: vmm::VmConfig,
     spec: &PodSpec,
     pod: &PodDir,
-    cgroup: &PodCgroup,
-) -> Result<(VmmChild, OwnedFd)> {
+    placement: &Placement,
+) -> Result<(VmmChild, Holder, PodCgroup, OwnedFd)> {
     let keep = cfg.fs_capabilities();
+    let ifindices: Vec<i32> = cfg
+        .net
+        .iter()
+        .filter_map(|n| {
+            std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", n.tap))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect();
+    // A user namespace of the pod's mapping for the VMM to join, and the
+    // overlay's directories given to the pod's root.
+    let userns = match &spec.security.userns {
+        Some(u) => {
+            berth_spec::idmap::prepare_dirs(pod, spec, u)?;
+            Some(berth_spec::idmap::new_userns(u)?)
+        }
+        None => None,
+    };
     let (exit_rd, exit_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .context("cannot create the VMM's report pipe")?;
-    let parent = nix::unistd::getpid();
-    // SAFETY: no other thread exists yet (the control and proxy threads
-    // start later, in the parent); the child only runs the VMM and exits.
-    match unsafe { nix::unistd::fork() }.context("cannot fork the VMM process")? {
+    let (go_rd, go_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .context("cannot create the VMM's start pipe")?;
+    let (jailed_rd, jailed_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .context("cannot create the VMM's jail pipe")?;
+    let mut cfg = Some(cfg);
+    let mut stack = vec![0u8; VMM_STACK_SIZE];
+    let child = {
+        let cb = Box::new(|| {
+            let Some(cfg) = cfg.take() else { return 125 };
+            let ends = Ends {
+                go: &go_rd,
+                jailed: &jailed_wr,
+                report: &exit_wr,
+            };
+            main(cfg, spec, pod, &keep, userns.as_ref(), ends) as isize
+        });
+        let flags = CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWNET;
+        // SAFETY: without CLONE_VM the child runs `cb` on `stack` in its own
+        // copy of our (single-threaded) address space, exactly like fork,
+        // and exits with its value; no other thread exists yet (the control
+        // and proxy threads start later, in the parent).
+        unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) }
+            .context("cannot create the VMM process")?
+    };
+    drop(cfg);
+    drop(exit_wr);
+    drop(go_rd);
+    drop(jailed_wr);
+    let child = VmmChild(child);
+    let leader = Holder(holder(child.pid(), jailed_rd)?);
+    let cgroup = berth_spec::systemd::place(&berth_spec::systemd::Place {
+        pod,
+        spec,
+        placement,
+        leader: leader.0.as_raw(),
+        members: vec![child.pid().as_raw()],
+        root_directory: &pod.rootfs(),
+        ifindices,
+        limits: &host_limits(&spec.resources),
+        devices: &vmm_devices(),
+    })?;
+    nix::unistd::write(&go_wr, b"g").context("cannot start the VMM process")?;
+    Ok((child, leader, cgroup, exit_rd))
+}
+
+/// The pod's machined leader ([`holder`]): killed and reaped on drop.
+pub struct Holder(nix::unistd::Pid);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGKILL);
+        while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(self.0, None) {}
+    }
+}
+
+/// The pipe ends the VMM process uses.
+struct Ends<'a> {
+    go: &'a OwnedFd,
+    jailed: &'a OwnedFd,
+    report: &'a OwnedFd,
+}
+
+/// The pod's leader for machined: a small process whose root directory is
+/// the pod's root filesystem — the VMM's overlay, as mounted in its jail —
+/// so that `journalctl -M NAME` reads the journal the guest's journald
+/// writes there over virtio-fs, and that turns machined's stop signals
+/// (`machinectl poweroff`: SIGRTMIN+4; a scope's SIGTERM…) into a clean
+/// stop of the pod (SIGTERM to this stage1, which asks the guest). It runs
+/// nothing from the pod, holds no capability, and dies with the stage1.
+fn holder(vmm: nix::unistd::Pid, jailed: OwnedFd) -> Result<nix::unistd::Pid> {
+    use nix::sys::signal::{SigSet, Signal};
+    let stage1 = nix::unistd::getpid();
+    let mut stop = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        stop.add(s);
+    }
+    let rt = [libc::SIGRTMIN() + 3, libc::SIGRTMIN() + 4];
+    // SAFETY: no other thread exists yet; the child only makes syscalls and
+    // exits.
+    match unsafe { nix::unistd::fork() }.context("cannot fork the pod's leader")? {
+        nix::unistd::ForkResult::Parent { child } => Ok(child),
         nix::unistd::ForkResult::Child => {
-            drop(exit_rd);
-            let code = main(cfg, spec, pod, cgroup, &keep, parent, exit_wr);
-            std::process::exit(code)
-        }
-        nix::unistd::ForkResult::Parent { child } => {
-            drop(exit_wr);
-            drop(cfg);
-            Ok((VmmChild(child), exit_rd))
+            // SAFETY: plain syscalls on values prepared before the fork.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                for s in stop.iter() {
+                    libc::sigaddset(&mut set, s as i32);
+                }
+                for s in rt {
+                    libc::sigaddset(&mut set, s);
+                }
+                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                // Wait for the VMM's jail, then take its root filesystem
+                // as ours.
+                let mut b = [0u8; 1];
+                let ok = libc::read(jailed.as_raw_fd(), b.as_mut_ptr().cast(), 1) == 1;
+                drop(jailed);
+                berth_spec::state::close_from(3, false);
+                let root = format!("/proc/{}/root{}\0", vmm.as_raw(), crate::jail::ROOTFS);
+                if !ok || libc::chroot(root.as_ptr().cast()) != 0 || libc::chdir(c"/".as_ptr()) != 0
+                {
+                    libc::_exit(1);
+                }
+                let _ = caps::clear(None, caps::CapSet::Effective);
+                let _ = caps::clear(None, caps::CapSet::Permitted);
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                loop {
+                    let mut sig: libc::c_int = 0;
+                    if libc::sigwait(&set, &mut sig) == 0 {
+                        libc::kill(stage1.as_raw(), libc::SIGTERM);
+                    }
+                }
+            }
         }
     }
 }
 
-/// The VMM process: join the cgroup, mount the overlay in a private mount
-/// namespace, drop privileges, boot, run until the guest powers off;
-/// report on `report`. Returns the process' exit code.
+/// The VMM process: wait to be placed, mount the overlay, enter the jail
+/// (and the pod's user namespace), drop privileges, boot, run until the
+/// guest powers off; report on `report`. Returns the process' exit code.
+#[allow(clippy::too_many_arguments)]
 fn main(
-    cfg: vmm::VmConfig,
+    mut cfg: vmm::VmConfig,
     spec: &PodSpec,
     pod: &PodDir,
-    cgroup: &PodCgroup,
     keep: &[caps::Capability],
-    parent: nix::unistd::Pid,
-    report: OwnedFd,
+    userns: Option<&OwnedFd>,
+    ends: Ends,
 ) -> i32 {
     let result = (|| -> Result<VmmReport> {
         // Die with the supervising stage1 (kill -9 included).
@@ -164,13 +301,60 @@ fn main(
             return Err(std::io::Error::last_os_error())
                 .context("cannot tie the VMM process to the stage1's life");
         }
-        if nix::unistd::getppid() != parent {
-            anyhow::bail!("the stage1 exited before its VMM started");
+        // The stage1 places us in the pod's cgroup first: every page of
+        // guest RAM is charged to the pod. (A stage1 that died before our
+        // PDEATHSIG was set closed its end: EOF.)
+        let mut b = [0u8; 1];
+        if !matches!(nix::unistd::read(ends.go.as_raw_fd(), &mut b), Ok(1)) {
+            anyhow::bail!("the stage1 could not place the VMM process in the pod's cgroup");
         }
-        // Before guest RAM is touched: every page is charged to the pod.
-        cgroup.add(nix::unistd::getpid().as_raw())?;
-        cgroup.apply(&host_limits(&spec.resources), &vmm_devices())?;
-        crate::rootfs::mount_overlay(spec, pod)?;
+        let volume_trees = crate::rootfs::mount_overlay(spec, pod, userns)?;
+        // What the jail has no room for: /dev/kvm (as an fd), the PVM check.
+        let kvm = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .context("cannot open /dev/kvm")?;
+        cfg.kvm_fd = Some(kvm.into());
+        cfg.pvm = Some(vmm::pvm::detected());
+        let plan = crate::jail::JailPlan {
+            jail: pod.jail_dir(),
+            rootfs: pod.rootfs(),
+            volumes: cfg.fs.iter().skip(1).map(|f| f.path.clone()).collect(),
+            run_dir: pod.run_dir(),
+            log_dir: pod.log_dir(),
+            kernel: cfg.kernel.clone(),
+            volume_trees: volume_trees.as_deref(),
+        };
+        crate::jail::enter(&plan)?;
+        drop(volume_trees);
+        cfg.kernel = crate::jail::KERNEL.into();
+        for (i, f) in cfg.fs.iter_mut().enumerate() {
+            f.path = if i == 0 {
+                crate::jail::ROOTFS.into()
+            } else {
+                crate::jail::volume(i - 1)
+            };
+        }
+        if let Some(v) = cfg.vsock.as_mut() {
+            v.uds_path = std::path::Path::new(crate::jail::RUN).join("ctl.sock");
+        }
+        // At most ~2 × CONSOLE_LOG_MAX of console on disk (console.log and
+        // console.log.1): a guest cannot fill the host's disk through it.
+        let log_path = std::path::Path::new(crate::jail::LOG).join("console.log");
+        let log = vmm::console_log::RotatingLog::create(&log_path, crate::run::CONSOLE_LOG_MAX)
+            .context("cannot create the console log")?;
+        cfg.serial_out = Box::new(log);
+        // The pod's leader may take the jail's root filesystem now.
+        let _ = nix::unistd::write(ends.jailed, b"j");
+        if let Some(ns) = userns {
+            // The pod's mapped root from here on: its FUSE server creates
+            // files as the guest's users, mapped.
+            nix::sched::setns(ns, CloneFlags::CLONE_NEWUSER)
+                .context("cannot join the pod's user namespace")?;
+            berth_spec::idmap::become_root()
+                .context("cannot become root of the pod's user namespace")?;
+        }
         drop_privileges(keep)?;
         let vm = vmm::Vm::boot(cfg).context("cannot boot the VM")?;
         let exit = vm.run().context("the VM failed")?;
@@ -197,8 +381,7 @@ fn main(
             (r.encode(), EXIT_BERTH_FAILED)
         }
     };
-    let mut f = std::fs::File::from(report);
-    let _ = std::io::Write::write_all(&mut f, line.as_bytes());
+    let _ = nix::unistd::write(ends.report, line.as_bytes());
     code
 }
 

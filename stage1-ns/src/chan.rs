@@ -25,6 +25,10 @@ pub enum ChanError {
 
 pub struct Chan(OwnedFd);
 
+/// Most descriptors one message carries (a user-namespace pod's idmapped
+/// mounts: its image, layers and volumes).
+pub const MAX_FDS: usize = 64;
+
 pub fn pair() -> Result<(Chan, Chan), ChanError> {
     let (a, b) = socketpair(
         AddressFamily::Unix,
@@ -42,16 +46,16 @@ impl Chan {
     }
 
     pub fn send(&self, msg: &InitMessage, fd: Option<RawFd>) -> Result<(), ChanError> {
+        let fds: Vec<RawFd> = fd.into_iter().collect();
+        self.send_fds(msg, &fds)
+    }
+
+    /// Send a message with up to [`MAX_FDS`] descriptors.
+    pub fn send_fds(&self, msg: &InitMessage, fds: &[RawFd]) -> Result<(), ChanError> {
         let bytes = msg.encode();
         let iov = [IoSlice::new(&bytes)];
-        let fds;
-        let cmsgs: &[ControlMessage] = match fd {
-            Some(f) => {
-                fds = [f];
-                &[ControlMessage::ScmRights(&fds)]
-            }
-            None => &[],
-        };
+        let rights = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
         sendmsg::<()>(self.0.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None)
             .map_err(ChanError::Send)?;
         Ok(())
@@ -59,8 +63,13 @@ impl Chan {
 
     /// Receive one message; `None` when the peer has gone (EOF).
     pub fn recv(&self) -> Result<Option<(InitMessage, Option<OwnedFd>)>, ChanError> {
+        Ok(self.recv_fds()?.map(|(m, fds)| (m, fds.into_iter().next())))
+    }
+
+    /// Receive one message and every descriptor that came with it.
+    pub fn recv_fds(&self) -> Result<Option<(InitMessage, Vec<OwnedFd>)>, ChanError> {
         let mut buf = [0u8; MAX_MESSAGE];
-        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
         loop {
             let mut iov = [IoSliceMut::new(&mut buf)];
             let r = recvmsg::<()>(
@@ -74,22 +83,21 @@ impl Chan {
                 Err(e) => return Err(ChanError::Recv(e)),
                 Ok(m) => m,
             };
-            let mut fd = None;
+            let mut got = Vec::new();
             for c in msg.cmsgs().map_err(ChanError::Recv)? {
                 if let ControlMessageOwned::ScmRights(fds) = c {
                     for f in fds {
                         // SAFETY: SCM_RIGHTS installed this descriptor in our
                         // table; nothing else owns it.
-                        let owned = unsafe { OwnedFd::from_raw_fd(f) };
-                        fd.get_or_insert(owned);
+                        got.push(unsafe { OwnedFd::from_raw_fd(f) });
                     }
                 }
             }
             let n = msg.bytes;
-            if n == 0 && fd.is_none() {
+            if n == 0 && got.is_empty() {
                 return Ok(None);
             }
-            return Ok(Some((InitMessage::decode(&buf[..n])?, fd)));
+            return Ok(Some((InitMessage::decode(&buf[..n])?, got)));
         }
     }
 }

@@ -15,7 +15,7 @@
 use crate::app::{self, Launch, Started, Stdio};
 use crate::init;
 use crate::security::Confinement;
-use crate::supervise::{supervise, Streams};
+use crate::supervise::{supervise, Forward, Streams};
 use anyhow::{Context, Result};
 use berth_spec::cgroup::{self, PodCgroup};
 use berth_spec::stage1_cli::ExecOptions;
@@ -50,8 +50,15 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
     spec.stdio.tty = opts.tty;
     let confinement = Confinement::from_spec(&spec)?;
     // Open every namespace first: /proc changes meaning once we join mnt.
+    // A pod's user namespace goes first: the others belong to it.
     let mut ns = Vec::new();
-    for (name, flag) in NAMESPACES {
+    let userns = spec.security.userns.is_some();
+    let user: &[(&str, CloneFlags)] = if userns {
+        &[("user", CloneFlags::CLONE_NEWUSER)]
+    } else {
+        &[]
+    };
+    for (name, flag) in user.iter().chain(NAMESPACES) {
         let path = format!("/proc/{leader}/ns/{name}");
         let f = File::open(&path).with_context(|| format!("cannot open {path}"))?;
         ns.push((f, *flag, *name));
@@ -63,6 +70,9 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
             .with_context(|| format!("cannot join the pod's {name} namespace"))?;
     }
     drop(ns);
+    if userns {
+        crate::userns::become_root().context("cannot become root of the pod's user namespace")?;
+    }
     let handled = init::handled_signals();
     handled.thread_block().context("cannot block signals")?;
     let sfd = SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
@@ -84,6 +94,7 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
             Streams::Pty {
                 master: owned,
                 stdin: opts.interactive,
+                escape: opts.escape,
             },
             Stdio::Tty(slave),
             None,
@@ -118,7 +129,7 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
     let started = app::launch(&launch)?;
     drop(pipes);
     match started {
-        Started::Running(pid) => Ok(supervise(pid, &sfd, streams, None)),
+        Started::Running(pid) => Ok(supervise(pid, &sfd, streams, None, Forward::AsIs)),
         Started::Failed { pid, code, message } => {
             let _ = nix::sys::wait::waitpid(pid, None);
             eprintln!("berth: {message}");
@@ -127,27 +138,11 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
     }
 }
 
-/// Run `argv` in the running pod through this stage1's `exec` verb and
-/// return what it printed (at most 1 MiB; its status is not an error:
-/// `systemctl show` of a failed unit exits 0, and callers judge the
-/// output).
+/// Run `argv` in the running pod through this stage1's own `exec` verb and
+/// return what it printed (see `berth_spec::state::capture_output`).
 pub fn capture(pod: &PodDir, argv: &[String]) -> Result<String> {
-    use std::io::Read;
     let exe = std::env::current_exe().context("cannot find our own executable")?;
-    let mut child = std::process::Command::new(exe)
-        .arg("exec")
-        .arg(pod.path())
-        .arg("--")
-        .args(argv)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("cannot start an exec in the pod")?;
-    let mut out = Vec::new();
-    if let Some(o) = child.stdout.take() {
-        let _ = o.take(1 << 20).read_to_end(&mut out);
-    }
-    child.wait().context("cannot wait for the exec")?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("exec").arg(pod.path()).arg("--").args(argv);
+    berth_spec::state::capture_output(&mut cmd).context("cannot run an exec in the pod")
 }

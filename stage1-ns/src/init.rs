@@ -53,6 +53,8 @@ pub struct InitArgs<'a> {
     pub stdio: &'a PodStdio,
     /// The fds passed through to the app (3 ..).
     pub pass: &'a PassedFds,
+    /// An OCI pod: what init needs to go on alone (see crate::oci).
+    pub handoff: Option<&'a crate::oci::Handoff>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,8 @@ enum InitError {
     Stdio(#[source] nix::Error),
     #[error("cannot allow ICMP echo sockets (net.ipv4.ping_group_range)")]
     PingGroups(#[source] std::io::Error),
+    #[error(transparent)]
+    Oci(#[from] crate::oci::OciError),
 }
 
 /// Entry point of the cloned child. Returns the process exit code.
@@ -106,6 +110,13 @@ pub fn main(a: InitArgs) -> isize {
 /// init non-dumpable: nothing in the pod may ptrace it or open its
 /// /proc/1/{exe,fd,mem,environ} (it runs the host's stage1 binary).
 fn shed_host_fds(a: &InitArgs) {
+    if let Some(h) = a.handoff {
+        let mut keep = h.keep();
+        keep.push(a.chan.raw_fd());
+        close_all_but(a.pass.end(), &keep);
+        let _ = nix::sys::prctl::set_dumpable(false);
+        return;
+    }
     // The channel was made after the passed fds took 3 .. end.
     let chan = a.chan.raw_fd().max(a.pass.end());
     // SAFETY: close_range(2) only affects our descriptor table.
@@ -123,9 +134,38 @@ fn shed_host_fds(a: &InitArgs) {
     let _ = nix::sys::prctl::set_dumpable(false);
 }
 
+/// Close every fd from `first` on except those in `keep`.
+fn close_all_but(first: i32, keep: &[i32]) {
+    let mut keep: Vec<i32> = keep.iter().copied().filter(|f| *f >= first).collect();
+    keep.sort_unstable();
+    let mut from = first;
+    for k in keep {
+        if k > from {
+            // SAFETY: close_range(2) only affects our descriptor table.
+            unsafe { libc::syscall(libc::SYS_close_range, from as u32, (k - 1) as u32, 0) };
+        }
+        from = from.max(k + 1);
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from as u32, u32::MAX, 0) };
+}
+
 fn run(a: &InitArgs) -> Result<i32, InitError> {
     a.stdio.install().map_err(InitError::Stdio)?;
     shed_host_fds(a);
+    // A user namespace: wait for stage1 to write the id maps; the idmapped
+    // mounts come with that message.
+    let idmapped = if a.spec.security.userns.is_some() {
+        match a.chan.recv_fds()? {
+            Some((InitMessage::Mapped, fds)) => Some(fds),
+            _ => return Err(InitError::ParentGone),
+        }
+    } else {
+        None
+    };
+    if let Some(h) = a.handoff {
+        h.join()?;
+    }
     // If stage1 dies, the pod dies with it (its PID 1 is gone, the kernel
     // kills the rest), so `gc` always finds a dead pod, never an orphan.
     // (getppid() is 0 in a new PID namespace, so a parent that died before
@@ -134,16 +174,30 @@ fn run(a: &InitArgs) -> Result<i32, InitError> {
     // The mounts are built while stage1 moves us into the pod's cgroup: on
     // cgroup v1 that move waits out an RCU grace period (milliseconds), and
     // nothing here depends on it.
-    nix::unistd::sethostname(&a.spec.hostname)
-        .map_err(|e| InitError::Hostname(a.spec.hostname.clone(), e))?;
-    mounts::build_root(a.spec, a.pod)?;
+    let own_uts = a
+        .spec
+        .oci
+        .as_ref()
+        .is_none_or(|o| o.namespaces.uts == berth_spec::oci::NsChoice::New);
+    if own_uts {
+        nix::unistd::sethostname(&a.spec.hostname)
+            .map_err(|e| InitError::Hostname(a.spec.hostname.clone(), e))?;
+    }
+    mounts::build_root(a.spec, a.pod, idmapped.as_deref())?;
     let own_netns = a.spec.network.mode != berth_spec::NetworkMode::Host;
     if own_netns {
         // Before /proc/sys goes read-only; never with --net host (the
         // sysctl would be the host's).
-        allow_ping()?;
+        allow_ping(a.spec.security.userns.map(|u| u.count))?;
     }
-    mounts::mask_paths()?;
+    match &a.spec.oci {
+        Some(o) => {
+            crate::oci::apply_sysctl(o)?;
+            mounts::mask_these(&o.masked_paths, &o.readonly_paths)?;
+        }
+        None => mounts::mask_paths()?,
+    }
+    drop(idmapped);
     // none and private: our own network namespace, whose lo starts down
     // (stage1 plugs eth0 in meanwhile for private).
     if own_netns {
@@ -154,7 +208,13 @@ fn run(a: &InitArgs) -> Result<i32, InitError> {
         _ => return Err(InitError::ParentGone),
     }
     // Now in the pod's cgroup: root the cgroup namespace there.
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(InitError::CgroupNs)?;
+    if a.spec.oci.as_ref().is_none_or(|o| o.namespaces.cgroup) {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+            .map_err(InitError::CgroupNs)?;
+    }
+    if let Some(o) = &a.spec.oci {
+        crate::oci::mount_cgroups(o)?;
+    }
     if a.spec.service.is_some() {
         return exec_systemd(a);
     }
@@ -172,6 +232,9 @@ fn run(a: &InitArgs) -> Result<i32, InitError> {
             pipes: None,
         }
     };
+    if let (Some(h), Some(o)) = (a.handoff, &a.spec.oci) {
+        return handed_off(a, h, o, stdio);
+    }
     let sfd = SignalFd::with_flags(&handled_signals(), SfdFlags::SFD_CLOEXEC)
         .map_err(InitError::Signalfd)?;
     let launch = Launch {
@@ -205,6 +268,70 @@ fn run(a: &InitArgs) -> Result<i32, InitError> {
     Ok(reap_until(app_pid, &sfd))
 }
 
+/// An OCI pod's init once set up: say so, go on without stage1 (it is
+/// reparented to the caller's shim), wait for `start`, run the
+/// `startContainer` hooks and the app, forward every signal it gets to
+/// the app and exit with the app's status.
+fn handed_off(
+    a: &InitArgs,
+    h: &crate::oci::Handoff,
+    o: &berth_spec::oci::OciSettings,
+    stdio: Stdio,
+) -> Result<i32, InitError> {
+    // Every catchable signal is the app's (`berth-oci kill ID SIGNAL`).
+    let all = nix::sys::signal::SigSet::all();
+    all.thread_block().map_err(InitError::Signalfd)?;
+    let sfd = SignalFd::with_flags(&all, SfdFlags::SFD_CLOEXEC).map_err(InitError::Signalfd)?;
+    crate::oci::apply_process_limits(o)?;
+    let env = a.spec.effective_env();
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(berth_spec::DEFAULT_PATH)
+        .to_string();
+    // A command that does not exist fails `create`, as with runc.
+    let cmd = &a.spec.app.argv[0];
+    if let Err(code) = app::resolve(cmd, &path) {
+        let what = if code == berth_spec::EXIT_NOT_FOUND {
+            "executable file not found in $PATH"
+        } else {
+            "permission denied"
+        };
+        let message = format!("exec {cmd:?}: {what}");
+        a.chan.send(&InitMessage::Failed { code, message }, None)?;
+        return Ok(code);
+    }
+    // Outlive stage1 from here: it exits once it has our report.
+    let _ = nix::sys::prctl::set_pdeathsig(None);
+    a.chan.send(&InitMessage::Started, None)?;
+    crate::oci::wait_for_start(h)?;
+    crate::oci::run_hooks(&o.hooks.start_container, &o.state_json("running", 1), None)?;
+    let launch = Launch {
+        argv: a.spec.app.argv.clone(),
+        env,
+        cwd: a.spec.app.cwd.clone(),
+        stdio,
+        confinement: a.confinement,
+        pass: a.pass,
+    };
+    let app_pid = match app::launch(&launch)? {
+        Started::Running(pid) => pid,
+        Started::Failed { pid, code, message } => {
+            eprintln!("berth: {message}");
+            let _ = waitpid(pid, None);
+            return Ok(code);
+        }
+    };
+    if let Err(e) = crate::security::keep_only_kill() {
+        log::warn!(
+            "stage1-ns: pod init keeps its capabilities: {}",
+            ErrorChain(&e)
+        );
+    }
+    Ok(reap_until_forwarding(app_pid, &sfd, true))
+}
+
 /// A service pod: init becomes systemd (PID 1 of the pod), with its
 /// console on a pty of the pod's own and a writable cgroup2 tree rooted at
 /// the pod's cgroup (its cgroup namespace). The channel closes with the
@@ -235,8 +362,10 @@ fn exec_systemd(a: &InitArgs) -> Result<i32, InitError> {
 /// ICMP echo ("ping") sockets for every group of the pod: `ping` works
 /// without CAP_NET_RAW, which pods do not get by default (podman does the
 /// same). The sysctl belongs to the pod's own network namespace.
-fn allow_ping() -> Result<(), InitError> {
-    match std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647") {
+/// In a user namespace only its own (mapped) groups can be named.
+fn allow_ping(mapped: Option<u32>) -> Result<(), InitError> {
+    let last = mapped.map_or(2_147_483_647, |n| n.saturating_sub(1));
+    match std::fs::write("/proc/sys/net/ipv4/ping_group_range", format!("0 {last}")) {
         Ok(()) => Ok(()),
         // A kernel without IPv4 ping sockets: nothing to allow.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -284,6 +413,11 @@ fn open_pty(chan: &Chan) -> Result<PathBuf, InitError> {
 /// PID 1's loop: reap everything, forward signals to the app, return the
 /// app's status when it exits.
 fn reap_until(app: Pid, sfd: &SignalFd) -> i32 {
+    reap_until_forwarding(app, sfd, false)
+}
+
+/// [`reap_until`]; with `all`, every signal but SIGCHLD is forwarded.
+fn reap_until_forwarding(app: Pid, sfd: &SignalFd, all: bool) -> i32 {
     loop {
         let sig = match sfd.read_signal() {
             Ok(Some(s)) => s,
@@ -315,7 +449,7 @@ fn reap_until(app: Pid, sfd: &SignalFd) -> i32 {
                 }
             }
         } else if let Ok(s) = Signal::try_from(signo) {
-            if is_forwarded(s) {
+            if all || is_forwarded(s) {
                 let _ = kill(app, s);
             }
         }

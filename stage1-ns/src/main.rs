@@ -9,11 +9,13 @@ mod exec;
 mod init;
 mod lifecycle;
 mod mounts;
+mod oci;
 mod run;
 mod sealed;
 mod security;
 mod service;
 mod supervise;
+mod userns;
 
 use berth_spec::stage1_cli::{self, Verb};
 use berth_spec::PodDir;

@@ -33,6 +33,10 @@ pub enum MountError {
     Disk(#[from] berth_spec::disk::DiskError),
     #[error("cannot write the pod's /etc/resolv.conf and /etc/hosts")]
     Etc(#[source] std::io::Error),
+    #[error("cannot become root of the pod's user namespace")]
+    UserNs(#[source] nix::Error),
+    #[error("idmapped mounts: {0}")]
+    Idmapped(String),
     #[error("cannot pivot_root into {path}")]
     Pivot {
         path: PathBuf,
@@ -51,7 +55,7 @@ const DEVICES: &[(&str, u64, u64)] = &[
     ("tty", 5, 0),
 ];
 
-fn do_mount(
+pub(crate) fn do_mount(
     source: Option<&str>,
     target: &Path,
     fstype: Option<&str>,
@@ -67,7 +71,13 @@ fn do_mount(
 
 /// Mount the overlay rootfs and everything below it, then pivot_root into it.
 /// Runs in the pod's init, in its fresh mount namespace, as real root.
-pub fn build_root(spec: &PodSpec, pod: &PodDir) -> Result<(), MountError> {
+/// With a user namespace, `idmapped` holds the detached idmapped mounts
+/// stage1 made: the lower layers (image first), then the volumes.
+pub fn build_root(
+    spec: &PodSpec,
+    pod: &PodDir,
+    idmapped: Option<&[OwnedFd]>,
+) -> Result<(), MountError> {
     // Nothing we mount from here on may propagate back to the host.
     do_mount(
         None,
@@ -82,22 +92,72 @@ pub fn build_root(spec: &PodSpec, pod: &PodDir) -> Result<(), MountError> {
     if spec.resources.disk.is_some() {
         berth_spec::disk::mount(pod)?;
     }
-    if let Some(net) = &spec.network.private {
+    // Everything below is reached through descriptors opened now, while we
+    // still have the host's root uid (which owns the 0700 state
+    // directories): a pod in a user namespace becomes its own root before
+    // mounting its overlay (overlayfs wants a mounter with a mapped uid).
+    let dirs = PodDirs::open(
+        pod,
+        spec.rootfs.lowers().len(),
+        idmapped.is_some(),
+        spec.oci.is_none(),
+    )?;
+    let nlowers = spec.rootfs.lowers().len();
+    let lowers: Vec<PathBuf> = match idmapped {
+        None => spec
+            .rootfs
+            .lowers()
+            .iter()
+            .map(|l| l.to_path_buf())
+            .collect(),
+        Some(trees) => {
+            if trees.len() != nlowers + spec.mounts.len() {
+                return Err(MountError::Idmapped(format!(
+                    "{} idmapped mounts for {} layers and {} volumes",
+                    trees.len(),
+                    nlowers,
+                    spec.mounts.len()
+                )));
+            }
+            let mut v = Vec::new();
+            for (tree, at) in trees[..nlowers].iter().zip(&dirs.lowers) {
+                crate::userns::attach(tree, at.as_raw_fd()).map_err(|e| MountError::Mount {
+                    what: "idmapped layer".into(),
+                    target: fd_path(at).display().to_string(),
+                    source: io_to_nix(e),
+                })?;
+                // The tree's own descriptor names the attached mount (a
+                // look-up of `at` would name the directory under it).
+                v.push(fd_path(tree));
+            }
+            v
+        }
+    };
+    let notify = match spec.service {
+        Some(_) => Some(open_path(&pod.notify_socket())?),
+        None => None,
+    };
+    if idmapped.is_some() {
+        crate::userns::become_root().map_err(MountError::UserNs)?;
+    }
+    if let (Some(net), Some(upper)) = (&spec.network.private, &dirs.upper) {
         // Into the overlay's upper layer before it is mounted: the pod sees
         // them as its /etc/resolv.conf and /etc/hosts.
-        berth_net::etc::write(&pod.upper(), &spec.hostname, net).map_err(MountError::Etc)?;
+        berth_net::etc::write(&fd_path(upper), &spec.hostname, net).map_err(MountError::Etc)?;
     }
-    let root = pod.rootfs();
-    let opts = spec.rootfs.overlay_options(&pod.upper(), &pod.work());
-    do_mount(
-        Some("overlay"),
-        &root,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(&opts),
-    )?;
+    let lower_refs: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+    // The mount's own descriptor is the pod's root from here on (a path or
+    // /proc/self/fd look-up could land under it).
+    let root_fd = if spec.oci.is_some() {
+        // An OCI bundle's root is used in place (see crate::oci).
+        crate::oci::bind_root(spec, &pod.rootfs())?;
+        open_dir(&pod.rootfs())?
+    } else {
+        // The new mount API.
+        let (upper, work) = dirs.overlay()?;
+        mount_overlay(&lower_refs, &upper, &work, idmapped.is_some(), &dirs.rootfs)?
+    };
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let root_fd = open_dir(&root)?;
     let proc_dir = ensure_dir(&root_fd, "/proc")?;
     do_mount(
         Some("proc"),
@@ -120,21 +180,178 @@ pub fn build_root(spec: &PodSpec, pod: &PodDir) -> Result<(), MountError> {
         // Only created if missing; the image's own directories are kept.
         ensure_dir(&root_fd, dir)?;
     }
-    for m in &spec.mounts {
-        bind_volume(&root_fd, m)?;
+    for (j, m) in spec.mounts.iter().enumerate() {
+        bind_volume(&root_fd, m, idmapped.map(|t| &t[nlowers + j]))?;
     }
-    if spec.service.is_some() {
-        run_host(&root_fd, pod)?;
+    if let Some(sock) = &notify {
+        run_host(&root_fd, sock)?;
     }
-    drop(root_fd);
+    let root = fd_path(&root_fd);
+    if let Some(o) = &spec.oci {
+        crate::oci::apply_mounts(&root_fd, o)?;
+        crate::oci::finish_root(&root, o)?;
+    }
     pivot(&root)
+}
+
+/// Mount the pod's overlay (fsopen/fsconfig/fsmount) and attach it on
+/// `at`; returns the mount's root. `userxattr`: in a user namespace
+/// overlayfs keeps its metadata in user.* xattrs.
+fn mount_overlay(
+    lowers: &[&Path],
+    upper: &Path,
+    work: &Path,
+    userxattr: bool,
+    at: &OwnedFd,
+) -> Result<OwnedFd, MountError> {
+    const FSCONFIG_SET_FLAG: u32 = 0;
+    const FSCONFIG_SET_STRING: u32 = 1;
+    const FSCONFIG_CMD_CREATE: u32 = 6;
+    let fail = |what: &str, e: std::io::Error| MountError::Mount {
+        what: format!("overlay ({what})"),
+        target: fd_path(at).display().to_string(),
+        source: io_to_nix(e),
+    };
+    // SAFETY: fsopen(2) with a NUL-terminated name; returns a new fd.
+    let fs = unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), 1u32) };
+    if fs < 0 {
+        return Err(fail("fsopen", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the kernel returned a new descriptor that we alone own.
+    let fs = unsafe { OwnedFd::from_raw_fd(fs as i32) };
+    let set = |cmd: u32, key: &str, value: Option<&str>| -> Result<(), MountError> {
+        let k = CString::new(key)
+            .map_err(|_| fail(key, std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+        let v = value
+            .map(CString::new)
+            .transpose()
+            .map_err(|_| fail(key, std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+        let vp = v.as_ref().map_or(std::ptr::null(), |v| v.as_ptr());
+        // SAFETY: fsconfig(2) with NUL-terminated strings (or NULL) that
+        // outlive the call.
+        let r =
+            unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), cmd, k.as_ptr(), vp, 0) };
+        if r < 0 {
+            return Err(fail(key, std::io::Error::last_os_error()));
+        }
+        Ok(())
+    };
+    let esc = |p: &Path| -> String {
+        // Within one lowerdir value, ':' separates layers.
+        p.to_string_lossy()
+            .replace('\\', "\\\\")
+            .replace(':', "\\:")
+    };
+    let lowerdir: Vec<String> = lowers.iter().map(|l| esc(l)).collect();
+    set(FSCONFIG_SET_STRING, "lowerdir", Some(&lowerdir.join(":")))?;
+    set(
+        FSCONFIG_SET_STRING,
+        "upperdir",
+        Some(&upper.to_string_lossy()),
+    )?;
+    set(
+        FSCONFIG_SET_STRING,
+        "workdir",
+        Some(&work.to_string_lossy()),
+    )?;
+    if userxattr {
+        set(FSCONFIG_SET_FLAG, "userxattr", None)?;
+    }
+    // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(fail("create", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fsmount(2) on the configured fs context; returns a new fd.
+    let m = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), 1u32, 0u32) };
+    if m < 0 {
+        return Err(fail("fsmount", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the kernel returned a new descriptor that we alone own.
+    let m = unsafe { OwnedFd::from_raw_fd(m as i32) };
+    crate::userns::attach(&m, at.as_raw_fd()).map_err(|e| fail("attach", e))?;
+    Ok(m)
+}
+
+/// Descriptors (O_PATH) of the pod directory's parts init mounts with.
+struct PodDirs {
+    rootfs: OwnedFd,
+    /// The overlay's upper and work directories (an OCI bundle's root is
+    /// used in place: none).
+    upper: Option<OwnedFd>,
+    work: Option<OwnedFd>,
+    /// A user-namespace pod's mount points for its idmapped lower layers.
+    lowers: Vec<OwnedFd>,
+}
+
+impl PodDirs {
+    fn open(
+        pod: &PodDir,
+        nlowers: usize,
+        userns: bool,
+        overlay: bool,
+    ) -> Result<PodDirs, MountError> {
+        let lowers = if userns {
+            (0..nlowers)
+                .map(|i| open_dir(&crate::userns::lower_dir(pod, i)))
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        let dir = |p: PathBuf| -> Result<Option<OwnedFd>, MountError> {
+            if overlay {
+                open_dir(&p).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(PodDirs {
+            rootfs: open_dir(&pod.rootfs())?,
+            upper: dir(pod.upper())?,
+            work: dir(pod.work())?,
+            lowers,
+        })
+    }
+
+    /// The upper and work directories, as paths init can mount with.
+    fn overlay(&self) -> Result<(PathBuf, PathBuf), MountError> {
+        match (&self.upper, &self.work) {
+            (Some(u), Some(w)) => Ok((fd_path(u), fd_path(w))),
+            _ => Err(MountError::Idmapped(
+                "the pod has no overlay directories".into(),
+            )),
+        }
+    }
+}
+
+fn open_path(path: &Path) -> Result<OwnedFd, MountError> {
+    let fd = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|source| MountError::Create {
+        path: path.display().to_string(),
+        source,
+    })?;
+    // SAFETY: `open` just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A service pod's /run (a fresh tmpfs, as systemd expects of a container
 /// manager) with systemd's container interface in /run/host:
 /// `container-manager` naming berth and `notify`, stage1's socket for
 /// systemd's sd_notify messages (its READY=1).
-fn run_host(root: &OwnedFd, pod: &PodDir) -> Result<(), MountError> {
+fn run_host(root: &OwnedFd, sock: &OwnedFd) -> Result<(), MountError> {
     let run = ensure_dir(root, "/run")?;
     do_mount(
         Some("tmpfs"),
@@ -151,9 +368,8 @@ fn run_host(root: &OwnedFd, pod: &PodDir) -> Result<(), MountError> {
         source: io_to_nix(e),
     })?;
     let notify = ensure_file(root, berth_spec::SERVICE_NOTIFY_SOCKET)?;
-    let src = pod.notify_socket();
     do_mount(
-        Some(&src.to_string_lossy()),
+        Some(&fd_path(sock).to_string_lossy()),
         &fd_path(&notify),
         None,
         MsFlags::MS_BIND,
@@ -271,7 +487,7 @@ fn build_dev(root: &OwnedFd, mountpoint: &Path) -> Result<(), MountError> {
 /// Bind a volume at its destination, creating the mount point inside the pod
 /// rootfs with every path component resolved *inside* the rootfs (a symlink
 /// in the image can never send the mount outside it).
-fn bind_volume(root: &OwnedFd, m: &Mount) -> Result<(), MountError> {
+fn bind_volume(root: &OwnedFd, m: &Mount, idmapped: Option<&OwnedFd>) -> Result<(), MountError> {
     let meta =
         std::fs::metadata(&m.source).map_err(|_| MountError::MissingSource(m.source.clone()))?;
     let target = if meta.is_dir() {
@@ -279,6 +495,14 @@ fn bind_volume(root: &OwnedFd, m: &Mount) -> Result<(), MountError> {
     } else {
         ensure_file(root, &m.destination)?
     };
+    if let Some(tree) = idmapped {
+        // Made by stage1, read-only already when asked.
+        return crate::userns::attach(tree, target.as_raw_fd()).map_err(|e| MountError::Mount {
+            what: format!("idmapped {}", m.source.display()),
+            target: m.destination.clone(),
+            source: io_to_nix(e),
+        });
+    }
     let target = fd_path(&target);
     let src = m.source.to_string_lossy();
     do_mount(
@@ -330,7 +554,16 @@ fn pivot(root: &Path) -> Result<(), MountError> {
 
 /// After pivot_root: hide or freeze the sensitive parts of /proc and /sys.
 pub fn mask_paths() -> Result<(), MountError> {
-    for p in READONLY_PATHS {
+    mask_these(MASKED_PATHS, READONLY_PATHS)
+}
+
+/// [`mask_paths`] with other lists (an OCI config's `maskedPaths` and
+/// `readonlyPaths`).
+pub fn mask_these<M: AsRef<str>, R: AsRef<str>>(
+    masked: &[M],
+    readonly: &[R],
+) -> Result<(), MountError> {
+    for p in readonly.iter().map(AsRef::as_ref) {
         let path = Path::new(p);
         if !path.exists() {
             continue;
@@ -356,7 +589,7 @@ pub fn mask_paths() -> Result<(), MountError> {
             None,
         )?;
     }
-    for p in MASKED_PATHS {
+    for p in masked.iter().map(AsRef::as_ref) {
         let path = Path::new(p);
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.is_dir() => do_mount(
@@ -392,11 +625,11 @@ fn io_to_nix(e: std::io::Error) -> nix::Error {
 
 /// `/proc/self/fd/N` for an O_PATH descriptor: lets mount(2) act on exactly
 /// the inode we resolved, with no second path lookup to race against.
-fn fd_path(fd: &OwnedFd) -> PathBuf {
+pub(crate) fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-fn open_dir(path: &Path) -> Result<OwnedFd, MountError> {
+pub(crate) fn open_dir(path: &Path) -> Result<OwnedFd, MountError> {
     let fd = nix::fcntl::open(
         path,
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -447,7 +680,7 @@ pub fn open_in_root(root: &OwnedFd, path: &str, flags: i32) -> nix::Result<Owned
 
 /// Create every missing directory of `path` inside `root`; returns an O_PATH
 /// descriptor of the final directory.
-fn ensure_dir(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
+pub(crate) fn ensure_dir(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
     let err = |source| MountError::Create {
         path: path.to_string(),
         source,
@@ -476,7 +709,7 @@ fn ensure_dir(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
 
 /// Create (if missing) an empty file at `path` inside `root`, its parent
 /// directories too; returns an O_PATH descriptor of it.
-fn ensure_file(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
+pub(crate) fn ensure_file(root: &OwnedFd, path: &str) -> Result<OwnedFd, MountError> {
     let err = |source| MountError::Create {
         path: path.to_string(),
         source,

@@ -10,19 +10,20 @@
 use crate::chan::{self, Chan};
 use crate::init::{self, InitArgs};
 use crate::security::Confinement;
-use crate::supervise::{supervise, Notify, PodStdio, Streams};
+use crate::supervise::{supervise, Forward, Notify, PodStdio, Streams};
 use anyhow::{Context, Result};
 use berth_spec::cgroup::{self, PodCgroup};
 use berth_spec::init_msg::InitMessage;
 use berth_spec::report::StartReport;
 use berth_spec::state::{self, PassedFds, Ready};
+use berth_spec::systemd::{self, Placement};
 use berth_spec::{ErrorChain, NetworkMode, PodDir, PodSpec};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Stack for the cloned init. It only runs set-up code and a small loop, and
 /// the pages are touched lazily, so the size costs nothing until used.
@@ -47,26 +48,36 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
     let _ = std::fs::remove_file(pod.status_file());
     let _ = std::fs::remove_file(pod.exit_reason_file());
     let confinement = Confinement::from_spec(&spec)?;
+    let handoff = match &spec.oci {
+        Some(o) => Some(crate::oci::Handoff::open(o, _lock.raw_fd())?),
+        None => None,
+    };
     if let Some(size) = spec.resources.disk {
         berth_spec::disk::ensure_image(pod, size)?;
     }
     // A service pod's systemd reports READY=1 here (init mounts it at
     // /run/host/notify).
     let notify = match &spec.service {
-        Some(_) => Some(bind_notify(pod)?),
+        Some(_) => Some(bind_notify(pod, spec.security.userns.as_ref())?),
         None => None,
     };
-    let relative = cgroup::pod_cgroup_path(&spec.uuid);
+    let placement = systemd::placement(&spec)?;
+    systemd::prepare(&placement, &spec)?;
     // Recorded before any process is placed in it: whatever happens next,
-    // `gc` knows which cgroup to remove.
-    cgroup::record(pod, &relative)?;
+    // `gc` knows which cgroup to remove. (A scope's is known once
+    // machined made it.)
+    if let Some(rel) = placement.pod_cgroup() {
+        cgroup::record(pod, &rel)?;
+    }
     let handled = init::handled_signals();
     handled
         .thread_block()
         .context("cannot block signals for the signalfd")?;
     let sfd = SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("cannot create signalfd")?;
-    let (streams, pod_stdio) = if spec.stdio.tty {
+    // An OCI pod's streams are the caller's, whatever they are: this
+    // stage1 leaves before the app starts.
+    let (streams, pod_stdio) = if spec.stdio.tty || spec.oci.is_some() {
         (None, PodStdio::default())
     } else {
         let (s, p) = Streams::for_pod(spec.stdio.interactive)
@@ -75,6 +86,9 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
     };
     step("spec loaded");
 
+    if let Some(u) = &spec.security.userns {
+        crate::userns::prepare_dirs(pod, &spec, u)?;
+    }
     let (ours, theirs) = chan::pair()?;
     let child = clone_init(&InitArgs {
         spec: &spec,
@@ -83,19 +97,25 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
         confinement: &confinement,
         stdio: &pod_stdio,
         pass,
+        handoff: handoff.as_ref(),
     })?;
     drop(theirs);
     drop(pod_stdio);
     step("cloned init");
-    // The cgroup is set up while init builds the pod's mounts.
-    let cgroup = match PodCgroup::open(&relative) {
-        Ok(c) => c,
-        Err(e) => {
+    if let Some(u) = &spec.security.userns {
+        let mapped = crate::userns::write_maps(child.as_raw(), u).and_then(|()| {
+            let trees = crate::userns::idmapped_mounts(child.as_raw(), &spec)?;
+            let fds: Vec<_> = trees.iter().map(|t| t.as_raw_fd()).collect();
+            ours.send_fds(&InitMessage::Mapped, &fds)?;
+            Ok(())
+        });
+        if let Err(e) = mapped {
             abort_child(child);
-            return Err(e.into());
+            return Err(e);
         }
-    };
-    let proxy = match place_and_plug(pod, &spec, &cgroup, child, &ours) {
+    }
+    // The cgroup and network are set up while init builds the pod's mounts.
+    let (cgroup, proxy) = match place_and_plug(pod, &spec, &placement, child, &ours) {
         Ok(p) => p,
         Err(e) => {
             // init may have failed first (and its report says why better
@@ -105,11 +125,18 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
                 None => e,
             };
             abort_child(child);
-            release(pod, &spec, &cgroup);
+            release_after_failure(pod, &spec);
             return Err(e);
         }
     };
     step("network attached, go");
+    if let Some(o) = &spec.oci {
+        if let Err(e) = crate::oci::create_hooks(o, child.as_raw()) {
+            abort_child(child);
+            release(pod, &spec, &cgroup);
+            return Err(e.into());
+        }
+    }
 
     let master = match await_start(&ours, ready, spec.service.is_some())? {
         Awaited::Started(master) => master,
@@ -128,10 +155,19 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
         }
     };
     step("app started");
+    if let Some(o) = &spec.oci {
+        // The hand-off: init waits for `start` on its own from here.
+        if let (Some(sock), Some(m)) = (&o.console_socket, &master) {
+            crate::oci::send_console(sock, m)?;
+        }
+        drop(proxy);
+        return Ok(0);
+    }
     let streams = match (master, streams) {
         (Some(master), _) => Streams::Pty {
             master,
             stdin: spec.stdio.interactive,
+            escape: None,
         },
         (None, Some(s)) => s,
         (None, None) => Streams::Direct,
@@ -155,9 +191,10 @@ fn start_and_wait(pod: &PodDir, pass: &PassedFds, ready: &mut Ready) -> Result<i
                     sock,
                     on_ready: &mut on_ready,
                 }),
+                Forward::Systemd,
             )
         }
-        None => supervise(child, &sfd, streams, None),
+        None => supervise(child, &sfd, streams, None, Forward::AsIs),
     };
     if !ready.sent() {
         ready.send(&StartReport::setup_failed(format!(
@@ -183,6 +220,14 @@ fn clone_init(a: &InitArgs) -> Result<Pid> {
     if a.spec.network.mode != NetworkMode::Host {
         flags |= CloneFlags::CLONE_NEWNET;
     }
+    if let Some(o) = &a.spec.oci {
+        flags = crate::oci::clone_flags(o);
+    }
+    if a.spec.security.userns.is_some() {
+        // The other namespaces are created together with it, and so
+        // belong to it.
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
     let mut stack = vec![0u8; INIT_STACK_SIZE];
     let cb = Box::new(|| init::main(*a));
     // SAFETY: without CLONE_VM the child runs `cb` on `stack` in its own copy
@@ -199,21 +244,55 @@ fn clone_init(a: &InitArgs) -> Result<Pid> {
 fn place_and_plug(
     pod: &PodDir,
     spec: &PodSpec,
-    cgroup: &PodCgroup,
+    placement: &Placement,
     child: Pid,
     chan: &Chan,
-) -> Result<Option<berth_net::proxy::LocalProxy>> {
+) -> Result<(PodCgroup, Option<berth_net::proxy::LocalProxy>)> {
     state::write_file(&pod.pid_file(), &child.to_string())?;
-    cgroup.add(child.as_raw())?;
-    cgroup.apply(&spec.resources, &spec.devices)?;
     let mut proxy = None;
+    let mut ifindices = Vec::new();
     if let Some(net) = &spec.network.private {
         berth_net::attach_veth(net, child.as_raw())
             .context("cannot plug the pod into the bridge")?;
+        ifindices.extend(ifindex(&net.host_ifname));
         proxy = Some(berth_net::proxy::start(&net.ports, net.address)?);
     }
+    let cgroup = systemd::place(&systemd::Place {
+        pod,
+        spec,
+        placement,
+        leader: child.as_raw(),
+        members: Vec::new(),
+        root_directory: &pod.rootfs(),
+        ifindices,
+        limits: &spec.resources,
+        devices: &spec.devices,
+    })?;
+    if let (Some(_), Some(u)) = (&spec.service, &spec.security.userns) {
+        cgroup.delegate_to(u.host_uid, u.host_gid)?;
+    }
     chan.send(&InitMessage::Go, None)?;
-    Ok(proxy)
+    Ok((cgroup, proxy))
+}
+
+/// A host interface's index, for machined.
+fn ifindex(name: &str) -> Option<i32> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A start that failed before the cgroup was in hand: whatever was
+/// recorded and leased goes.
+fn release_after_failure(pod: &PodDir, spec: &PodSpec) {
+    berth_net::release_pod(&pod.state_root(), spec);
+    if let Some(rel) = cgroup::recorded(pod, Some(spec)) {
+        if let Ok(c) = PodCgroup::open(&rel) {
+            let _ = c.remove();
+        }
+    }
 }
 
 /// A failure init reported already (non-blocking: only what is queued).
@@ -264,7 +343,7 @@ fn await_start(chan: &Chan, ready: &mut Ready, service: bool) -> Result<Awaited>
                 ready.send(&StartReport::Failed { code, message });
                 return Ok(Awaited::Failed(code));
             }
-            Some((InitMessage::Go, _)) => {}
+            Some((InitMessage::Go | InitMessage::Mapped, _)) => {}
             None => return Ok(Awaited::InitGone),
         }
     }
@@ -290,12 +369,20 @@ fn release(pod: &PodDir, spec: &PodSpec, cgroup: &PodCgroup) {
     }
 }
 
-/// Bind the service pod's notify socket in the pod directory.
-fn bind_notify(pod: &PodDir) -> Result<std::os::unix::net::UnixDatagram> {
+/// Bind the service pod's notify socket in the pod directory (owned by
+/// the pod's root in a user namespace: sending to it needs write access).
+fn bind_notify(
+    pod: &PodDir,
+    userns: Option<&berth_spec::UserNamespace>,
+) -> Result<std::os::unix::net::UnixDatagram> {
     let path = pod.notify_socket();
     let _ = std::fs::remove_file(&path);
     let sock = std::os::unix::net::UnixDatagram::bind(&path)
         .with_context(|| format!("cannot bind {}", path.display()))?;
+    if let Some(u) = userns {
+        std::os::unix::fs::chown(&path, Some(u.host_uid), Some(u.host_gid))
+            .with_context(|| format!("cannot give {} to the pod's root", path.display()))?;
+    }
     sock.set_nonblocking(true)
         .context("cannot make the notify socket non-blocking")?;
     Ok(sock)

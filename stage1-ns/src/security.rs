@@ -47,17 +47,24 @@ pub struct Confinement {
     pub gid: u32,
     pub no_new_privs: bool,
     pub filters: Vec<BpfProgram>,
+    /// Supplementary groups besides `gid` (an OCI pod's `additionalGids`).
+    pub groups: Vec<u32>,
 }
 
 impl Confinement {
     pub fn from_spec(spec: &berth_spec::PodSpec) -> Result<Confinement, SecurityError> {
-        let p = Policy::from_security(&spec.security)?;
+        let p = Policy::from_spec(spec)?;
         Ok(Confinement {
             keep: p.keep,
             uid: spec.app.user.uid,
             gid: spec.app.user.gid,
             no_new_privs: p.no_new_privs,
             filters: p.filters,
+            groups: spec
+                .oci
+                .as_ref()
+                .map(|o| o.additional_gids.clone())
+                .unwrap_or_default(),
         })
     }
 }
@@ -78,6 +85,7 @@ pub fn confine(c: &Confinement) -> Result<(), SecurityError> {
         gid: c.gid,
         no_new_privs: c.no_new_privs,
         filters: c.filters.clone(),
+        groups: c.groups.clone(),
     };
     for cap in caps::all() {
         if !c.keep.contains(&cap) {
@@ -92,6 +100,14 @@ pub fn confine(c: &Confinement) -> Result<(), SecurityError> {
     }
     if c.no_new_privs {
         nix::sys::prctl::set_no_new_privs().map_err(SecurityError::NoNewPrivs)?;
+    } else {
+        // Without no_new_privs, loading a filter takes CAP_SYS_ADMIN,
+        // which the app usually does not keep: load it now, while we
+        // still hold it (the filter must allow the few calls left:
+        // setgroups, setres[ug]id, capset — berth's and OCI profiles do).
+        for f in &c.filters {
+            seccompiler::apply_filter(f).map_err(SecurityError::SeccompLoad)?;
+        }
     }
     let user_err = |source| SecurityError::User {
         uid: c.uid,
@@ -100,7 +116,11 @@ pub fn confine(c: &Confinement) -> Result<(), SecurityError> {
     };
     let gid = nix::unistd::Gid::from_raw(c.gid);
     let uid = nix::unistd::Uid::from_raw(c.uid);
-    nix::unistd::setgroups(&[gid]).map_err(user_err)?;
+    let groups: Vec<nix::unistd::Gid> = std::iter::once(c.gid)
+        .chain(c.groups.iter().copied())
+        .map(nix::unistd::Gid::from_raw)
+        .collect();
+    nix::unistd::setgroups(&groups).map_err(user_err)?;
     nix::unistd::setresgid(gid, gid, gid).map_err(user_err)?;
     nix::unistd::setresuid(uid, uid, uid).map_err(user_err)?;
     let keep = if c.uid == 0 {
@@ -115,8 +135,10 @@ pub fn confine(c: &Confinement) -> Result<(), SecurityError> {
     set(CapSet::Inheritable, &keep)?;
     set(CapSet::Effective, &keep)?;
     set(CapSet::Permitted, &keep)?;
-    for f in &c.filters {
-        seccompiler::apply_filter(f).map_err(SecurityError::SeccompLoad)?;
+    if c.no_new_privs {
+        for f in &c.filters {
+            seccompiler::apply_filter(f).map_err(SecurityError::SeccompLoad)?;
+        }
     }
     Ok(())
 }

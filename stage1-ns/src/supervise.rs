@@ -66,8 +66,13 @@ pub enum Streams {
     /// Nothing to relay: it holds our 0, 1, 2 (none is a terminal).
     Direct,
     /// Its own pty: the master is relayed to our stdout, our stdin (with
-    /// `stdin`) to the master, our window size follows.
-    Pty { master: OwnedFd, stdin: bool },
+    /// `stdin`) to the master, our window size follows. `escape`: a byte
+    /// on our stdin that detaches (`berth connect`'s ^]): the pty hangs up.
+    Pty {
+        master: OwnedFd,
+        stdin: bool,
+        escape: Option<u8>,
+    },
     /// Pipes in place of our terminals.
     Pipes {
         /// Write end: our stdin goes there.
@@ -123,6 +128,15 @@ struct Copy {
     /// Our stdin → the pod: on EOF, a pty gets ^D, a pipe is closed.
     to_pod: Option<OwnedFd>,
     is_pty_input: bool,
+    /// Our stdin → the pod: this byte detaches instead of being copied.
+    escape: Option<u8>,
+}
+
+/// What the relay loop ended with.
+enum Ended {
+    Exited(i32),
+    /// The escape byte came: stop relaying, hang up.
+    Detached,
 }
 
 /// A service pod's systemd tells its readiness on this socket (sd_notify):
@@ -138,14 +152,47 @@ pub fn says_ready(datagram: &[u8]) -> bool {
     datagram.split(|b| *b == b'\n').any(|l| l == b"READY=1")
 }
 
+/// How a signal we got reaches the supervised process.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// As it is.
+    AsIs,
+    /// It is a service pod's systemd: a request to stop (SIGTERM, SIGINT,
+    /// SIGHUP, SIGQUIT) becomes SIGRTMIN+3, its "halt" (SIGTERM would make
+    /// it re-execute itself).
+    Systemd,
+}
+
+impl Forward {
+    fn map(self, sig: Signal) -> i32 {
+        match (self, sig) {
+            (
+                Forward::Systemd,
+                Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP | Signal::SIGQUIT,
+            ) => libc::SIGRTMIN() + 3,
+            _ => sig as i32,
+        }
+    }
+}
+
 /// Supervise `child` until it exits; returns its status in shell convention.
-pub fn supervise(child: Pid, sfd: &SignalFd, streams: Streams, notify: Option<Notify>) -> i32 {
+pub fn supervise(
+    child: Pid,
+    sfd: &SignalFd,
+    streams: Streams,
+    notify: Option<Notify>,
+    forward: Forward,
+) -> i32 {
     let mut raw = None;
     let mut master_for_winsize = None;
     let mut copies: Vec<Copy> = Vec::new();
     match streams {
         Streams::Direct => {}
-        Streams::Pty { master, stdin } => {
+        Streams::Pty {
+            master,
+            stdin,
+            escape,
+        } => {
             sync_winsize(master.as_fd());
             master_for_winsize = master.try_clone().ok();
             if stdin {
@@ -156,6 +203,7 @@ pub fn supervise(child: Pid, sfd: &SignalFd, streams: Streams, notify: Option<No
                         to: -1,
                         to_pod: Some(dst),
                         is_pty_input: true,
+                        escape,
                     });
                 }
             }
@@ -164,6 +212,7 @@ pub fn supervise(child: Pid, sfd: &SignalFd, streams: Streams, notify: Option<No
                 to: 1,
                 to_pod: None,
                 is_pty_input: false,
+                escape: None,
             });
         }
         Streams::Pipes {
@@ -177,6 +226,7 @@ pub fn supervise(child: Pid, sfd: &SignalFd, streams: Streams, notify: Option<No
                     to: -1,
                     to_pod: Some(w),
                     is_pty_input: false,
+                    escape: None,
                 });
             }
             for (r, to) in [(stdout, 1), (stderr, 2)] {
@@ -186,12 +236,29 @@ pub fn supervise(child: Pid, sfd: &SignalFd, streams: Streams, notify: Option<No
                         to,
                         to_pod: None,
                         is_pty_input: false,
+                        escape: None,
                     });
                 }
             }
         }
     }
-    let code = relay(child, sfd, &mut copies, master_for_winsize.as_ref(), notify);
+    let code = match relay(
+        child,
+        sfd,
+        &mut copies,
+        master_for_winsize.as_ref(),
+        notify,
+        forward,
+    ) {
+        Ended::Exited(code) => code,
+        Ended::Detached => {
+            drop(raw);
+            // Every end of the pty closes: the session gets SIGHUP.
+            copies.clear();
+            drop(master_for_winsize);
+            return hang_up(child);
+        }
+    };
     // The process is gone: print what it wrote before, without waiting for
     // descendants that may still hold the streams.
     let mut buf = vec![0u8; 16 * 1024];
@@ -216,7 +283,8 @@ fn relay(
     copies: &mut Vec<Copy>,
     master: Option<&OwnedFd>,
     mut notify: Option<Notify>,
-) -> i32 {
+    forward: Forward,
+) -> Ended {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
@@ -271,32 +339,83 @@ fn relay(
             // SAFETY: `to` is one of our open descriptors for as long as
             // `copies[i]` lives (ours 1/2, or the owned pod end).
             let to = unsafe { BorrowedFd::borrow_raw(to) };
-            if !copy(c.from.as_fd(), to, &mut buf) {
-                let c = copies.remove(i);
-                if c.is_pty_input {
-                    if let Some(p) = &c.to_pod {
-                        // Forward EOF the way a terminal would: VEOF (^D).
-                        let _ = nix::unistd::write(p, &[4u8]);
-                    }
+            if let Some(esc) = c.escape {
+                match copy_until(c.from.as_fd(), to, &mut buf, esc) {
+                    Copied::Escaped => return Ended::Detached,
+                    Copied::More => continue,
+                    Copied::Eof => {}
                 }
-                // A pipe's write end closes with `c`: the pod reads EOF.
+            } else if copy(c.from.as_fd(), to, &mut buf) {
+                continue;
             }
+            let c = copies.remove(i);
+            if c.is_pty_input {
+                if let Some(p) = &c.to_pod {
+                    // Forward EOF the way a terminal would: VEOF (^D).
+                    let _ = nix::unistd::write(p, &[4u8]);
+                }
+            }
+            // A pipe's write end closes with `c`: the pod reads EOF.
         }
         if ready[0] {
-            if let Some(code) = handle_signals(child, sfd, master) {
-                return code;
+            if let Some(code) = handle_signals(child, sfd, master, forward) {
+                return Ended::Exited(code);
             }
         }
     }
     // poll failed: fall back to a plain wait.
-    match waitpid(child, None) {
+    Ended::Exited(match waitpid(child, None) {
         Ok(st) => app::exit_code(st).unwrap_or(EXIT_BERTH_FAILED),
         Err(_) => EXIT_BERTH_FAILED,
+    })
+}
+
+/// After a detach: the process got SIGHUP from its terminal's hang-up;
+/// give it a moment, then kill it. The session ended as the user asked: 0.
+fn hang_up(child: Pid) -> i32 {
+    let _ = kill(child, Signal::SIGHUP);
+    for _ in 0..100 {
+        if !matches!(
+            waitpid(child, Some(WaitPidFlag::WNOHANG)),
+            Ok(WaitStatus::StillAlive)
+        ) {
+            return 0;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = kill(child, Signal::SIGKILL);
+    let _ = waitpid(child, None);
+    0
+}
+
+enum Copied {
+    More,
+    Eof,
+    Escaped,
+}
+
+/// Copy one chunk up to the escape byte (not included).
+fn copy_until(from: BorrowedFd, to: BorrowedFd, buf: &mut [u8], esc: u8) -> Copied {
+    match nix::unistd::read(from.as_raw_fd(), buf) {
+        Ok(0) | Err(_) => Copied::Eof,
+        Ok(n) => match buf[..n].iter().position(|b| *b == esc) {
+            Some(i) => {
+                write_all(to, &buf[..i]);
+                Copied::Escaped
+            }
+            None if write_all(to, &buf[..n]) => Copied::More,
+            None => Copied::Eof,
+        },
     }
 }
 
 /// Read every queued signal; Some(code) once `child` has exited.
-fn handle_signals(child: Pid, sfd: &SignalFd, master: Option<&OwnedFd>) -> Option<i32> {
+fn handle_signals(
+    child: Pid,
+    sfd: &SignalFd,
+    master: Option<&OwnedFd>,
+    forward: Forward,
+) -> Option<i32> {
     let mut exited = None;
     while let Ok(Some(info)) = sfd.read_signal() {
         let signo = info.ssi_signo as i32;
@@ -319,7 +438,8 @@ fn handle_signals(child: Pid, sfd: &SignalFd, master: Option<&OwnedFd>) -> Optio
                 }
             }
             Ok(s) if is_forwarded(s) => {
-                let _ = kill(child, s);
+                // SAFETY: kill(2) with a pid and a signal number.
+                unsafe { libc::kill(child.as_raw(), forward.map(s)) };
             }
             _ => {}
         }

@@ -71,6 +71,23 @@ pub fn busybox() -> &'static Path {
     })
 }
 
+/// The Debian 12 image with systemd and nginx (images/debian.sh, cached:
+/// the first build takes about a minute).
+pub fn debian() -> &'static Path {
+    static IMG: OnceLock<PathBuf> = OnceLock::new();
+    IMG.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/debian.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run images/debian.sh");
+        assert!(out.status.success(), "images/debian.sh failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        PathBuf::from(text.lines().last().expect("image path").trim())
+    })
+}
+
 /// A private state root, removed (after a `gc`) at drop. Its `berth.toml`
 /// gives it a network of its own, so tests never touch the host's `berth0`
 /// and parallel tests never share a bridge: bridge `bte<pid>x<n>`, nft table
@@ -255,8 +272,8 @@ impl Env {
 
 impl Drop for Env {
     /// A failed case may leave pods running: force-remove them (which also
-    /// releases their network: taps, leases, nft rules, the test bridge),
-    /// then gc.
+    /// releases their network: taps, leases, nft set elements), then gc,
+    /// then remove the Env's bridge and nft tables (`network rm`).
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.report_pods();
@@ -272,6 +289,12 @@ impl Drop for Env {
         let _ = self
             .cmd()
             .arg("gc")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self
+            .cmd()
+            .args(["network", "rm", "--force"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();

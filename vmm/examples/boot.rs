@@ -6,6 +6,9 @@
 //!     [--net TAP]...   (virtio-net on host tap TAP, eth0, eth1, …; MAC from the tap name)
 //!     [--input TEXT]   (bytes sent to the guest's serial RX after boot)
 //!     [--timestamps]   (prefix each console line with host time since Vm::boot)
+//!
+//! Seccomp filters are on (vmm::seccomp); BOOT_SECCOMP=off in the environment
+//! boots without them (for bench/vmm-setup.sh's with/without comparison).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,6 +94,9 @@ fn main() -> ExitCode {
     cfg.block = disks;
     cfg.fs = shares;
     cfg.net = nets;
+    if std::env::var_os("BOOT_SECCOMP").is_some_and(|v| v == "off") {
+        cfg.seccomp = vmm::SeccompLevel::Off;
+    }
     if timestamps {
         cfg.serial_out = Box::new(Stamped {
             start: Instant::now(),

@@ -21,7 +21,9 @@
 //! [`devices::virtio::fs::required_capabilities`]), one for the vsock device
 //! if [`VmConfig::vsock`] is set (host side: a unix socket, protocol in
 //! [`devices::virtio::vsock`]), one per network interface ([`VmConfig::net`]:
-//! a tap, `eth0`, `eth1`, …), the PVM
+//! a tap, `eth0`, `eth1`, …), one for a virtio-balloon that only takes
+//! the guest's free page reports ([`VmConfig::free_page_reporting`],
+//! [`devices::virtio::balloon`]), the PVM
 //! parameters when `/sys/module/kvm_pvm` exists ([`pvm`]), then
 //! [`VmConfig::extra_cmdline`]. It reports to the host through the ports in
 //! `berth_spec::kvm`: BOOT_MARK_PORT (first write = [`VmExitInfo::boot_to_init`])
@@ -31,11 +33,19 @@
 //! Threads: one per vCPU plus the caller's thread running the device event
 //! loop inside [`RunningVm::run`]. vCPUs are kicked out of KVM_RUN with
 //! `SIGRTMIN` (a no-op handler is installed): callers must not block or
-//! repurpose that signal in threads created before [`Vm::boot`].
+//! repurpose that signal in threads created before [`Vm::boot`]. Each of
+//! these threads confines itself with its own seccomp allow-list
+//! ([`seccomp`], [`VmConfig::seccomp`], on by default): the thread calling
+//! `run` stays confined after it returns, so it may then only report and
+//! exit.
 //!
 //! The kernel's loadable segments are mapped copy-on-write from the vmlinux
 //! file rather than copied ([`kernel`]: replace a kernel file by rename,
 //! never in place; [`kernel::COPY_KERNEL_ENV`] forces the copy).
+//!
+//! Serial output: [`VmConfig::serial_out`] takes any writer; for a file,
+//! [`console_log::RotatingLog`] caps it (rotating to `<path>.1`) so that a
+//! guest cannot fill the host's disk.
 //!
 //! Timing: `setup_time` and `boot_to_init` are measured from the start of
 //! [`Vm::boot`]. [`metrics::rss_excluding_guest`] (also
@@ -46,11 +56,14 @@
 
 pub mod arch;
 pub mod builder;
+pub mod console_log;
 pub mod device_manager;
 pub mod devices;
 pub mod kernel;
 pub mod metrics;
 pub mod pvm;
+pub mod seccomp;
+pub mod shared;
 pub mod vstate;
 
 pub use builder::{
@@ -59,4 +72,5 @@ pub use builder::{
 };
 pub use devices::serial::SerialInput;
 pub use devices::virtio::fs::ShareCache;
-pub use devices::ExitReason;
+pub use seccomp::SeccompLevel;
+pub use shared::ExitReason;

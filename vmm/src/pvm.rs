@@ -51,6 +51,16 @@ pub fn detected() -> bool {
     Path::new(PVM_MODULE_PATH).exists()
 }
 
+/// Whether to apply the PVM quirks: `forced` if set, else [`detected`];
+/// logs when they are on.
+pub fn quirks_on(forced: Option<bool>) -> bool {
+    let pvm = forced.unwrap_or_else(detected);
+    if pvm {
+        log::info!("vmm: PVM host (/sys/module/kvm_pvm): quirks on: clearcpuid, boot-time savers, pvm_syscall_fix=1, int3/fwait fixups, 1 vCPU");
+    }
+    pvm
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,9 @@
 //! setup` installs (/usr/local/lib/berth/vmlinux); optionally an initramfs as
 //! BERTH_VMM_TEST_INITRAMFS. Skipped (with a message) only on a host without
 //! /dev/kvm; a missing kernel is a set-up error and fails the test.
-//! On PVM hosts expect ~15-35 s.
+//! On PVM hosts expect ~15-35 s. Runs with the VMM's seccomp filters
+//! enforced, in `trap` mode: a syscall missing from them ends the test
+//! binary with status 159 and `berth-vmm: seccomp: … syscall N (name)`.
 
 use std::io::Write;
 use std::path::Path;
@@ -37,8 +39,14 @@ fn boots_to_kernel_panic_or_init() {
         Path::new(&kernel).is_file(),
         "guest kernel {kernel} not found: run `make setup` (or set BERTH_VMM_TEST_KERNEL)"
     );
+    // Seccomp enforced (the default), with forbidden syscalls reported by
+    // name on stderr (and exit status 159) rather than a bare SIGSYS kill.
+    if std::env::var_os(vmm::seccomp::MODE_ENV).is_none() {
+        std::env::set_var(vmm::seccomp::MODE_ENV, "trap");
+    }
     let out = Capture::default();
     let mut cfg = vmm::VmConfig::new(kernel);
+    assert_eq!(cfg.seccomp, vmm::SeccompLevel::Enforce);
     cfg.serial_out = Box::new(out.clone());
     cfg.mem_mib = 128;
     let with_init = std::env::var("BERTH_VMM_TEST_INITRAMFS").ok();

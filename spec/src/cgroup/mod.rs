@@ -98,8 +98,25 @@ pub fn recorded(pod: &PodDir, spec: Option<&PodSpec>) -> Option<PathBuf> {
     std::fs::read_to_string(pod.cgroup_file())
         .ok()
         .map(|s| PathBuf::from(s.trim()))
-        .filter(|p| p.starts_with("/berth/") && p.components().count() == 3)
+        .filter(|p| plausible(p))
         .or_else(|| spec.map(|s| pod_cgroup_path(&s.uuid)))
+}
+
+/// A recorded path berth may have chosen: berth's own tree
+/// (`/berth/<uuid>`), below a service unit (`…/berth@NAME.service/pod`) or a
+/// machined scope (`…/machine-NAME.scope`); absolute, no `..`.
+fn plausible(p: &Path) -> bool {
+    use std::path::Component;
+    let clean = p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    let s = p.to_string_lossy();
+    clean
+        && ((p.starts_with("/berth/") && p.components().count() == 3)
+            || s.ends_with(".service/pod")
+            || s.rsplit('/')
+                .next()
+                .is_some_and(|l| l.starts_with("machine-") && l.ends_with(".scope")))
 }
 
 /// Record the pod's cgroup path (before any process is placed there, so
@@ -225,12 +242,30 @@ impl PodCgroup {
     /// the first [`PodCgroup::add`] (which creates the directories).
     pub fn apply(&self, res: &crate::Resources, devs: &[crate::Device]) -> Result<(), CgroupError> {
         self.apply_limits(res)?;
+        self.apply_devices(devs)
+    }
+
+    /// The device policy alone (a machined scope: systemd applies the
+    /// limits, given as the scope's properties).
+    pub fn apply_devices(&self, devs: &[crate::Device]) -> Result<(), CgroupError> {
         let rules = devices::rules(devs);
-        if !matches!(self.setup, CgroupSetup::Unified) {
+        let v1 = !matches!(self.setup, CgroupSetup::Unified);
+        if v1 {
             devices::apply_v1(&self.under("devices"), &rules)?;
         }
         if let Some(dir) = self.v2_dir() {
-            devices::apply_bpf(&dir, &rules)?;
+            match devices::apply_bpf(&dir, &rules) {
+                Ok(()) => {}
+                // A hybrid host's v1 devices controller enforces the same
+                // list; the program on its unified hierarchy is a second
+                // lock, which some hosts do not allow us (bpf(2) refused,
+                // e.g. inside systemd-nspawn).
+                Err(e @ devices::DeviceError::Load(_)) if v1 => log::info!(
+                    "{}: the v1 devices controller enforces the policy alone",
+                    crate::ErrorChain(&e)
+                ),
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
@@ -249,6 +284,28 @@ impl PodCgroup {
                 path: self.name(),
                 source,
             })
+    }
+
+    /// Hand the pod's v2 cgroup to the pod's root in a user namespace (a
+    /// service pod's systemd manages its own subtree): the directory and
+    /// the files delegation covers (cgroup.procs, cgroup.threads,
+    /// cgroup.subtree_control), as systemd's delegation does.
+    pub fn delegate_to(&self, uid: u32, gid: u32) -> Result<(), CgroupError> {
+        let Some(dir) = self.v2_dir() else {
+            return Ok(());
+        };
+        for p in [
+            dir.clone(),
+            dir.join("cgroup.procs"),
+            dir.join("cgroup.threads"),
+            dir.join("cgroup.subtree_control"),
+        ] {
+            if p.exists() {
+                std::os::unix::fs::chown(&p, Some(uid), Some(gid))
+                    .map_err(|source| CgroupError::Io { path: p, source })?;
+            }
+        }
+        Ok(())
     }
 
     /// Was a process of the pod killed by the kernel's OOM killer?
@@ -289,6 +346,32 @@ impl PodCgroup {
     /// Kill whatever is left in the cgroup and remove it from every hierarchy.
     /// Removing a cgroup that does not exist is not an error.
     pub fn remove(&self) -> Result<(), CgroupError> {
+        if self
+            .relative
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with(".scope"))
+        {
+            // A machined scope is systemd's: it goes away by itself once
+            // empty. Only make sure it is.
+            let _ = self.kill_all();
+            if let Some(dir) = self.v2_dir() {
+                let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            }
+            return Ok(());
+        }
+        if let Some(dir) = self.v2_dir() {
+            // The whole subtree (a service pod's systemd makes its own
+            // cgroups below the pod's): cgroup.kill (Linux 5.14+), then the
+            // children, deepest first.
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        remove_dir_retry(&e.path())?;
+                    }
+                }
+            }
+        }
         self.manager
             .remove()
             .map_err(|source| CgroupError::Remove {
@@ -312,8 +395,17 @@ fn swap_accounting() -> bool {
             && Path::new("/proc/swaps").exists()
 }
 
-/// rmdir a cgroup directory, retrying briefly while exiting tasks drain.
+/// rmdir a cgroup directory and every cgroup below it (a service pod's
+/// systemd makes its own), deepest first, retrying briefly while exiting
+/// tasks drain.
 fn remove_dir_retry(dir: &Path) -> Result<(), CgroupError> {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_dir_retry(&e.path())?;
+            }
+        }
+    }
     let mut delay = Duration::from_millis(1);
     for _ in 0..10 {
         match std::fs::remove_dir(dir) {
@@ -410,7 +502,21 @@ mod tests {
         record(&pod, &pod_cgroup_path(u)).unwrap();
         assert_eq!(recorded(&pod, None), Some(pod_cgroup_path(u)));
         // A damaged record never names a cgroup outside berth's.
-        std::fs::write(pod.cgroup_file(), "/../../system.slice\n").unwrap();
-        assert_eq!(recorded(&pod, None), None);
+        for bad in [
+            "/../../system.slice",
+            "/system.slice",
+            "/berth/../x",
+            "rel/berth/x",
+        ] {
+            std::fs::write(pod.cgroup_file(), format!("{bad}\n")).unwrap();
+            assert_eq!(recorded(&pod, None), None, "{bad}");
+        }
+        for good in [
+            "/machine.slice/berth@web.service/pod",
+            "/machine.slice/machine-web.scope",
+        ] {
+            std::fs::write(pod.cgroup_file(), format!("{good}\n")).unwrap();
+            assert_eq!(recorded(&pod, None), Some(PathBuf::from(good)));
+        }
     }
 }

@@ -8,7 +8,8 @@ use std::time::Instant;
 
 pub use berth_spec::kvm::{BOOT_MARK_PORT, STATUS_PORT};
 
-use super::{BusDevice, VmShared};
+use super::BusDevice;
+use crate::shared::VmShared;
 
 /// Both ports, registered as one 2-port range starting at BOOT_MARK_PORT.
 pub struct BerthPorts {

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use super::{BusDevice, ExitReason, VmShared};
+use super::BusDevice;
+use crate::shared::{ExitReason, VmShared};
 
 /// Data port.
 pub const I8042_DATA_PORT: u16 = 0x60;

@@ -23,7 +23,8 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{BusDevice, VmShared};
+use super::BusDevice;
+use crate::shared::VmShared;
 
 /// COM1 base port.
 pub const COM1_PORT: u16 = 0x3f8;

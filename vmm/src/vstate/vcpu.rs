@@ -8,9 +8,12 @@ use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestAddress;
 
+use seccompiler::BpfProgram;
+
 use crate::arch::x86_64::{cpuid, regs};
 use crate::device_manager::Bus;
-use crate::devices::{ExitReason, VmShared};
+use crate::seccomp::{self, ThreadKind};
+use crate::shared::{ExitReason, VmShared};
 
 /// KVM_INTERNAL_ERROR_EMULATION.
 const INTERNAL_ERROR_EMULATION: u32 = 1;
@@ -64,6 +67,9 @@ pub enum VcpuError {
         /// Hardware entry failure reason.
         reason: u64,
     },
+    /// Installing the vCPU thread's seccomp filter failed.
+    #[error("vCPU {0}: installing the seccomp filter")]
+    Seccomp(u8, #[source] crate::seccomp::SeccompError),
     /// Any other exit the VMM does not expect.
     #[error("vCPU {id}: unexpected exit {exit}")]
     UnexpectedExit {
@@ -86,6 +92,8 @@ pub struct Vcpu {
     fwait_fixups: u64,
     /// Guest rip samples (development profiling, see [`crate::builder::PROFILE_ENV`]).
     profile: Option<(std::path::PathBuf, Vec<u64>)>,
+    /// Installed by the thread before its first KVM_RUN.
+    seccomp: Option<Arc<BpfProgram>>,
 }
 
 /// What to do after an exit.
@@ -128,6 +136,7 @@ impl Vcpu {
             int3_fixups: 0,
             fwait_fixups: 0,
             profile: None,
+            seccomp: None,
         })
     }
 
@@ -137,13 +146,20 @@ impl Vcpu {
         self.profile = Some((out, Vec::new()));
     }
 
-    /// Starts the vCPU thread.
-    pub fn start(mut self) -> Result<JoinHandle<()>, VcpuError> {
+    /// Has the vCPU thread install `filter` (a [`ThreadKind::Vcpu`] filter)
+    /// before it first enters the guest.
+    pub fn set_seccomp_filter(&mut self, filter: Arc<BpfProgram>) {
+        self.seccomp = Some(filter);
+    }
+
+    /// Starts the vCPU thread; it ends with the error that stopped the
+    /// vCPU, if any (after asking the VM to stop with [`ExitReason::Error`]).
+    pub fn start(mut self) -> Result<JoinHandle<Result<(), VcpuError>>, VcpuError> {
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                let result = self.run_loop();
+                let result = self.confine().and_then(|()| self.run_loop());
                 if let Some((path, samples)) = self.profile.take() {
                     let text: String = samples.iter().map(|r| format!("{r:x}\n")).collect();
                     match std::fs::write(&path, text) {
@@ -162,17 +178,21 @@ impl Vcpu {
                         self.fwait_fixups
                     );
                 }
-                if let Err(e) = result {
+                if let Err(e) = &result {
                     log::debug!("vmm: vCPU {id} stopped: {e}");
-                    if let Ok(mut slot) = self.shared.error.lock() {
-                        if slot.is_none() {
-                            *slot = Some(e);
-                        }
-                    }
                     self.shared.request_exit(ExitReason::Error);
                 }
+                result
             })
             .map_err(|e| VcpuError::Spawn(id, e))
+    }
+
+    fn confine(&mut self) -> Result<(), VcpuError> {
+        match self.seccomp.take() {
+            Some(filter) => seccomp::apply(ThreadKind::Vcpu, &filter)
+                .map_err(|e| VcpuError::Seccomp(self.id, e)),
+            None => Ok(()),
+        }
     }
 
     fn run_loop(&mut self) -> Result<(), VcpuError> {

@@ -62,9 +62,23 @@ pub struct Vm {
 
 impl Vm {
     /// Creates a VM over `mem` (from [`guest_memory`]), with irqchip and PIT.
-    pub fn new(mem: GuestMemoryMmap<()>) -> Result<Self, VmError> {
+    /// `kvm`: /dev/kvm opened by the caller (a jailed VMM has no /dev);
+    /// `None` opens it.
+    pub fn new(
+        mem: GuestMemoryMmap<()>,
+        kvm: Option<std::os::fd::OwnedFd>,
+    ) -> Result<Self, VmError> {
         let t = std::time::Instant::now();
-        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let kvm = match kvm {
+            // SAFETY: the caller hands over an open /dev/kvm descriptor it
+            // owned; Kvm takes it over.
+            Some(fd) => unsafe {
+                <Kvm as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(
+                    fd,
+                ))
+            },
+            None => Kvm::new().map_err(VmError::OpenKvm)?,
+        };
         log::trace!("vmm: /dev/kvm opened at {:?}", t.elapsed());
         let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
         log::trace!("vmm: KVM_CREATE_VM took {:?}", t.elapsed());

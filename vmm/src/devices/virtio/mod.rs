@@ -1,5 +1,6 @@
 //! virtio devices over the virtio-mmio transport.
 
+pub mod balloon;
 pub mod block;
 pub mod fs;
 pub mod mmio;
@@ -70,7 +71,7 @@ impl Interrupt {
 
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
-    /// virtio device id (1 = net, 2 = block, 19 = vsock, 26 = fs).
+    /// virtio device id (1 = net, 2 = block, 5 = balloon, 19 = vsock, 26 = fs).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue.
     fn queue_max_sizes(&self) -> &[u16];

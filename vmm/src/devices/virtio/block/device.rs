@@ -397,8 +397,12 @@ impl VirtioDevice for Block {
         }
         self.queue = Some(queue);
         self.mem = Some(mem);
-        // Requests may have been queued before activation.
-        self.process_queue_event();
+        // Requests may have been queued before activation: have the event
+        // loop serve them (activation runs on a vCPU thread, whose seccomp
+        // filter allows no disk I/O).
+        if let Err(e) = self.queue_evt.write(1) {
+            log::error!("vmm: virtio-blk: waking the event loop: {e}");
+        }
         Ok(())
     }
     fn reset(&mut self) {

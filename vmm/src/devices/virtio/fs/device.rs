@@ -479,9 +479,13 @@ impl VirtioDevice for Fs {
         }
         self.queues = queues;
         self.mem = Some(mem);
-        // Requests may have been queued before activation.
-        for i in 0..NUM_QUEUES {
-            self.process_queue_event(i);
+        // Requests may have been queued before activation: have the event
+        // loop serve them (activation runs on a vCPU thread, whose seccomp
+        // filter allows no file-system calls).
+        for evt in &self.queue_evts {
+            if let Err(e) = evt.write(1) {
+                log::error!("vmm: virtio-fs: waking the event loop: {e}");
+            }
         }
         Ok(())
     }
@@ -1145,7 +1149,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn activate_serves_pending_requests() {
+    fn activate_has_the_event_loop_serve_pending_requests() {
         let tmp = tempfile::tempdir().unwrap();
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let irq = evt.try_clone().unwrap();
@@ -1186,6 +1190,12 @@ pub(crate) mod tests {
             })
         ));
         fs.activate(m.clone(), queues).unwrap();
+        // Served by the event loop, woken through both queues' eventfds.
+        let out: OutHeader = m.read_obj(GuestAddress(OUT)).unwrap();
+        assert_eq!(out.unique, 0);
+        assert_eq!(fs.queue_evts()[0].read().unwrap(), 1);
+        assert_eq!(fs.queue_evts()[1].read().unwrap(), 1);
+        fs.process_queue_event(1);
         let out: OutHeader = m.read_obj(GuestAddress(OUT)).unwrap();
         assert_eq!((out.unique, out.error), (9, 0));
         assert_eq!(irq.read().unwrap(), 1);

@@ -855,7 +855,14 @@ mod tests {
                 "{name:?}"
             );
         }
-        for name in ["", ".", "..", "a/b", "../escape"] {
+        // A sibling of the share that no one else creates (a fixed name
+        // such as /tmp/escape may exist on a shared host).
+        let sibling = format!(
+            "{}-escape",
+            tmp.path().file_name().unwrap().to_string_lossy()
+        );
+        let escape = format!("../{sibling}");
+        for name in ["", ".", "..", "a/b", escape.as_str()] {
             assert_eq!(errno(fs.mkdir(&ctx, ROOT_ID, &c(name), 0o755, 0)), einval);
             assert_eq!(errno(fs.unlink(&ctx, ROOT_ID, &c(name))), einval);
             assert_eq!(errno(fs.symlink(&ctx, &c("x"), ROOT_ID, &c(name))), einval);
@@ -864,7 +871,7 @@ mod tests {
                 einval
             );
         }
-        assert!(!tmp.path().parent().unwrap().join("escape").exists());
+        assert!(!tmp.path().parent().unwrap().join(&sibling).exists());
         // A plain name works on a writable share.
         fs.mkdir(&ctx, ROOT_ID, &c("ok"), 0o755, 0).unwrap();
         assert!(tmp.path().join("ok").is_dir());

@@ -14,6 +14,7 @@ use vm_memory::{Bytes, GuestMemory};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::super::{ActivateError, GuestMem, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::backend::{NetBackend, VNET_HDR_LEN};
 use super::tap::{Tap, TapError};
 
 /// virtio device id of a network device.
@@ -24,8 +25,6 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const RX_QUEUE: usize = 0;
 /// Index of the transmit queue.
 pub const TX_QUEUE: usize = 1;
-/// Size of `virtio_net_hdr_v1` (with `num_buffers`), as VERSION_1 requires.
-pub const VNET_HDR_LEN: usize = 12;
 /// Largest frame (after the virtio header) accepted in either direction.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// Ethernet header: shortest frame accepted from the guest.
@@ -48,17 +47,6 @@ pub enum NetError {
     /// Creating an eventfd failed.
     #[error("creating an eventfd")]
     EventFd(#[source] io::Error),
-}
-
-/// Where frames go to and come from. Frames are bare Ethernet frames; the
-/// virtio header is the device's business.
-pub trait NetBackend: Send {
-    /// Reads one frame into `buf`; returns its length (a length above
-    /// `buf.len()` means the frame was truncated).
-    /// [`io::ErrorKind::WouldBlock`] when no frame is pending.
-    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
-    /// Sends one frame.
-    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()>;
 }
 
 /// What happened to frames, for logs and tests.

@@ -133,7 +133,8 @@ impl MutEventSubscriber for NetEventHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::net::device::{TYPE_NET, VNET_HDR_LEN};
+    use crate::devices::virtio::net::backend::VNET_HDR_LEN;
+    use crate::devices::virtio::net::device::TYPE_NET;
     use crate::devices::virtio::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
     use event_manager::{EventManager, SubscriberOps};
     use std::net::UdpSocket;

@@ -38,13 +38,18 @@
 //! buffered per connection toward the host, and the VMM reads from a host
 //! stream only as much as the guest has room for.
 
+pub mod backend;
 pub mod connection;
 pub mod device;
 pub mod event_handler;
 pub mod muxer;
 pub mod packet;
 
-pub use device::{process_rx_queue, process_tx_queue, Vsock, VsockBackend, VsockError};
+pub use backend::VsockBackend;
+pub use device::{process_rx_queue, process_tx_queue, Vsock, VsockError};
 pub use event_handler::VsockEventHandler;
 pub use muxer::{parse_connect_line, UnixMuxer};
 pub use packet::VsockHeader;
+
+#[cfg(test)]
+mod tests;

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::EventSet;
 
+use super::backend::VsockBackend;
 use super::connection::Connection;
-use super::device::VsockBackend;
 use super::packet::{op, VsockHeader, HOST_CID, TYPE_STREAM};
 
 /// Most connections at once; more are refused (RST / closed).
