@@ -152,7 +152,7 @@ if [ "$trace" = 1 ]; then
     "$berth" --root "$root" stop --timeout 600 "$name"
     echo
     echo "trace boot: units active after $(ms "$t0" "$t1") ms (with trace output); guest clock marks:"
-    grep -E 'berth-guest-init: trace|Run /init|Freeing unused' "$root/pods/$name/console.log" | tr -d '\r' | sed 's/^/    /'
+    grep -E 'berth-guest-init: trace|Run /init|Freeing unused' "$root/pods/$name/log/console.log" | tr -d '\r' | sed 's/^/    /'
     echo "FUSE requests until units active (tag opcode count host-µs), by count:"
     sort -k3 -n -r "$root/fuse-at-active.txt" | head -n 14 | sed 's/^/    /'
     awk '{ n += $3; us += $4 } END { printf "    total %d requests, %.1f ms host time\n", n, us / 1000 }' "$root/fuse-at-active.txt"

@@ -35,7 +35,8 @@ pub fn completion(a: CompletionArgs) -> Result<i32> {
 }
 
 pub fn manpages(a: ManArgs) -> Result<i32> {
-    std::fs::create_dir_all(&a.dir).with_context(|| format!("cannot create {}", a.dir.display()))?;
+    std::fs::create_dir_all(&a.dir)
+        .with_context(|| format!("cannot create {}", a.dir.display()))?;
     let cmd = crate::Cli::command();
     let write = |name: String, c: clap::Command| -> Result<()> {
         let path = a.dir.join(format!("{name}.1"));
