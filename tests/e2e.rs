@@ -1,6 +1,9 @@
 //! End-to-end tests: the real `berth` binary and stage1s, as root, against
 //! the busybox image. Every case runs for each stage1 in `common::STAGE1S`.
 
+// Test code: a failing step panics, and the panic is the test's report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{each_stage1, stderr, stdout, Env, Expect};
@@ -1112,10 +1115,8 @@ impl Upstream {
         let (tx, rx) = std::sync::mpsc::channel();
         let h = std::thread::spawn(move || {
             // SAFETY: setns on an open namespace file; this thread only.
-            assert_eq!(
-                unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
+            let rc = unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0);
             let l = std::net::TcpListener::bind(("198.51.100.2", port)).unwrap();
             tx.send(()).unwrap();
             let (mut c, peer) = l.accept().unwrap();

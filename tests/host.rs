@@ -5,6 +5,9 @@
 //! do not boot systemd. Written to pass on a real systemd host as well: the
 //! commands are the ones a user types.
 
+// Test code: a failing step panics, and the panic is the test's report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{stderr, stdout};

@@ -3,6 +3,9 @@
 //! containerd-shim-runc-v2 with `--runc-binary`) — on the ns stage1.
 //! Needs root, and podman/containerd installed (`make setup` does).
 
+// Test code: a failing step panics, and the panic is the test's report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

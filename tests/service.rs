@@ -2,6 +2,9 @@
 //! units, from the Debian image and with --host-share (the kvm stage1's
 //! case is in service_kvm.rs: it costs a systemd boot in a VM).
 
+// Test code: a failing step panics, and the panic is the test's report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{stderr, stdout, Env};

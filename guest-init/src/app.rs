@@ -661,7 +661,7 @@ fn child(
             };
         }
     }
-    // SAFETY (whole function): plain syscalls on values prepared before clone;
+    // SAFETY: (whole function) plain syscalls on values prepared before clone;
     // pointers come from CStrings and null-terminated arrays that outlive
     // the calls.
     unsafe {

@@ -151,7 +151,7 @@ mod tests {
         static A: Arena = Arena::new();
         let a = &A;
         let l = |size, align| Layout::from_size_align(size, align).unwrap();
-        // SAFETY (test): pointers are used within their layouts only.
+        // SAFETY: (test) pointers are used within their layouts only.
         unsafe {
             let p1 = a.alloc(l(10, 1));
             let p2 = a.alloc(l(8, 8));

@@ -334,6 +334,7 @@ mod tests {
     fn configures_a_dummy_interface_in_a_private_netns() {
         // Needs root (CI is root): a throw-away network namespace on a
         // thread of its own, with a dummy-like veth pair created by ip(8).
+        // SAFETY: geteuid(2) has no arguments and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("skipped: needs root");
             return;

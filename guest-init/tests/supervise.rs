@@ -6,6 +6,9 @@
 //! The VM-only steps (mounts, switch root, vsock, ports, reboot) are not
 //! exercised here.
 
+// Test code: a failing step panics, and the panic is the test's report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;

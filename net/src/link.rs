@@ -40,20 +40,6 @@ pub struct Netlink {
     sock: NlSocket,
 }
 
-/// `aa:bb:cc:dd:ee:ff` → bytes.
-pub fn parse_mac(s: &str) -> Result<Vec<u8>, LinkError> {
-    let b: Vec<u8> = s
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16))
-        .collect::<Result<_, _>>()
-        .map_err(|_| LinkError::Mac(s.into()))?;
-    if b.len() == 6 {
-        Ok(b)
-    } else {
-        Err(LinkError::Mac(s.into()))
-    }
-}
-
 /// One request of a [`Netlink::send`]: the message, what it does (for the
 /// error) and errnos that count as success.
 struct Req {
@@ -269,7 +255,11 @@ impl Netlink {
     ) -> Result<(), LinkError> {
         let peer_msg = LinkUnspec::new_with_name(peer)
             .setns_by_fd(peer_ns.as_raw_fd())
-            .address(parse_mac(mac)?)
+            .address(
+                berth_spec::parse_mac(mac)
+                    .ok_or_else(|| LinkError::Mac(mac.into()))?
+                    .to_vec(),
+            )
             .build();
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(host.to_string())

@@ -8,6 +8,9 @@
 //! with it. A "pod" is a `sleep` in a network namespace of its own, plugged
 //! in with the real `attach_veth`.
 
+// Test code: a failing step panics, and the panic is the test's report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use berth_net::{HostConfig, PodRequest, Subnet};
 use berth_spec::{PortMapping, PrivateNetwork, Protocol};
 use std::net::{Ipv4Addr, UdpSocket};
@@ -139,10 +142,8 @@ impl Pod {
         let ns = std::fs::File::open(format!("/proc/{}/ns/net", self.pid())).unwrap();
         std::thread::spawn(move || {
             // SAFETY: setns on an open namespace file; this thread only.
-            assert_eq!(
-                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0);
             f()
         })
     }

@@ -61,7 +61,7 @@ pub enum SystemdError {
         what: &'static str,
         name: String,
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     #[error("the pod's leader (pid {0}) is in no cgroup systemd knows")]
     NoScope(i32),
@@ -358,7 +358,7 @@ impl Machine<'_> {
         .map_err(|source| SystemdError::Machined {
             what: "register",
             name: self.spec.name.clone(),
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -406,7 +406,7 @@ impl Machine<'_> {
         .map_err(|source| SystemdError::Machined {
             what: "create",
             name: self.spec.name.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let cg = cgroup_of(&self.leader.to_string())?;
         if cg == Path::new("/") {

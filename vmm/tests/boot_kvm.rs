@@ -7,6 +7,9 @@
 //! enforced, in `trap` mode: a syscall missing from them ends the test
 //! binary with status 159 and `berth-vmm: seccomp: … syscall N (name)`.
 
+// Test code: a failing step panics, and the panic is the test's report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
