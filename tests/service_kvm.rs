@@ -4,25 +4,13 @@
 //! can afford (each boot there takes minutes of emulated guest-kernel
 //! work), so one case checks the whole life of the pod.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{stderr, stdout, Env};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// The Debian image, built (and cached) by images/debian.sh.
-fn debian() -> PathBuf {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("images/debian.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run images/debian.sh");
-    assert!(out.status.success(), "images/debian.sh failed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    PathBuf::from(text.lines().last().expect("image path").trim())
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -61,8 +49,49 @@ fn kvm_service_pod_runs_nginx_only_and_keeps_its_state() {
     if !common::have_root() || !common::available("kvm") {
         return;
     }
-    let img = debian().to_string_lossy().into_owned();
+    let t_all = Instant::now();
+    let img = common::debian().to_string_lossy().into_owned();
+    let bb = common::busybox().to_string_lossy().into_owned();
     let e = Env::new();
+
+    // Refused at create, before any boot, leaving no pod behind.
+    for (args, want) in [
+        (
+            vec![
+                "create",
+                "--stage1",
+                "kvm",
+                "--rootfs",
+                &img,
+                "-u",
+                "nope.service",
+                "x",
+            ],
+            format!("berth: unit nope.service not found in rootfs {img}\n"),
+        ),
+        (
+            vec![
+                "create",
+                "--stage1",
+                "kvm",
+                "--rootfs",
+                &bb,
+                "-u",
+                "nginx.service",
+                "x",
+            ],
+            format!(
+                "berth: rootfs {bb} has no systemd (looked for /usr/lib/systemd/systemd, \
+                 /lib/systemd/systemd): a service pod boots systemd\n"
+            ),
+        ),
+    ] {
+        let o = e.berth(&args);
+        assert_eq!(o.status.code(), Some(125), "{args:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o), want, "{args:?}");
+        assert!(e.pods().is_empty(), "{args:?} left a pod");
+    }
+
     let port = free_port();
     let name = "web-kvm";
     let publish = format!("{port}:80");
@@ -130,6 +159,21 @@ fn kvm_service_pod_runs_nginx_only_and_keeps_its_state() {
         ["nginx.service", "systemd-journald.service"],
         "{units}"
     );
+    let o = e.berth(&["status", name]);
+    assert_eq!(o.status.code(), Some(0), "status: {}", stderr(&o));
+    assert!(
+        stdout(&o).contains("unit:    nginx.service: active (running)"),
+        "{}",
+        stdout(&o)
+    );
+    // The running pod's journal, read by journalctl inside.
+    let o = e.berth(&["logs", "-u", "nginx.service", name]);
+    assert_eq!(o.status.code(), Some(0), "logs: {}", stderr(&o));
+    assert!(
+        stdout(&o).contains("Started nginx.service"),
+        "{}",
+        stdout(&o)
+    );
     // A file written now must survive the restart.
     exec(
         &e,
@@ -152,6 +196,33 @@ fn kvm_service_pod_runs_nginx_only_and_keeps_its_state() {
         "nginx still answers after stop"
     );
 
+    // journald in the VM wrote its journal persistently, over virtio-fs,
+    // into the pod's upper layer: the host reads it directly (as
+    // `journalctl -M` does through the machined leader rooted there) and
+    // `berth logs` of the stopped pod does the same.
+    let mid = std::fs::read_to_string(e.pod(name).seed_layer().join("etc/machine-id")).unwrap();
+    let jdir = e.pod(name).upper().join("var/log/journal").join(mid.trim());
+    let o = Command::new("journalctl")
+        .arg("-D")
+        .arg(&jdir)
+        .args(["--no-pager", "-o", "cat", "-u", "nginx.service"])
+        .output()
+        .expect("run journalctl");
+    assert!(
+        stdout(&o).contains("Started nginx.service"),
+        "host journalctl -D {}: {} {}",
+        jdir.display(),
+        stdout(&o),
+        stderr(&o)
+    );
+    let o = e.berth(&["logs", "-u", "nginx.service", name]);
+    assert_eq!(o.status.code(), Some(0), "logs (stopped): {}", stderr(&o));
+    assert!(
+        stdout(&o).contains("Started nginx.service"),
+        "{}",
+        stdout(&o)
+    );
+
     // Second boot: the pod's state (its upper layer) is kept.
     let o = e.berth(&["start", name]);
     assert_eq!(o.status.code(), Some(0), "second start: {}", stderr(&o));
@@ -161,6 +232,17 @@ fn kvm_service_pod_runs_nginx_only_and_keeps_its_state() {
     );
     let page = curl(&format!("http://127.0.0.1:{port}/")).unwrap_or_default();
     assert!(page.contains("Welcome to nginx"), "{page:?}");
+    // The persistent journal holds both boots (each VM boot has a boot id
+    // of its own).
+    let boots = exec(&e, name, &["journalctl", "--no-pager", "--list-boots"]);
+    let ids = boots
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .any(|w| w.len() == 32 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .count();
+    assert_eq!(ids, 2, "{boots}");
 
     // rm -f stops it and removes the pod.
     let t0 = Instant::now();
@@ -168,4 +250,6 @@ fn kvm_service_pod_runs_nginx_only_and_keeps_its_state() {
     assert_eq!(o.status.code(), Some(0), "rm: {}", stderr(&o));
     assert!(t0.elapsed() < Duration::from_secs(600));
     assert!(!e.pod(name).path().exists(), "the pod directory is gone");
+    assert!(e.pods().is_empty());
+    eprintln!("kvm service pod test: {:?} in all", t_all.elapsed());
 }

@@ -1105,7 +1105,14 @@ pub(crate) mod tests {
     fn device_config_and_queues() {
         let tmp = tempfile::tempdir().unwrap();
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let fs = Fs::new("rootfs", tmp.path(), true, Interrupt::new(evt)).unwrap();
+        let fs = Fs::new(
+            "rootfs",
+            tmp.path(),
+            true,
+            ShareCache::Shared,
+            Interrupt::new(evt),
+        )
+        .unwrap();
         assert_eq!(fs.device_type(), 26);
         assert_eq!(fs.queue_max_sizes(), &[QUEUE_SIZE, QUEUE_SIZE]);
         assert_eq!(fs.queue_evts().len(), 2);
@@ -1125,7 +1132,14 @@ pub(crate) mod tests {
         let long = "x".repeat(37);
         for bad in ["", long.as_str(), "a\0b", "tab\there"] {
             let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-            let err = Fs::new(bad, tmp.path(), false, Interrupt::new(evt)).err();
+            let err = Fs::new(
+                bad,
+                tmp.path(),
+                false,
+                ShareCache::Shared,
+                Interrupt::new(evt),
+            )
+            .err();
             assert!(
                 matches!(err, Some(FsError::InvalidTag(ref t)) if t == bad),
                 "{bad:?}"
@@ -1135,16 +1149,22 @@ pub(crate) mod tests {
         let file = tmp.path().join("file");
         std::fs::write(&file, b"").unwrap();
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let err = Fs::new("t", &file, false, Interrupt::new(evt))
+        let err = Fs::new("t", &file, false, ShareCache::Shared, Interrupt::new(evt))
             .err()
             .unwrap();
         assert!(matches!(err, FsError::NotADirectory(ref p) if p == &file));
         assert!(err.to_string().contains(&file.display().to_string()));
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let missing = tmp.path().join("missing");
-        let err = Fs::new("t", &missing, false, Interrupt::new(evt))
-            .err()
-            .unwrap();
+        let err = Fs::new(
+            "t",
+            &missing,
+            false,
+            ShareCache::Shared,
+            Interrupt::new(evt),
+        )
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("missing"));
     }
 
@@ -1153,7 +1173,14 @@ pub(crate) mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let irq = evt.try_clone().unwrap();
-        let mut fs = Fs::new("t", tmp.path(), false, Interrupt::new(evt)).unwrap();
+        let mut fs = Fs::new(
+            "t",
+            tmp.path(),
+            false,
+            ShareCache::Shared,
+            Interrupt::new(evt),
+        )
+        .unwrap();
         let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let init = InitIn {
             major: 7,
