@@ -9,7 +9,7 @@
 mod common;
 
 use common::{stderr, stdout, Env};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
