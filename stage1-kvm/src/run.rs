@@ -419,6 +419,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let pod = PodDir::new(d.path());
         assert_eq!(guest_diagnosis(&pod), None);
+        std::fs::create_dir_all(pod.log_dir()).unwrap();
         std::fs::write(
             pod.console_log(),
             "noise\nberth-guest-init: first\r\nberth-guest-init: mounts: cannot mount virtiofs vol0 on /newroot/x: ENOENT\r\nmore\n",
