@@ -83,6 +83,18 @@ pub enum StdioSetup {
     Tty,
 }
 
+/// A service pod's systemd (see service.rs): its child is cloned into a
+/// new PID namespace (guest-init keeps a pidfd of it, to start `berth
+/// exec` processes there), and before the usual set-up, while it still
+/// holds every capability, it moves into `cgroup_procs`' cgroup, roots a
+/// new cgroup namespace there, carries out `mounts` and binds its terminal
+/// over /dev/console.
+#[derive(Debug)]
+pub struct PodInit {
+    pub cgroup_procs: OwnedFd,
+    pub mounts: Vec<crate::mounts::RawStep>,
+}
+
 /// Everything the child needs, prepared before fork.
 #[derive(Debug)]
 pub struct AppConfig {
@@ -100,6 +112,8 @@ pub struct AppConfig {
     /// Port range to drop from the inherited I/O permission bitmap (set when
     /// guest-init holds ioperm, whatever the app's user).
     pub drop_ioperm: Option<(u16, u16)>,
+    /// A service pod's systemd: new namespaces, see [`PodInit`].
+    pub pod_init: Option<PodInit>,
 }
 
 fn cstring(s: &str, what: &'static str) -> Result<CString, AppError> {
@@ -176,6 +190,7 @@ impl AppConfig {
             confinement,
             stdio,
             drop_ioperm: None,
+            pod_init: None,
         })
     }
 }
@@ -246,6 +261,7 @@ pub enum ChildStep {
     NoNewPrivs = 6,
     Capabilities = 7,
     Seccomp = 8,
+    PodInit = 9,
 }
 
 impl ChildStep {
@@ -259,6 +275,7 @@ impl ChildStep {
             6 => ChildStep::NoNewPrivs,
             7 => ChildStep::Capabilities,
             8 => ChildStep::Seccomp,
+            9 => ChildStep::PodInit,
             _ => return None,
         })
     }
@@ -318,6 +335,9 @@ impl StartFailure {
             ChildStep::Capabilities => format!("berth: cannot set the capabilities: {desc}\n"),
             ChildStep::Seccomp => format!("berth: cannot load the seccomp filter: {desc}\n"),
             ChildStep::Stdio => format!("berth: cannot set up stdio: {desc}\n"),
+            ChildStep::PodInit => {
+                format!("berth: cannot set up the pod's namespaces and mounts: {desc}\n")
+            }
         }
     }
 }
@@ -336,6 +356,12 @@ pub struct Started {
     pub tty: Option<OwnedFd>,
     /// Set when the child could not exec; it exits with `failure.status()`.
     pub failure: Option<StartFailure>,
+    /// With [`AppConfig::pod_init`]: a pidfd of the child (the PID 1 of its
+    /// new PID namespace).
+    pub pidfd: Option<OwnedFd>,
+    /// With [`AppConfig::pod_init`] and a terminal: a slave end kept open
+    /// for as long as the master is relayed.
+    pub console_hold: Option<OwnedFd>,
 }
 
 fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), Errno> {
@@ -351,9 +377,10 @@ fn set_nonblocking(fd: &OwnedFd) {
     unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
 }
 
-/// A new pseudo-terminal: (master, slave), both close-on-exec; the slave is
-/// opened without becoming our controlling terminal.
-fn open_pty() -> Result<(OwnedFd, OwnedFd), Errno> {
+/// A new pseudo-terminal: (master, slave, the slave's path), both
+/// close-on-exec; the slave is opened without becoming our controlling
+/// terminal.
+fn open_pty() -> Result<(OwnedFd, OwnedFd, CString), Errno> {
     let master = crate::sys::open(c"/dev/ptmx", libc::O_RDWR | libc::O_NOCTTY)?;
     let mut unlock: libc::c_int = 0;
     let mut n: libc::c_uint = 0;
@@ -369,7 +396,7 @@ fn open_pty() -> Result<(OwnedFd, OwnedFd), Errno> {
     }
     let path = CString::new(format!("/dev/pts/{n}")).map_err(|_| Errno::EINVAL)?;
     let slave = crate::sys::open(&path, libc::O_RDWR | libc::O_NOCTTY)?;
-    Ok((master, slave))
+    Ok((master, slave, path))
 }
 
 /// Stack for the vfork-style child (see [`spawn`]); only touched pages cost.
@@ -401,13 +428,15 @@ struct ChildArgs<'a> {
     envp: &'a [*const libc::c_char],
     fds: ChildFds,
     status_w: RawFd,
+    /// The terminal's path, bound over /dev/console by a [`PodInit`] child.
+    console: Option<&'a CStr>,
 }
 
 extern "C" fn child_main(arg: *mut c_void) -> libc::c_int {
     // SAFETY: `arg` points to the ChildArgs on the parent's stack, which
     // stays alive and untouched while the parent is suspended (CLONE_VFORK).
     let a = unsafe { &*(arg as *const ChildArgs<'_>) };
-    let failure = child(a.cfg, a.argv, a.envp, &a.fds);
+    let failure = child(a.cfg, a.argv, a.envp, &a.fds, a.console);
     let rec = failure.encode();
     // SAFETY: write the record to the close-on-exec pipe and leave with
     // exit_group (this child is its own thread group) without running any
@@ -433,10 +462,12 @@ pub fn spawn(cfg: &AppConfig) -> Result<Started, AppError> {
     let mut stdin_pipe = None;
     let mut out_pipes = None;
     let mut pty = None;
+    let mut pty_path = None;
     let fds = match cfg.stdio {
         StdioSetup::Tty => {
-            let (m, s) = open_pty().map_err(AppError::Pty)?;
+            let (m, s, path) = open_pty().map_err(AppError::Pty)?;
             let raw = s.as_raw_fd();
+            pty_path = Some(path);
             pty = Some((m, s));
             ChildFds {
                 stdin: Some(raw),
@@ -482,7 +513,13 @@ pub fn spawn(cfg: &AppConfig) -> Result<Started, AppError> {
         envp: &envp,
         fds,
         status_w: status_w.as_raw_fd(),
+        console: pty_path.as_deref().filter(|_| cfg.pod_init.is_some()),
     };
+    let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+    if cfg.pod_init.is_some() {
+        flags |= libc::CLONE_NEWPID | libc::CLONE_PIDFD;
+    }
+    let mut pidfd: libc::c_int = -1;
     // The stack grows down from the (16-byte aligned) end of the buffer.
     let stack_top = CHILD_STACK
         .0
@@ -493,13 +530,18 @@ pub fn spawn(cfg: &AppConfig) -> Result<Started, AppError> {
     // SAFETY: guest-init is single-threaded. The child runs child_main on
     // its own stack, shares our memory only while we are suspended, only
     // makes syscalls (its errno writes land in our TLS, which we do not rely
-    // on across this call), and ends in execve or _exit.
+    // on across this call), and ends in execve or _exit. With CLONE_PIDFD
+    // the kernel stores the pidfd through the parent-tid pointer, a live
+    // local; tls and the child-tid pointer are unused (null).
     let pid = unsafe {
         libc::clone(
             child_main,
             stack_top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            flags,
             &args as *const ChildArgs<'_> as *mut c_void,
+            &mut pidfd as *mut libc::c_int,
+            std::ptr::null_mut::<c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
         )
     };
     if pid < 0 {
@@ -513,7 +555,15 @@ pub fn spawn(cfg: &AppConfig) -> Result<Started, AppError> {
         Some(((or, _), (er, _))) => (Some(or), Some(er)),
         None => (None, None),
     };
-    let tty = pty.map(|(m, _)| m);
+    // A service pod's terminal is its /dev/console, which systemd opens
+    // and closes for each message (its stdio goes to /dev/null): keep a
+    // slave open, or the master would read EIO between messages and the
+    // terminal would go away with the relay's end of it.
+    let (tty, console_hold) = match pty {
+        Some((m, s)) if cfg.pod_init.is_some() => (Some(m), Some(s)),
+        Some((m, _)) => (Some(m), None),
+        None => (None, None),
+    };
     for fd in [&stdin, &stdout, &stderr, &tty].into_iter().flatten() {
         set_nonblocking(fd);
     }
@@ -528,6 +578,8 @@ pub fn spawn(cfg: &AppConfig) -> Result<Started, AppError> {
         }
     };
     let failure = buf.get(..n).and_then(StartFailure::decode);
+    // SAFETY: with CLONE_PIDFD the kernel returned a new fd we own.
+    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
     Ok(Started {
         pid: Pid::from_raw(pid),
         stdin,
@@ -535,6 +587,8 @@ pub fn spawn(cfg: &AppConfig) -> Result<Started, AppError> {
         stderr,
         tty,
         failure,
+        pidfd,
+        console_hold,
     })
 }
 
@@ -556,17 +610,57 @@ struct CapData {
     inheritable: u32,
 }
 
+/// A [`PodInit`] child, first thing: into its cgroup, a cgroup namespace
+/// rooted there, its mounts, its terminal as /dev/console.
+fn enter_pod(p: &PodInit, console: Option<&CStr>) -> Result<(), Errno> {
+    // SAFETY: a one-byte write from a static buffer; unshare(2) with a flag.
+    unsafe {
+        Errno::result(libc::write(
+            p.cgroup_procs.as_raw_fd(),
+            b"0".as_ptr().cast(),
+            1,
+        ))?;
+        Errno::result(libc::unshare(libc::CLONE_NEWCGROUP))?;
+    }
+    for m in &p.mounts {
+        m.apply()?;
+    }
+    if let Some(pty) = console {
+        // SAFETY: NUL-terminated paths that outlive the call; a bind mount
+        // takes no file system type or data.
+        Errno::result(unsafe {
+            libc::mount(
+                pty.as_ptr(),
+                c"/dev/console".as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// The child between fork and exec. Returns only on failure.
 fn child(
     cfg: &AppConfig,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     fds: &ChildFds,
+    console: Option<&CStr>,
 ) -> StartFailure {
     let fail = |step| StartFailure {
         step,
         errno: Errno::last(),
     };
+    if let Some(p) = &cfg.pod_init {
+        if let Err(errno) = enter_pod(p, console) {
+            return StartFailure {
+                step: ChildStep::PodInit,
+                errno,
+            };
+        }
+    }
     // SAFETY: (whole function) plain syscalls on values prepared before clone;
     // pointers come from CStrings and null-terminated arrays that outlive
     // the calls.
@@ -837,7 +931,13 @@ mod tests {
         };
         assert_eq!(StartFailure::decode(&f.encode()), Some(f));
         assert_eq!(StartFailure::decode(&[]), None);
-        assert_eq!(StartFailure::decode(&[9, 0, 0, 0, 0]), None);
+        assert_eq!(StartFailure::decode(&[10, 0, 0, 0, 0]), None);
+        let pod = StartFailure {
+            step: ChildStep::PodInit,
+            errno: Errno::EPERM,
+        };
+        assert_eq!(StartFailure::decode(&pod.encode()), Some(pod));
+        assert_eq!(pod.status(), 125);
         let spec = crate::test_support::spec();
         let cfg = AppConfig::from_spec(&spec).expect("cfg");
         let mut cfg = cfg;

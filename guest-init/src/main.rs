@@ -37,6 +37,7 @@ mod mounts;
 mod net;
 mod ports;
 mod reaper;
+mod service;
 mod session;
 mod sys;
 #[cfg(test)]
@@ -56,6 +57,7 @@ use crate::app::AppConfig;
 use crate::console::Console;
 use crate::ports::Ports;
 use crate::reaper::Scope;
+use crate::service::Readiness;
 use crate::session::{Conn, ExecPolicy};
 
 /// Memory without syscalls: see arena.rs.
@@ -67,7 +69,7 @@ static ALLOC: arena::Arena = arena::Arena::new();
 enum InitError {
     #[error("guest-init must run as PID 1 of a berth VM (this is pid {0}); tests use --supervise POD_JSON")]
     NotPid1(i32),
-    #[error("usage: berth-guest-init [--supervise POD_JSON [EXEC_SOCKET]]")]
+    #[error("usage: berth-guest-init [--supervise POD_JSON [EXEC_SOCKET [NOTIFY_SOCKET]]]")]
     Usage,
     #[error("cannot open {0}")]
     OpenSpec(String, #[source] Errno),
@@ -81,6 +83,47 @@ enum InitError {
     Hostname(String, #[source] Errno),
     #[error("cannot become a child subreaper")]
     Subreaper(#[source] Errno),
+    #[error("cannot enter systemd's PID namespace")]
+    JoinPidNs(#[source] Errno),
+}
+
+/// What the main process needs once the control channel is up.
+struct Pod {
+    cfg: AppConfig,
+    policy: ExecPolicy,
+    /// A service pod: its notify socket, units and the check's environment.
+    service: Option<ServicePrep>,
+}
+
+struct ServicePrep {
+    notify: OwnedFd,
+    units: Vec<String>,
+    env: Vec<String>,
+}
+
+impl ServicePrep {
+    /// The app is systemd: its notify socket at `path`, bound as `notify`.
+    fn new(spec: &PodSpec, cfg: &mut AppConfig, notify: OwnedFd, path: &str) -> Option<Self> {
+        let svc = spec.service.as_ref()?;
+        if let Ok(e) = std::ffi::CString::new(service::notify_env(path)) {
+            cfg.env.push(e);
+        }
+        Some(ServicePrep {
+            notify,
+            units: svc.units.clone(),
+            env: spec.effective_env(),
+        })
+    }
+
+    fn readiness(self, main: &session::MainSession, confinement: &app::Confinement) -> Readiness {
+        Readiness::new(
+            self.units,
+            self.env,
+            self.notify,
+            main.pid(),
+            confinement.clone(),
+        )
+    }
 }
 
 /// A fatal error of guest-init: the step and its cause.
@@ -118,7 +161,11 @@ extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc:
         })
         .collect();
     match args.get(1).map(|a| a.to_bytes()) {
-        Some(b"--supervise") => supervise_mode(args.get(2).copied(), args.get(3).copied()),
+        Some(b"--supervise") => supervise_mode(
+            args.get(2).copied(),
+            args.get(3).copied(),
+            args.get(4).copied(),
+        ),
         _ => pid1(),
     }
 }
@@ -165,7 +212,7 @@ fn pid1() -> libc::c_int {
 }
 
 /// Steps 2 and 3: from the bare initramfs to the pod's root.
-fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, ExecPolicy), Fatal> {
+fn boot(st: &mut State, ports: &Ports) -> Result<Pod, Fatal> {
     mounts::apply_initramfs(&mounts::initramfs_plan()).map_err(fatal("/dev"))?;
     trace::init();
     trace::mark("/dev mounted");
@@ -176,6 +223,12 @@ fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, ExecPolicy), Fatal>
     }
     let spec = read_spec(INITRAMFS_SPEC_PATH).map_err(fatal("pod spec"))?;
     trace::mark("console ready, spec read");
+    if spec.service.is_some() {
+        // Before the switch root: the seed is in the initramfs.
+        if let Err(e) = service::credit_random_seed(berth_spec::kvm::INITRAMFS_RANDOM_SEED_PATH) {
+            console::say(&format!("random seed: {}", console::chain(&e)));
+        }
+    }
     if spec.network.mode == NetworkMode::Host {
         return Err(fatal("network")(net::NetError::HostUnsupported));
     }
@@ -212,7 +265,22 @@ fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, ExecPolicy), Fatal>
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| InitError::Hostname(spec.hostname.clone(), e))
         .map_err(fatal("hostname"))?;
-    if let Some(max) = spec.resources.pids {
+    let mut service = None;
+    if spec.service.is_some() {
+        let payload = mounts::service_cgroups(spec.resources.pids).map_err(fatal("cgroups"))?;
+        let notify = service::run_host().map_err(fatal("/run/host"))?;
+        cfg.pod_init = Some(app::PodInit {
+            cgroup_procs: payload,
+            mounts: mounts::service_child_plan().map_err(fatal("mounts"))?,
+        });
+        service = ServicePrep::new(&spec, &mut cfg, notify, berth_spec::SERVICE_NOTIFY_SOCKET);
+        for a in service::slow_host_args().into_iter().flatten() {
+            if let Ok(a) = std::ffi::CString::new(a) {
+                cfg.argv.push(a);
+            }
+        }
+        trace::mark("service pod: cgroups and /run/host ready");
+    } else if let Some(max) = spec.resources.pids {
         mounts::limit_pids(max).map_err(fatal("pids limit"))?;
     }
     if let Err(e) = net::loopback_up() {
@@ -233,7 +301,11 @@ fn boot(st: &mut State, ports: &Ports) -> Result<(AppConfig, ExecPolicy), Fatal>
     if !trace::enabled() {
         report_user_faults_on_console();
     }
-    Ok((cfg, policy))
+    Ok(Pod {
+        cfg,
+        policy,
+        service,
+    })
 }
 
 /// The kernel boots with `quiet loglevel=0` (every console line costs boot
@@ -266,15 +338,37 @@ fn report_user_faults_on_console() {
 
 /// Steps 4 and 5: connect the control channel, start the app, serve it
 /// and exec sessions until it exits.
-fn run_app(st: &mut State, (cfg, policy): (AppConfig, ExecPolicy)) -> Result<i32, Fatal> {
+fn run_app(st: &mut State, pod: Pod) -> Result<i32, Fatal> {
     let sfd = reaper::sigchld_fd().map_err(fatal("signals"))?;
     let sfd: &OwnedFd = st.sfd.insert(sfd);
     let conn = vsock::connect_host(control::MAIN_PORT).map_err(fatal("control channel"))?;
     let listener = vsock::listen(control::EXEC_PORT).map_err(fatal("control channel"))?;
     trace::mark("control channel connected");
-    let main = session::start_main(Conn::new(conn), &cfg).map_err(fatal("app"))?;
+    let mut main = session::start_main(Conn::new(conn), &pod.cfg, pod.service.is_some())
+        .map_err(fatal("app"))?;
     trace::mark("app started (exec done)");
-    session::run(sfd.as_fd(), main, Some(listener.as_fd()), policy).map_err(fatal("supervision"))
+    if let Some(pidfd) = main.pidfd.take() {
+        // Every process guest-init starts from now on (`berth exec`, the
+        // units' check) is in systemd's PID namespace: `ps` there shows
+        // the pod. One syscall.
+        // SAFETY: setns(2) on a pidfd we own; it changes only which PID
+        // namespace our future children are born in.
+        Errno::result(unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWPID) })
+            .map_err(InitError::JoinPidNs)
+            .map_err(fatal("service pod"))?;
+    }
+    let readiness = match pod.service {
+        Some(sp) if !main.failed => Some(sp.readiness(&main, &pod.cfg.confinement)),
+        _ => None,
+    };
+    session::run(
+        sfd.as_fd(),
+        main,
+        Some(listener.as_fd()),
+        pod.policy,
+        readiness,
+    )
+    .map_err(fatal("supervision"))
 }
 
 /// Step 6. Never returns.
@@ -313,8 +407,12 @@ fn power_off(status: i32, st: &State, ports: &mut Ports) -> ! {
 
 // ----------------------------------------------------------- supervise --
 
-fn supervise_mode(spec_path: Option<&CStr>, exec_socket: Option<&CStr>) -> libc::c_int {
-    match supervised(spec_path, exec_socket) {
+fn supervise_mode(
+    spec_path: Option<&CStr>,
+    exec_socket: Option<&CStr>,
+    notify_socket: Option<&CStr>,
+) -> libc::c_int {
+    match supervised(spec_path, exec_socket, notify_socket) {
         Ok(code) => code,
         Err(f) => {
             console::say(&f.to_string());
@@ -326,8 +424,14 @@ fn supervise_mode(spec_path: Option<&CStr>, exec_socket: Option<&CStr>) -> libc:
 /// Steps 4-5 in the current root, for tests: fd 0 is the main control
 /// connection (a socket), exec connections are accepted on the unix socket
 /// EXEC_SOCKET when given; children are reaped as a subreaper; the exit
-/// status is the app's.
-fn supervised(spec_path: Option<&CStr>, exec_socket: Option<&CStr>) -> Result<i32, Fatal> {
+/// status is the app's. A service pod's app (its "systemd") gets its
+/// notify socket at NOTIFY_SOCKET, without the VM's namespaces, cgroups
+/// and mounts.
+fn supervised(
+    spec_path: Option<&CStr>,
+    exec_socket: Option<&CStr>,
+    notify_socket: Option<&CStr>,
+) -> Result<i32, Fatal> {
     let path = spec_path
         .ok_or(InitError::Usage)
         .map_err(fatal("arguments"))?
@@ -354,21 +458,36 @@ fn supervised(spec_path: Option<&CStr>, exec_socket: Option<&CStr>) -> Result<i3
         ),
         None => None,
     };
+    let mut service = None;
+    if spec.service.is_some() {
+        let path = notify_socket
+            .ok_or(InitError::Usage)
+            .map_err(fatal("arguments"))?
+            .to_string_lossy()
+            .into_owned();
+        let notify = service::bind_notify(&path).map_err(fatal("notify socket"))?;
+        service = ServicePrep::new(&spec, &mut cfg, notify, &path);
+    }
     let sfd = reaper::sigchld_fd().map_err(fatal("signals"))?;
     // SAFETY: fd 0 is the control socket the test handed us; from here on
     // it is owned by the session.
     let conn = Conn::new(unsafe { OwnedFd::from_raw_fd(0) });
-    let main = session::start_main(conn, &cfg).map_err(fatal("app"))?;
+    let main = session::start_main(conn, &cfg, service.is_some()).map_err(fatal("app"))?;
     let app_pid = main.pid();
     let policy = ExecPolicy {
         confinement: cfg.confinement.clone(),
         drop_ioperm: None,
+    };
+    let readiness = match service {
+        Some(sp) if !main.failed => Some(sp.readiness(&main, &cfg.confinement)),
+        _ => None,
     };
     let code = session::run(
         sfd.as_fd(),
         main,
         listener.as_ref().map(|l| l.as_fd()),
         policy,
+        readiness,
     )
     .map_err(fatal("supervision"))?;
     reaper::terminate(Some(sfd.as_fd()), Scope::Group(app_pid));

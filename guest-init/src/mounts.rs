@@ -139,17 +139,27 @@ pub fn initramfs_plan() -> Vec<Step> {
 /// when asked (the host's server refuses writes to it too). Last, as the ns
 /// stage1 does after its pivot_root, the read-only and masked parts of
 /// /proc and /sys (`berth_spec::confine`).
+///
+/// A service pod (`spec.service`) differs: its /proc is mounted by
+/// systemd's child once it is in the pod's PID namespace, with /proc's
+/// read-only and masked parts ([`service_child_plan`]), so the plan has
+/// neither; and /run is a fresh tmpfs (systemd expects that of a container
+/// manager, as the ns stage1 gives it).
 pub fn pod_plan(spec: &PodSpec, root: &str) -> Result<Vec<Step>, MountError> {
     let at = |p: &str| format!("{}{p}", root.trim_end_matches('/'));
-    let mut plan = vec![
-        Step::Mount {
+    let service = spec.service.is_some();
+    let mut plan = Vec::with_capacity(40);
+    if !service {
+        plan.push(Step::Mount {
             source: "proc".into(),
             target: at("/proc"),
             fstype: "proc",
             flags: NOSUID_NODEV_NOEXEC,
             data: None,
             mkdir: MkDir::IfMissing,
-        },
+        });
+    }
+    plan.extend([
         Step::Mount {
             source: "sysfs".into(),
             target: at("/sys"),
@@ -182,8 +192,19 @@ pub fn pod_plan(spec: &PodSpec, root: &str) -> Result<Vec<Step>, MountError> {
         // Like the ns stage1: the image's own /tmp and /run are kept (on
         // the writable root disk), only created when missing.
         Step::Dir { path: at("/tmp") },
-        Step::Dir { path: at("/run") },
-    ];
+    ]);
+    plan.push(if service {
+        Step::Mount {
+            source: "tmpfs".into(),
+            target: at("/run"),
+            fstype: "tmpfs",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
+            data: Some("mode=755,size=20%"),
+            mkdir: MkDir::IfMissing,
+        }
+    } else {
+        Step::Dir { path: at("/run") }
+    });
     for (target, link) in [
         ("/proc/self/fd", "/dev/fd"),
         ("/proc/self/fd/0", "/dev/stdin"),
@@ -209,16 +230,109 @@ pub fn pod_plan(spec: &PodSpec, root: &str) -> Result<Vec<Step>, MountError> {
             mkdir: MkDir::Parents,
         });
     }
-    for p in READONLY_PATHS {
+    let here = |p: &&&str| !(service && p.starts_with("/proc/"));
+    for p in READONLY_PATHS.iter().filter(here) {
         plan.push(Step::ReadOnly { path: at(p) });
     }
-    for p in MASKED_PATHS {
+    for p in MASKED_PATHS.iter().filter(here) {
         plan.push(Step::Mask {
             path: at(p),
             null: at("/dev/null"),
         });
     }
     Ok(plan)
+}
+
+/// A mount made by systemd's child between clone and exec (see
+/// [`service_child_plan`]): prepared as C strings before the clone, carried
+/// out with raw syscalls (the child shares guest-init's memory while
+/// guest-init waits for its exec).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawStep {
+    Mount {
+        source: CString,
+        target: CString,
+        fstype: CString,
+        flags: MsFlags,
+    },
+    ReadOnly(CString),
+    Mask {
+        path: CString,
+        null: CString,
+    },
+}
+
+impl RawStep {
+    /// Carry the step out: raw syscalls only, no allocation.
+    pub fn apply(&self) -> Result<(), Errno> {
+        match self {
+            RawStep::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+            } => raw_mount(source, target, Some(fstype), *flags, None),
+            RawStep::ReadOnly(path) => read_only_raw(path),
+            RawStep::Mask { path, null } => mask_raw(path, null),
+        }
+    }
+}
+
+/// What systemd's child mounts once it is in the pod's PID and cgroup
+/// namespaces: cgroup2 on /sys/fs/cgroup (writable, rooted at the pod's
+/// payload cgroup through the new cgroup namespace, for systemd to
+/// manage), a /proc of the new PID namespace (so the pod's processes, and
+/// `berth exec` ones, see only the pod's processes), then /proc's read-only
+/// and masked parts, as [`pod_plan`] does for a command pod.
+pub fn service_child_plan() -> Result<Vec<RawStep>, MountError> {
+    let c = cstr;
+    let mut plan = vec![
+        RawStep::Mount {
+            source: c("cgroup2")?,
+            target: c(CGROUP_MOUNT)?,
+            fstype: c("cgroup2")?,
+            flags: NOSUID_NODEV_NOEXEC,
+        },
+        RawStep::Mount {
+            source: c("proc")?,
+            target: c("/proc")?,
+            fstype: c("proc")?,
+            flags: NOSUID_NODEV_NOEXEC,
+        },
+    ];
+    let proc_only = |p: &&&str| p.starts_with("/proc/");
+    for p in READONLY_PATHS.iter().filter(proc_only) {
+        plan.push(RawStep::ReadOnly(c(p)?));
+    }
+    for p in MASKED_PATHS.iter().filter(proc_only) {
+        plan.push(RawStep::Mask {
+            path: c(p)?,
+            null: c("/dev/null")?,
+        });
+    }
+    Ok(plan)
+}
+
+/// mount(2) without nix (which may allocate for long paths).
+fn raw_mount(
+    source: &CStr,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: MsFlags,
+    data: Option<&CStr>,
+) -> Result<(), Errno> {
+    // SAFETY: every pointer is a NUL-terminated string that outlives the
+    // call, or null where mount(2) allows it.
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.map_or(std::ptr::null(), CStr::as_ptr),
+            flags.bits(),
+            data.map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+        )
+    };
+    Errno::result(r).map(drop)
 }
 
 fn cstr(s: &str) -> Result<CString, MountError> {
@@ -318,17 +432,6 @@ pub fn apply_step(step: &Step) -> Result<(), MountError> {
     }
 }
 
-/// `mount` of a path source (string types spelled out once).
-fn mount_named(
-    source: &str,
-    target: &str,
-    fstype: Option<&'static str>,
-    flags: MsFlags,
-    data: Option<&'static str>,
-) -> Result<(), Errno> {
-    mount(Some(source), target, fstype, flags, data)
-}
-
 fn mount_error(fstype: &str, source: &str, target: &str, e: Errno) -> MountError {
     MountError::Mount {
         fstype: fstype.to_string(),
@@ -340,29 +443,36 @@ fn mount_error(fstype: &str, source: &str, target: &str, e: Errno) -> MountError
 
 /// [`Step::ReadOnly`]: 2 syscalls, 1 when `path` is missing.
 fn read_only(path: &str) -> Result<(), MountError> {
+    read_only_raw(&cstr(path)?).map_err(|e| mount_error("bind,ro", path, path, e))
+}
+
+fn read_only_raw(path: &CStr) -> Result<(), Errno> {
     let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
-    match mount_named(path, path, None, bind, None) {
+    match raw_mount(path, path, None, bind, None) {
         Err(Errno::ENOENT) => return Ok(()),
-        r => r.map_err(|e| mount_error("bind", path, path, e))?,
+        r => r?,
     }
     let ro = bind | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC;
-    mount_named(path, path, None, ro, None).map_err(|e| mount_error("remount,ro", path, path, e))
+    raw_mount(path, path, None, ro, None)
 }
 
 /// [`Step::Mask`]: 1 syscall for a file or a missing path, 2 for a
 /// directory (binding a file over it fails with ENOTDIR first).
 fn mask(path: &str, null: &str) -> Result<(), MountError> {
-    match mount_named(null, path, None, MsFlags::MS_BIND, None) {
+    mask_raw(&cstr(path)?, &cstr(null)?).map_err(|e| mount_error("mask", null, path, e))
+}
+
+fn mask_raw(path: &CStr, null: &CStr) -> Result<(), Errno> {
+    match raw_mount(null, path, None, MsFlags::MS_BIND, None) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
-        Err(Errno::ENOTDIR) => mount_named(
-            "tmpfs",
+        Err(Errno::ENOTDIR) => raw_mount(
+            c"tmpfs",
             path,
-            Some("tmpfs"),
+            Some(c"tmpfs"),
             MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC,
-            Some("size=0"),
-        )
-        .map_err(|e| mount_error("tmpfs", "tmpfs", path, e)),
-        Err(e) => Err(mount_error("bind", null, path, e)),
+            Some(c"size=0"),
+        ),
+        Err(e) => Err(e),
     }
 }
 
@@ -464,6 +574,66 @@ pub fn limit_pids(max: u32) -> Result<(), LimitError> {
     r
 }
 
+/// A service pod's cgroups, below the guest's root cgroup (guest-init, PID
+/// 1 of the VM, starts there):
+///
+/// - `pod`: the whole pod; `pids.max` with `--pids`, as for a command pod
+///   (guest-init and every exec process count, as the ns pod's init does);
+/// - `pod/supervisor`: guest-init moves itself here, so the processes it
+///   starts for `berth exec` inherit it;
+/// - `pod/payload`: systemd's, the root of its cgroup namespace (systemd
+///   must be alone at the root of the tree it manages: cgroup v2 keeps
+///   processes out of inner cgroups that delegate controllers).
+///
+/// Returns `pod/payload/cgroup.procs` open for writing: systemd's child
+/// writes itself there, then roots a new cgroup namespace at it. The
+/// hierarchy is unmounted again (that fd keeps working): the child mounts
+/// its own view of it.
+pub fn service_cgroups(pids: Option<u32>) -> Result<std::os::fd::OwnedFd, LimitError> {
+    mount(
+        Some("cgroup2"),
+        CGROUP_MOUNT,
+        Some("cgroup2"),
+        NOSUID_NODEV_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(LimitError::Mount)?;
+    let r = (|| {
+        for dir in [
+            c"/sys/fs/cgroup/pod",
+            c"/sys/fs/cgroup/pod/supervisor",
+            c"/sys/fs/cgroup/pod/payload",
+        ] {
+            match nix::unistd::mkdir(dir, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(LimitError::MkDir(e)),
+            }
+        }
+        if let Some(max) = pids {
+            write_cgroup("/sys/fs/cgroup/cgroup.subtree_control", "+pids".into())?;
+            write_cgroup("/sys/fs/cgroup/pod/pids.max", max.to_string())?;
+        }
+        write_cgroup("/sys/fs/cgroup/pod/supervisor/cgroup.procs", "0".into())?;
+        crate::sys::open(c"/sys/fs/cgroup/pod/payload/cgroup.procs", libc::O_WRONLY).map_err(
+            |source| LimitError::Write {
+                file: "/sys/fs/cgroup/pod/payload/cgroup.procs",
+                value: String::new(),
+                source,
+            },
+        )
+    })();
+    let _ = nix::mount::umount2(CGROUP_MOUNT, nix::mount::MntFlags::MNT_DETACH);
+    r
+}
+
+fn write_cgroup(file: &'static str, value: String) -> Result<(), LimitError> {
+    std::fs::write(file, value.as_bytes()).map_err(|e| LimitError::Write {
+        file,
+        value,
+        source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })
+}
+
 /// Remount the root read-only at shutdown, which also flushes it. Falls back
 /// to sync(2) when the remount fails (e.g. a file still open for writing).
 pub fn remount_root_ro() -> Result<(), Errno> {
@@ -561,6 +731,77 @@ mod tests {
         let pos = |p: &str| paths.iter().position(|x| *x == p);
         assert!(pos("/newroot/dev") < pos("/newroot/dev/pts"));
         assert!(pos("/newroot/dev") < pos("/newroot/dev/fd"));
+    }
+
+    #[test]
+    fn service_pod_plan_leaves_proc_to_systemds_child_and_mounts_run() {
+        let mut s = spec();
+        s.service = Some(berth_spec::Service {
+            units: vec!["nginx.service".into()],
+        });
+        let plan = pod_plan(&s, NEWROOT).unwrap();
+        assert!(
+            plan.iter()
+                .all(|st| !st.path().starts_with("/newroot/proc")),
+            "{plan:?}"
+        );
+        assert!(matches!(
+            plan.iter().find(|st| st.path() == "/newroot/run"),
+            Some(Step::Mount {
+                fstype: "tmpfs",
+                ..
+            })
+        ));
+        // /sys's masks stay in guest-init's plan.
+        assert!(plan.iter().any(|st| st.path() == "/newroot/sys/firmware"));
+        let child = service_child_plan().unwrap();
+        let mounts: Vec<(&str, &str)> = child
+            .iter()
+            .filter_map(|st| match st {
+                RawStep::Mount { target, fstype, .. } => {
+                    Some((target.to_str().unwrap(), fstype.to_str().unwrap()))
+                }
+                _ => None,
+            })
+            .collect();
+        // cgroup2 first (in the new cgroup namespace), then a /proc of the
+        // new PID namespace, then /proc's hidden parts.
+        assert_eq!(mounts, [("/sys/fs/cgroup", "cgroup2"), ("/proc", "proc")]);
+        let hidden: Vec<&str> = child[2..]
+            .iter()
+            .map(|st| match st {
+                RawStep::ReadOnly(p) | RawStep::Mask { path: p, .. } => p.to_str().unwrap(),
+                RawStep::Mount { .. } => panic!("{st:?}"),
+            })
+            .collect();
+        let want: Vec<&str> = READONLY_PATHS
+            .iter()
+            .chain(MASKED_PATHS)
+            .filter(|p| p.starts_with("/proc/"))
+            .copied()
+            .collect();
+        assert_eq!(hidden, want);
+        // A command pod is unchanged: /proc first, /run a directory.
+        let plan = pod_plan(&spec(), NEWROOT).unwrap();
+        assert_eq!(plan[0].path(), "/newroot/proc");
+        assert!(matches!(
+            plan.iter().find(|st| st.path() == "/newroot/run"),
+            Some(Step::Dir { .. })
+        ));
+    }
+
+    #[test]
+    fn raw_steps_on_missing_paths_do_nothing() {
+        // Without privileges: a missing path is skipped before any mount.
+        RawStep::ReadOnly(c"/nonexistent/berth-test".into())
+            .apply()
+            .unwrap();
+        RawStep::Mask {
+            path: c"/nonexistent/berth-test".into(),
+            null: c"/dev/null".into(),
+        }
+        .apply()
+        .unwrap();
     }
 
     #[test]

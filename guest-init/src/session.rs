@@ -20,6 +20,7 @@ use nix::unistd::Pid;
 
 use crate::app::{self, encode_status, AppConfig};
 use crate::console;
+use crate::service::{self, Readiness, Verdict, Watch};
 
 /// Stop reading a connection while this much stdin is queued for its process.
 const MAX_PENDING_INPUT: usize = 1 << 20;
@@ -130,12 +131,19 @@ struct Proc {
     eof_in: bool,
     /// Exit status once reaped.
     status: Option<i32>,
+    /// A service pod's systemd: the host's SIGTERM is its halt request.
+    systemd: bool,
+    /// A slave end of the terminal, held so that the master never reads
+    /// EIO while the process has none open (a service pod's console).
+    _console_hold: Option<OwnedFd>,
 }
 
 impl Proc {
     fn from_started(s: app::Started) -> Proc {
         let tty = s.tty.is_some();
         Proc {
+            systemd: false,
+            _console_hold: s.console_hold,
             pid: s.pid,
             out: s.tty.or(s.stdout),
             err: s.stderr,
@@ -185,6 +193,11 @@ impl Proc {
     }
 
     fn signal(&self, signo: i32) {
+        let signo = if self.systemd {
+            service::signal_for_systemd(signo)
+        } else {
+            signo
+        };
         if !(1..=64).contains(&signo) {
             console::say(&format!("ignoring signal {signo} from the host"));
             return;
@@ -231,26 +244,49 @@ pub struct ExecPolicy {
 }
 
 /// Main-connection handshake: our Hello, the host's Hello, then start the
-/// app and report Started or Failed.
-pub fn start_main(mut conn: Conn, cfg: &AppConfig) -> Result<MainSession, SessionError> {
+/// app and report Started or Failed. A service pod's systemd (`systemd`)
+/// is only reported here when it could not be started: its Started (or
+/// Failed) waits for its units ([`run`] with a [`Readiness`]).
+pub fn start_main(
+    mut conn: Conn,
+    cfg: &AppConfig,
+    systemd: bool,
+) -> Result<MainSession, SessionError> {
     let mut buf = vec![0u8; 4096];
     conn.send(&Message::Hello { version: VERSION });
     conn.recv(&mut buf)?.expect_hello()?;
-    let started = app::spawn(cfg).map_err(SessionError::App)?;
-    report_start(&mut conn, &started, cfg);
-    Ok(MainSession(Session {
-        conn,
-        proc: Proc::from_started(started),
-        main: true,
-    }))
+    let mut started = app::spawn(cfg).map_err(SessionError::App)?;
+    let failed = started.failure.is_some();
+    if !systemd || failed {
+        report_start(&mut conn, &started, cfg);
+    }
+    let pidfd = started.pidfd.take();
+    let mut proc = Proc::from_started(started);
+    proc.systemd = systemd;
+    Ok(MainSession {
+        session: Session {
+            conn,
+            proc,
+            main: true,
+        },
+        pidfd,
+        failed,
+    })
 }
 
 /// The pod's app, started.
-pub struct MainSession(Session);
+pub struct MainSession {
+    session: Session,
+    /// A pidfd of the app when it got its own PID namespace (a service
+    /// pod's systemd).
+    pub pidfd: Option<OwnedFd>,
+    /// It could not be started (and exits at once); reported already.
+    pub failed: bool,
+}
 
 impl MainSession {
     pub fn pid(&self) -> Pid {
-        self.0.proc.pid
+        self.session.proc.pid
     }
 }
 
@@ -272,6 +308,7 @@ fn report_start(conn: &mut Conn, started: &app::Started, cfg: &AppConfig) {
 
 #[derive(Clone, Copy)]
 enum Tag {
+    Service(Watch),
     Sig,
     Listen,
     Pending(usize),
@@ -282,14 +319,17 @@ enum Tag {
 }
 
 /// Run until the app exits; return its status (exit code or 128+signal).
-/// `listener` accepts exec connections.
+/// `listener` accepts exec connections. With `service` (a service pod's
+/// systemd that started), the main connection's start report is sent once
+/// [`Readiness`] reaches its verdict.
 pub fn run(
     sfd: BorrowedFd<'_>,
     main: MainSession,
     listener: Option<BorrowedFd<'_>>,
     policy: ExecPolicy,
+    mut service: Option<Readiness>,
 ) -> Result<i32, SessionError> {
-    let mut sessions = vec![main.0];
+    let mut sessions = vec![main.session];
     let mut pending: Vec<Conn> = Vec::new();
     let mut buf = vec![0u8; MAX_DATA];
     loop {
@@ -306,6 +346,12 @@ pub fn run(
             if let Some(status) = sessions[i].proc.status {
                 let mut s = sessions.swap_remove(i);
                 drain_output(&mut s, &mut buf);
+                if let Some(r) = service.as_mut().filter(|r| s.main && !r.reported()) {
+                    s.conn.send(&Message::Failed {
+                        status: berth_spec::EXIT_BERTH_FAILED,
+                        message: r.exited_early(status),
+                    });
+                }
                 s.conn.send(&Message::Exit(status));
                 if s.main {
                     return Ok(status);
@@ -326,6 +372,11 @@ pub fn run(
             tags.push(tag);
         };
         add(sfd.as_raw_fd(), libc::POLLIN, Tag::Sig);
+        if let Some(r) = &service {
+            for (fd, w) in r.fds() {
+                add(fd, libc::POLLIN, Tag::Service(w));
+            }
+        }
         if let Some(l) = listener {
             add(l.as_raw_fd(), libc::POLLIN, Tag::Listen);
         }
@@ -364,9 +415,14 @@ pub fn run(
                 continue;
             }
             match *tag {
+                Tag::Service(w) => {
+                    if let Some(v) = service.as_mut().and_then(|r| r.readable(w)) {
+                        report_verdict(&mut sessions, v);
+                    }
+                }
                 Tag::Sig => {
                     drain_signalfd(sfd);
-                    reap(&mut sessions)?;
+                    reap(&mut sessions, service.as_mut())?;
                 }
                 Tag::Listen => accepted = true,
                 Tag::Pending(i) => {
@@ -402,6 +458,9 @@ pub fn run(
                 }
             }
         }
+        if let Some(v) = service.as_mut().and_then(Readiness::verdict) {
+            report_verdict(&mut sessions, v);
+        }
         // Start the processes whose handshakes completed (highest index
         // first so the others keep theirs).
         finished_pending.sort_by_key(|p| std::cmp::Reverse(p.0));
@@ -431,6 +490,20 @@ pub fn run(
             }
         }
     }
+}
+
+/// A service pod's start report, on the main connection.
+fn report_verdict(sessions: &mut [Session], v: Verdict) {
+    let Some(main) = sessions.iter_mut().find(|s| s.main) else {
+        return;
+    };
+    main.conn.send(&match v {
+        Verdict::Started => Message::Started,
+        Verdict::Failed(message) => Message::Failed {
+            status: berth_spec::EXIT_BERTH_FAILED,
+            message,
+        },
+    });
 }
 
 enum Accepted {
@@ -637,17 +710,21 @@ fn drain_signalfd(sfd: BorrowedFd<'_>) {
     let _ = read(sfd.as_raw_fd(), &mut b);
 }
 
-/// Reap every exited child; record the status of the ones we serve.
-fn reap(sessions: &mut [Session]) -> Result<(), SessionError> {
+/// Reap every exited child; record the status of the ones we serve (and
+/// of a service pod's check).
+fn reap(sessions: &mut [Session], mut service: Option<&mut Readiness>) -> Result<(), SessionError> {
     loop {
         match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(()),
             Ok(ws) => {
                 let Some(pid) = ws.pid() else { continue };
+                let Some(code) = encode_status(ws) else {
+                    continue;
+                };
                 if let Some(s) = sessions.iter_mut().find(|s| s.proc.pid == pid) {
-                    if let Some(code) = encode_status(ws) {
-                        s.proc.status = Some(code);
-                    }
+                    s.proc.status = Some(code);
+                } else if let Some(r) = service.as_deref_mut() {
+                    r.reaped(pid, code);
                 }
             }
             Err(Errno::EINTR) => {}

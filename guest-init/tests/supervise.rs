@@ -54,9 +54,14 @@ struct Run {
     exec_socket: std::path::PathBuf,
 }
 
-fn start(mut s: PodSpec) -> Run {
+fn start(s: PodSpec) -> Run {
+    start_in(tempfile::tempdir().unwrap(), s)
+}
+
+/// Start guest-init in `dir` (where pod.json, exec.sock and a service
+/// pod's notify socket go).
+fn start_in(dir: tempfile::TempDir, mut s: PodSpec) -> Run {
     fix_user(&mut s);
-    let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("pod.json");
     std::fs::write(&p, s.to_json()).unwrap();
     let exec_socket = dir.path().join("exec.sock");
@@ -65,6 +70,7 @@ fn start(mut s: PodSpec) -> Run {
         .arg("--supervise")
         .arg(&p)
         .arg(&exec_socket)
+        .arg(dir.path().join("notify.sock"))
         .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -88,7 +94,8 @@ struct Streams {
     /// prints it).
     stderr: String,
     exit: Option<i32>,
-    /// Messages in arrival order, data frames as (kind, text).
+    /// Messages in arrival order, data frames as (kind, text), start
+    /// reports as (3, "") and (4, message).
     order: Vec<(u8, String)>,
 }
 
@@ -101,9 +108,13 @@ fn collect(conn: &mut UnixStream) -> Streams {
     while let Ok(Some(m)) = io::recv(conn, &mut dec) {
         match m {
             Message::Hello { version } => assert_eq!(version, VERSION),
-            Message::Started => st.started = Some(true),
+            Message::Started => {
+                st.started = Some(true);
+                st.order.push((3, String::new()));
+            }
             Message::Failed { message, .. } => {
                 st.started = Some(false);
+                st.order.push((4, message.clone()));
                 st.stderr.push_str("berth: ");
                 st.stderr.push_str(&message);
                 st.stderr.push('\n');
@@ -164,9 +175,16 @@ impl Run {
         c
     }
 
-    fn finish(mut self) -> Outcome {
+    fn finish(self) -> Outcome {
+        self.finish_keeping(|| {})
+    }
+
+    /// Like `finish`, running `check` once the connection ended, before
+    /// the temporary directory goes.
+    fn finish_keeping(mut self, check: impl FnOnce()) -> Outcome {
         let t0 = Instant::now();
         let streams = collect(&mut self.conn);
+        check();
         let deadline = t0 + Duration::from_secs(30);
         let status = loop {
             if let Some(st) = self.child.try_wait().unwrap() {
@@ -558,4 +576,196 @@ fn refuses_to_run_as_pid1_outside_a_vm() {
         "{:?}",
         o
     );
+}
+
+// ------------------------------------------------------------ service pods --
+//
+// A service pod's main process is systemd; here a stand-in written in
+// Python (the real binary's notify socket, start report, check and signal
+// handling are what is tested; the VM's namespaces, cgroups and mounts are
+// not part of supervise mode), with a stand-in `systemctl` first in PATH
+// that prints `systemctl show` output for the state the test chose.
+
+const PYTHON: &str = "/usr/bin/python3";
+
+/// The stand-in systemd: says "booting", then (per $FAKE_MODE) sends
+/// READY=1 to $NOTIFY_SOCKET itself, has a child send it, or exits 3;
+/// prints "halting" and exits 0 on SIGRTMIN+3 (37, glibc's numbering, as
+/// systemd's).
+const FAKE_SYSTEMD: &str = r#"
+import os, signal, socket, sys, time
+def halt(sig, frame):
+    print("halting %d" % sig, flush=True)
+    sys.exit(0)
+signal.signal(37, halt)
+print("booting", flush=True)
+mode = os.environ["FAKE_MODE"]
+if mode == "exit":
+    sys.exit(3)
+def ready():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.sendto(b"STATUS=Startup finished.\nREADY=1\n", os.environ["NOTIFY_SOCKET"])
+if mode == "child":
+    if os.fork() == 0:
+        ready()
+        os._exit(0)
+    os.wait()
+else:
+    time.sleep(0.2)
+    ready()
+while True:
+    time.sleep(0.05)
+"#;
+
+/// A fake `systemctl` (in `dir`, first in PATH): logs its arguments to
+/// dir/systemctl.log and prints the state $FAKE_STATE for each unit.
+fn fake_systemctl(dir: &std::path::Path) {
+    let script = format!(
+        "#!/bin/sh\necho \"$@\" >> {}/systemctl.log\n[ \"$FAKE_STATE\" = broken ] && {{ echo 'Failed to connect to bus' >&2; exit 1; }}\n\
+         shift 3\nfor u in \"$@\"; do printf 'Id=%s\\nLoadState=loaded\\nActiveState=%s\\nSubState=x\\nResult=exit-code\\n\\n' \"$u\" \"$FAKE_STATE\"; done\n",
+        dir.display()
+    );
+    let p = dir.join("systemctl");
+    std::fs::write(&p, script).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Start a service pod whose "systemd" runs in `mode` and whose units are
+/// in `state`; None (with the reason printed) without python3.
+fn start_service(mode: &str, state: &str) -> Option<(Run, std::path::PathBuf)> {
+    if !std::path::Path::new(PYTHON).exists() {
+        eprintln!("skipping: {PYTHON} (the stand-in systemd) is missing");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    fake_systemctl(dir.path());
+    let mut s = spec(&[PYTHON, "-c", FAKE_SYSTEMD]);
+    s.service = Some(Service {
+        units: vec!["a.service".into(), "b.service".into()],
+    });
+    s.stdio.tty = true;
+    s.app.env = vec![
+        format!("PATH={}:/usr/bin:/bin", dir.path().display()),
+        format!("FAKE_MODE={mode}"),
+        format!("FAKE_STATE={state}"),
+    ];
+    let log = dir.path().join("systemctl.log");
+    Some((start_in(dir, s), log))
+}
+
+fn position(o: &Outcome, kind: u8, text: &str) -> Option<usize> {
+    o.streams
+        .order
+        .iter()
+        .position(|(k, t)| *k == kind && t.contains(text))
+}
+
+#[test]
+fn service_pod_is_started_once_systemd_is_ready_and_its_units_active() {
+    let Some((mut r, log)) = start_service("self", "active") else {
+        return;
+    };
+    // Wait for the report, then stop the pod as `berth stop` would.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log).is_ok_and(|l| !l.is_empty()) {
+        assert!(Instant::now() < deadline, "the units were never checked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let checked = std::fs::read_to_string(&log).unwrap();
+    r.signal(libc::SIGTERM);
+    let o = r.finish();
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.streams.started, Some(true), "{:?}", o.streams.order);
+    // The console's output before the report is relayed; the report comes
+    // after READY=1 (so after "booting"), and SIGTERM arrived as SIGRTMIN+3.
+    let booting = position(&o, 6, "booting").expect("booting relayed");
+    let started = position(&o, 3, "").unwrap();
+    assert!(booting < started, "{:?}", o.streams.order);
+    assert!(o.stdout.contains("halting 37"), "{:?}", o.stdout);
+    // One check, of exactly the pod's units.
+    assert_eq!(
+        checked,
+        "show --property=Id,LoadState,ActiveState,SubState,Result -- a.service b.service\n"
+    );
+}
+
+#[test]
+fn service_pod_with_a_failed_unit_is_reported_and_halted() {
+    let Some((r, _)) = start_service("self", "failed") else {
+        return;
+    };
+    let o = r.finish();
+    assert_eq!(o.streams.started, Some(false), "{:?}", o.streams.order);
+    assert!(
+        o.stderr
+            .contains("berth: unit a.service: failed (exit-code)\n"),
+        "{}",
+        o.stderr
+    );
+    // guest-init halted systemd by itself, which exited cleanly.
+    assert!(o.stdout.contains("halting 37"), "{:?}", o.stdout);
+    assert_eq!(o.code, 0);
+    assert!(
+        o.diag
+            .contains("unit a.service: failed (exit-code): halting the pod"),
+        "{}",
+        o.diag
+    );
+}
+
+#[test]
+fn service_pod_whose_check_fails_is_reported_with_the_reason() {
+    let Some((r, _)) = start_service("self", "broken") else {
+        return;
+    };
+    let o = r.finish();
+    assert_eq!(o.streams.started, Some(false));
+    assert!(
+        o.stderr.contains(
+            "berth: cannot read the units' state: systemctl show exited with status 1: Failed to connect to bus\n"
+        ),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stdout.contains("halting 37"), "{:?}", o.stdout);
+}
+
+#[test]
+fn service_pod_whose_systemd_exits_early_fails_with_its_status() {
+    let Some((r, log)) = start_service("exit", "active") else {
+        return;
+    };
+    let o = r.finish_keeping(|| assert!(!log.exists(), "no check without READY=1"));
+    assert_eq!(o.code, 3);
+    assert_eq!(o.streams.started, Some(false));
+    assert!(
+        o.stderr
+            .contains("berth: systemd exited (status 3) before the pod's units were active\n"),
+        "{}",
+        o.stderr
+    );
+}
+
+#[test]
+fn only_systemd_itself_can_say_ready() {
+    // A child of "systemd" (a unit, say) sends READY=1: ignored.
+    let Some((mut r, log)) = start_service("child", "active") else {
+        return;
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    r.signal(libc::SIGTERM);
+    let o = r.finish_keeping(|| {
+        assert!(
+            !log.exists(),
+            "checked after a READY=1 from another process"
+        )
+    });
+    assert_eq!(o.streams.started, Some(false), "{:?}", o.streams.order);
+    assert!(
+        o.stderr.contains("systemd exited (status 0) before"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stdout.contains("halting 37"));
 }

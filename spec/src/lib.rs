@@ -1616,6 +1616,21 @@ pub mod kvm {
     pub const STATUS_PORT: u16 = 0x0ef1;
     /// Where the initramfs built by stage1-kvm holds the pod spec.
     pub const INITRAMFS_SPEC_PATH: &str = "/berth/pod.json";
+    /// Where the initramfs of a service pod holds fresh random bytes from
+    /// the host, which guest-init credits to the guest kernel's random
+    /// pool: a microVM has no entropy source of its own (no RNG device; on
+    /// PVM hosts even RDRAND is hidden), and systemd's blocking getrandom()
+    /// calls (each unit's invocation ID) would wait minutes for the
+    /// kernel's jitter entropy otherwise.
+    pub const INITRAMFS_RANDOM_SEED_PATH: &str = "/berth/random-seed";
+    /// Bytes in [`INITRAMFS_RANDOM_SEED_PATH`].
+    pub const RANDOM_SEED_LEN: usize = 64;
+    /// Kernel command-line parameter (`NAME=1`, which the kernel hands to
+    /// init as an environment variable) stage1-kvm adds for a service pod
+    /// on a host whose KVM emulates guest kernel code (PVM): there, starting
+    /// a unit takes minutes, past systemd's default 90 s start timeout, so
+    /// guest-init gives systemd longer default timeouts.
+    pub const SLOW_HOST_PARAM: &str = "berth_slow_host";
     /// Kernel command-line parameter enabling the guest-kernel workaround for
     /// PVM's mis-delivered 64-bit `syscall` (see kernel-config/patches/). The
     /// VMM adds it only when it detects PVM.

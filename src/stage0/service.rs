@@ -306,7 +306,94 @@ pub fn seed(pod: &PodDir, spec: &mut PodSpec) -> Result<()> {
         .with_context(|| format!("cannot create {}", journal.display()))?;
     // Directories are created 0755 by create_dir_all; journald wants 2755
     // owned by root:systemd-journal, which it fixes itself (tmpfiles).
+    mask_generators(&seed, spec)?;
+    mark_updated(&seed, spec)?;
     spec.rootfs.layers = vec![seed];
+    Ok(())
+}
+
+/// `/etc/.updated`, stamped with the image's /usr: systemd's
+/// `ConditionNeedsUpdate=/etc` units (ldconfig, systemd-sysusers,
+/// journal-catalog-update, update-done…) run when /usr is newer than that
+/// stamp, i.e. on every pod's first boot of an image that has none —
+/// work the image build already did. Skipped when the image has a stamp
+/// of its own or its /usr is not found.
+fn mark_updated(seed: &Path, spec: &PodSpec) -> Result<()> {
+    let image = &spec.rootfs.image;
+    let usr = spec
+        .mounts
+        .iter()
+        .find(|m| m.destination == "/usr")
+        .map_or_else(|| image.join("usr"), |m| m.source.clone());
+    if image.join("etc/.updated").exists() {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(&usr) else {
+        return Ok(());
+    };
+    let p = seed.join("etc/.updated");
+    let text = format!(
+        "# Written by berth: the image's /usr is up to date.\nTIMESTAMP_NSEC={}\n",
+        meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+    );
+    std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
+    let f = std::fs::File::options()
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("cannot open {}", p.display()))?;
+    let mtime = meta
+        .modified()
+        .with_context(|| format!("cannot read the mtime of {}", usr.display()))?;
+    f.set_times(std::fs::FileTimes::new().set_modified(mtime))
+        .with_context(|| format!("cannot set the mtime of {}", p.display()))?;
+    Ok(())
+}
+
+/// Where an image keeps systemd's system generators, relative to its root.
+const GENERATOR_DIRS: &[&str] = &[
+    "usr/lib/systemd/system-generators",
+    "lib/systemd/system-generators",
+    "usr/local/lib/systemd/system-generators",
+];
+
+/// systemd runs every generator at boot, before any unit, each a process
+/// of its own (cryptsetup, fstab, getty, gpt-auto, sysv…): none has
+/// anything to do for a pod that runs named units, and in a microVM on a
+/// nested (PVM) host each costs seconds of emulated exec and dynamic
+/// linking. Mask them all (`/etc/systemd/system-generators/NAME` ->
+/// /dev/null) in the seed layer: the image's, and with --host-share the
+/// host's /usr ones.
+fn mask_generators(seed: &Path, spec: &PodSpec) -> Result<()> {
+    let mut roots = vec![spec.rootfs.image.clone()];
+    for m in &spec.mounts {
+        if m.destination == "/usr" {
+            // The mount's source is the pod's /usr: strip the prefix.
+            if let Some(parent) = m.source.parent() {
+                roots.push(parent.to_path_buf());
+            }
+        }
+    }
+    let dir = seed.join("etc/systemd/system-generators");
+    let mut names: Vec<std::ffi::OsString> = Vec::new();
+    for root in &roots {
+        for d in GENERATOR_DIRS {
+            let Ok(rd) = std::fs::read_dir(root.join(d)) else {
+                continue;
+            };
+            names.extend(rd.filter_map(|e| e.ok().map(|e| e.file_name())));
+        }
+    }
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for n in names {
+        let link = dir.join(&n);
+        std::os::unix::fs::symlink("/dev/null", &link)
+            .with_context(|| format!("cannot make {}", link.display()))?;
+    }
     Ok(())
 }
 
@@ -347,6 +434,63 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let e = find_systemd(empty.path()).unwrap_err().to_string();
         assert!(e.contains("has no systemd"), "{e}");
+    }
+
+    #[test]
+    fn every_generator_of_the_image_is_masked() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("img");
+        for g in [
+            "usr/lib/systemd/system-generators",
+            "lib/systemd/system-generators",
+        ] {
+            std::fs::create_dir_all(img.join(g)).unwrap();
+        }
+        std::fs::write(
+            img.join("usr/lib/systemd/system-generators/systemd-fstab-generator"),
+            "",
+        )
+        .unwrap();
+        std::fs::write(
+            img.join("lib/systemd/system-generators/systemd-getty-generator"),
+            "",
+        )
+        .unwrap();
+        std::fs::write(
+            img.join("lib/systemd/system-generators/systemd-fstab-generator"),
+            "",
+        )
+        .unwrap();
+        let mut spec = PodSpec::new("t", "0b9f3c2e-6a1d-4c8e-9f00-1234567890ab", vec![], &img);
+        spec.service = Some(berth_spec::Service {
+            units: vec!["nginx.service".into()],
+        });
+        let pod = PodDir::new(d.path().join("pod"));
+        std::fs::create_dir_all(pod.path()).unwrap();
+        seed(&pod, &mut spec).unwrap();
+        let dir = pod.seed_layer().join("etc/systemd/system-generators");
+        let mut got: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(got, ["systemd-fstab-generator", "systemd-getty-generator"]);
+        for g in got {
+            assert_eq!(
+                std::fs::read_link(dir.join(g)).unwrap(),
+                Path::new("/dev/null")
+            );
+        }
+        // /etc/.updated carries /usr's mtime: ConditionNeedsUpdate=/etc is
+        // false in the pod.
+        let usr = std::fs::metadata(img.join("usr")).unwrap();
+        let stamp = std::fs::metadata(pod.seed_layer().join("etc/.updated")).unwrap();
+        assert_eq!(stamp.modified().unwrap(), usr.modified().unwrap());
+        let text = std::fs::read_to_string(pod.seed_layer().join("etc/.updated")).unwrap();
+        assert!(text.contains(&format!(
+            "TIMESTAMP_NSEC={}\n",
+            usr.mtime() * 1_000_000_000 + usr.mtime_nsec()
+        )));
     }
 
     #[test]

@@ -119,6 +119,13 @@ impl Session {
     /// (when `stdin`) to it, our signals (`sigs`, already blocked) to it, and
     /// with `tty` our terminal's size. Returns the exit status, or None when
     /// the connection closed first (the VM stopped).
+    ///
+    /// With `on_start`, the start report has not come yet: it is handed to
+    /// `on_start` whenever it arrives, while the process' output and our
+    /// signals are relayed meanwhile (a service pod's systemd writes to its
+    /// console and can be stopped while its units start; its report comes
+    /// once they are active). A second report is a protocol error.
+    ///
     /// With `escape`, that byte on our stdin ends the session (the
     /// connection closes, which makes guest-init hang the process up):
     /// `Some(0)`.
@@ -127,6 +134,7 @@ impl Session {
         stdin: bool,
         tty: bool,
         sigs: &SigSet,
+        mut on_start: Option<&mut dyn FnMut(Start)>,
         escape: Option<u8>,
     ) -> Result<Option<i32>> {
         let sfd = SignalFd::with_flags(sigs, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
@@ -146,6 +154,16 @@ impl Session {
                     Message::Stdout(d) => write_out(&mut std::io::stdout().lock(), &d),
                     Message::Stderr(d) => write_out(&mut std::io::stderr().lock(), &d),
                     Message::Exit(code) => return Ok(Some(code)),
+                    Message::Started if on_start.is_some() => {
+                        if let Some(f) = on_start.take() {
+                            f(Start::Started);
+                        }
+                    }
+                    Message::Failed { status, message } if on_start.is_some() => {
+                        if let Some(f) = on_start.take() {
+                            f(Start::Failed { status, message });
+                        }
+                    }
                     other => bail!("guest-init sent an unexpected {} frame", other.name()),
                 }
             }

@@ -40,7 +40,7 @@ pub fn exec(pod: &PodDir, opts: ExecOptions) -> Result<i32> {
     if let Start::Failed { message, .. } = s.start()? {
         eprintln!("berth: {message}");
     }
-    match s.relay(stdin, tty, &sigs, escape)? {
+    match s.relay(stdin, tty, &sigs, None, escape)? {
         Some(code) => Ok(code),
         None => bail!("the pod stopped before the command finished"),
     }

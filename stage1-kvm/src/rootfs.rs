@@ -44,6 +44,14 @@ pub struct Share {
     pub tag: String,
     pub path: PathBuf,
     pub read_only: bool,
+    /// Only the guest changes it while the VM runs, so the guest may cache
+    /// it for long (`vmm::ShareCache::GuestOwned`): true for the pod's
+    /// root — its lower layers are read-only and its upper directory is
+    /// written by nobody but the guest until the VM stops (stage1 writes
+    /// /etc/resolv.conf and /etc/hosts there before boot; host readers,
+    /// such as of the journal, only read) — and false for volumes, which
+    /// the host may change at any time.
+    pub guest_owned: bool,
 }
 
 /// Check the image and the volumes and list the shares (tag `rootfs` first:
@@ -57,6 +65,7 @@ pub fn shares(spec: &PodSpec, pod: &PodDir) -> Result<Vec<Share>, RootfsError> {
         tag: kvm::ROOT_FS_TAG.to_string(),
         path: pod.rootfs(),
         read_only: false,
+        guest_owned: true,
     });
     for (i, m) in spec.mounts.iter().enumerate() {
         if !m.source.is_dir() {
@@ -66,6 +75,7 @@ pub fn shares(spec: &PodSpec, pod: &PodDir) -> Result<Vec<Share>, RootfsError> {
             tag: kvm::volume_tag(i),
             path: m.source.clone(),
             read_only: m.read_only,
+            guest_owned: false,
         });
     }
     Ok(shares)
@@ -163,12 +173,14 @@ mod tests {
                 Share {
                     tag: "rootfs".into(),
                     path: pod.rootfs(),
-                    read_only: false
+                    read_only: false,
+                    guest_owned: true,
                 },
                 Share {
                     tag: "vol0".into(),
                     path: img.clone(),
-                    read_only: true
+                    read_only: true,
+                    guest_owned: false,
                 }
             ]
         );

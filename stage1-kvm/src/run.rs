@@ -123,8 +123,14 @@ fn vm_config(spec: &PodSpec, pod: &PodDir) -> Result<(vmm::VmConfig, UnixListene
     let init_path = assets::guest_init()?;
     let init = std::fs::read(&init_path)
         .with_context(|| format!("cannot read {}", init_path.display()))?;
-    let cpio =
-        initramfs::build(&init, spec.to_json().as_bytes()).context("cannot build the initramfs")?;
+    // A service pod's guest gets fresh random bytes to seed its kernel's
+    // pool (see berth_spec::kvm::INITRAMFS_RANDOM_SEED_PATH).
+    let seed = match &spec.service {
+        Some(_) => Some(random_seed()?),
+        None => None,
+    };
+    let cpio = initramfs::build(&init, spec.to_json().as_bytes(), seed.as_deref())
+        .context("cannot build the initramfs")?;
     if let Some(size) = spec.resources.disk {
         berth_spec::disk::ensure_image(pod, size)?;
     }
@@ -150,6 +156,11 @@ fn vm_config(spec: &PodSpec, pod: &PodDir) -> Result<(vmm::VmConfig, UnixListene
     let mut cfg = vmm::VmConfig::new(kernel);
     cfg.initramfs = Some(vmm::Initramfs::Bytes(cpio));
     cfg.extra_cmdline = QUIET_CMDLINE.to_string();
+    if spec.service.is_some() && vmm::pvm::detected() {
+        cfg.extra_cmdline.push(' ');
+        cfg.extra_cmdline.push_str(berth_spec::kvm::SLOW_HOST_PARAM);
+        cfg.extra_cmdline.push_str("=1");
+    }
     // Debugging aid: extra guest kernel parameters (e.g. `loglevel=7` to see
     // kernel messages in console.log).
     if let Ok(extra) = std::env::var("BERTH_KVM_CMDLINE") {
@@ -164,6 +175,11 @@ fn vm_config(spec: &PodSpec, pod: &PodDir) -> Result<(vmm::VmConfig, UnixListene
             tag: s.tag,
             path: s.path,
             read_only: s.read_only,
+            cache: if s.guest_owned {
+                vmm::ShareCache::GuestOwned
+            } else {
+                vmm::ShareCache::Shared
+            },
         })
         .collect();
     cfg.vsock = Some(vmm::VsockConfig {
@@ -187,6 +203,14 @@ fn vm_config(spec: &PodSpec, pod: &PodDir) -> Result<(vmm::VmConfig, UnixListene
     // The console log is opened by the VMM process, in its jail.
     let _ = std::fs::remove_file(pod.console_log());
     Ok((cfg, listener))
+}
+
+/// [`berth_spec::kvm::RANDOM_SEED_LEN`] bytes from the host kernel's CSPRNG.
+fn random_seed() -> Result<Vec<u8>> {
+    let mut b = vec![0u8; berth_spec::kvm::RANDOM_SEED_LEN];
+    let mut f = std::fs::File::open("/dev/urandom").context("cannot open /dev/urandom")?;
+    std::io::Read::read_exact(&mut f, &mut b).context("cannot read /dev/urandom")?;
+    Ok(b)
 }
 
 /// What the control thread learned.
@@ -242,8 +266,10 @@ fn serve_main(
         );
         return Ok(Relay::Interrupted(sig));
     }
-    let mut s = Session::accept_main(listener)?;
-    match s.start()? {
+    let s = Session::accept_main(listener)?;
+    // The start report may come after output and signals (a service pod's
+    // comes once its units are active).
+    let mut on_start = |start: Start| match start {
         Start::Started => report(ready, &StartReport::Started),
         Start::Failed { status, message } => {
             eprintln!("berth: {message}");
@@ -255,8 +281,14 @@ fn serve_main(
                 },
             );
         }
-    }
-    Ok(Relay::Exited(s.relay(stdin, tty, sigs, None)?))
+    };
+    Ok(Relay::Exited(s.relay(
+        stdin,
+        tty,
+        sigs,
+        Some(&mut on_start),
+        None,
+    )?))
 }
 
 /// Wait until guest-init connects (`None`) or a signal asks us to stop

@@ -186,6 +186,7 @@ fn parse_share(arg: &str) -> Option<vmm::FsConfig> {
         tag: tag.to_string(),
         path: path.into(),
         read_only,
+        cache: vmm::ShareCache::Shared,
     })
 }
 

@@ -6,7 +6,7 @@
 //! let mut cfg = vmm::VmConfig::new("/usr/local/lib/berth/vmlinux");
 //! cfg.initramfs = Some(vmm::Initramfs::Path("initramfs.cpio".into()));
 //! cfg.block.push(vmm::BlockConfig { path: "disk.img".into(), read_only: false });
-//! cfg.fs.push(vmm::FsConfig { tag: "data".into(), path: "/srv/data".into(), read_only: true });
+//! cfg.fs.push(vmm::FsConfig { tag: "data".into(), path: "/srv/data".into(), read_only: true, cache: Default::default() });
 //! let vm = vmm::Vm::boot(cfg)?;
 //! let killer = vm.handle(); // killer.kill() from another thread stops it
 //! let input = vm.serial_input(); // input.send(b"...") feeds the guest's ttyS0
@@ -72,5 +72,6 @@ pub use builder::{
     NetConfig, RunningVm, Vm, VmConfig, VmExitInfo, VmHandle, VsockConfig,
 };
 pub use devices::serial::SerialInput;
+pub use devices::virtio::fs::ShareCache;
 pub use seccomp::SeccompLevel;
 pub use shared::ExitReason;

@@ -28,6 +28,9 @@ pub struct FsConfig {
     pub path: PathBuf,
     /// Refuse every mutating request with EROFS, host side.
     pub read_only: bool,
+    /// Who may change the share while the guest runs: how much the guest
+    /// may cache (see [`crate::devices::virtio::fs::ShareCache`]).
+    pub cache: crate::devices::virtio::fs::ShareCache,
 }
 
 impl FsConfig {

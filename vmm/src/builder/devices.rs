@@ -177,6 +177,7 @@ fn attach_fs(
         &share.tag,
         &share.path,
         share.read_only,
+        share.cache,
         line.interrupt.clone(),
     )
     .map_err(|e| BuildError::Fs(share.tag.clone(), e))?;

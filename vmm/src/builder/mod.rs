@@ -108,6 +108,7 @@ mod tests {
             tag: tag.into(),
             path: path.to_path_buf(),
             read_only,
+            cache: Default::default(),
         };
         validate_fs(&[]).unwrap();
         validate_fs(&[share("a", tmp.path(), false), share("b", tmp.path(), true)]).unwrap();

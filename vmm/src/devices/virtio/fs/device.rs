@@ -15,7 +15,7 @@ use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::super::{ActivateError, GuestMem, Interrupt, VirtioDevice};
-use super::share::{passthrough_config, root_str, ShareFs};
+use super::share::{passthrough_config, root_str, ShareCache, ShareFs, GUEST_OWNED_TIMEOUT};
 
 /// virtio device id of a file-system device.
 pub const TYPE_FS: u32 = 26;
@@ -80,17 +80,143 @@ pub fn resolve_share(path: &Path) -> Result<PathBuf, FsError> {
     std::fs::canonicalize(path).map_err(|e| FsError::Resolve(path.to_path_buf(), e))
 }
 
-/// Builds the server for the share at `path` (a directory).
+/// Builds the server for the share at `path` (a directory), cached as
+/// `cache` allows.
 pub fn share_server(
     path: &Path,
     read_only: bool,
+    cache: ShareCache,
 ) -> Result<(Arc<SharePassthrough>, Server<Arc<SharePassthrough>>), FsError> {
     let root = resolve_share(path)?;
     let root_s = root_str(&root).ok_or_else(|| FsError::NotUtf8(root.clone()))?;
-    let passthrough = PassthroughFs::new(passthrough_config(root_s))
+    let passthrough = PassthroughFs::new(passthrough_config(root_s, cache))
         .map_err(|e| FsError::Passthrough(root.clone(), e))?;
-    let fs = Arc::new(ShareFs::new(passthrough, read_only));
+    let mut fs = ShareFs::new(passthrough, read_only);
+    if cache == ShareCache::GuestOwned {
+        fs = fs.guest_owned(GUEST_OWNED_TIMEOUT);
+    }
+    let fs = Arc::new(fs);
     Ok((fs.clone(), Server::new(fs)))
+}
+
+/// Environment variable naming a file where each virtio-fs device keeps
+/// its request counts by FUSE opcode (a measuring aid, off by default):
+/// lines `TAG OPCODE COUNT HOST_MICROSECONDS`, rewritten at most once a
+/// second while the guest sends requests and when the device goes away.
+pub const FUSE_STATS_ENV: &str = "BERTH_VMM_FUSE_STATS";
+
+/// Request counts (and host time spent) by FUSE opcode.
+struct FuseStats {
+    path: PathBuf,
+    count: [u64; 64],
+    micros: [u64; 64],
+    /// IOCTL requests by command.
+    ioctls: std::collections::BTreeMap<u32, u64>,
+    written: std::time::Instant,
+}
+
+impl FuseStats {
+    fn from_env() -> Option<FuseStats> {
+        let path = std::env::var_os(FUSE_STATS_ENV)?;
+        Some(FuseStats {
+            path: PathBuf::from(path),
+            count: [0; 64],
+            micros: [0; 64],
+            ioctls: std::collections::BTreeMap::new(),
+            written: std::time::Instant::now(),
+        })
+    }
+
+    fn add(&mut self, opcode: u32, took: std::time::Duration) {
+        // Opcodes above 63 (CUSE, notifications) share the last slot.
+        let i = (opcode as usize).min(63);
+        self.count[i] += 1;
+        self.micros[i] += u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    }
+
+    /// Rewrite this tag's lines of the file (other devices' lines kept).
+    fn write(&mut self, tag: &str) {
+        self.written = std::time::Instant::now();
+        let old = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let prefix = format!("{tag} ");
+        let mut out: String = old
+            .lines()
+            .filter(|l| !l.starts_with(&prefix))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        for (op, (n, us)) in self.count.iter().zip(self.micros.iter()).enumerate() {
+            if *n > 0 {
+                out.push_str(&format!("{tag} {} {n} {us}\n", opcode_name(op as u32)));
+            }
+        }
+        for (cmd, n) in &self.ioctls {
+            out.push_str(&format!("{tag} IOCTL:{cmd:#x} {n} 0\n"));
+        }
+        if let Err(e) = std::fs::write(&self.path, out) {
+            log::warn!("vmm: virtio-fs: writing {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// FUSE opcode names (fuse_kernel.h) for the statistics.
+fn opcode_name(op: u32) -> String {
+    const NAMES: &[&str] = &[
+        "0",
+        "LOOKUP",
+        "FORGET",
+        "GETATTR",
+        "SETATTR",
+        "READLINK",
+        "SYMLINK",
+        "7",
+        "MKNOD",
+        "MKDIR",
+        "UNLINK",
+        "RMDIR",
+        "RENAME",
+        "LINK",
+        "OPEN",
+        "READ",
+        "WRITE",
+        "STATFS",
+        "RELEASE",
+        "19",
+        "FSYNC",
+        "SETXATTR",
+        "GETXATTR",
+        "LISTXATTR",
+        "REMOVEXATTR",
+        "FLUSH",
+        "INIT",
+        "OPENDIR",
+        "READDIR",
+        "RELEASEDIR",
+        "FSYNCDIR",
+        "GETLK",
+        "SETLK",
+        "SETLKW",
+        "ACCESS",
+        "CREATE",
+        "INTERRUPT",
+        "BMAP",
+        "DESTROY",
+        "IOCTL",
+        "POLL",
+        "NOTIFY_REPLY",
+        "BATCH_FORGET",
+        "FALLOCATE",
+        "READDIRPLUS",
+        "RENAME2",
+        "LSEEK",
+        "COPY_FILE_RANGE",
+        "SETUPMAPPING",
+        "REMOVEMAPPING",
+        "SYNCFS",
+        "TMPFILE",
+    ];
+    NAMES
+        .get(op as usize)
+        .map_or_else(|| op.to_string(), |n| n.to_string())
 }
 
 /// Writes a bare FUSE error reply; returns the used length (0 if the chain
@@ -184,10 +310,40 @@ pub fn process_queue<M: GuestMemory, F: FileSystem + Sync>(
     queue: &mut Queue,
     server: &Server<F>,
 ) -> bool {
+    process_queue_counted(mem, queue, server, None)
+}
+
+fn process_queue_counted<M: GuestMemory, F: FileSystem + Sync>(
+    mem: &M,
+    queue: &mut Queue,
+    server: &Server<F>,
+    mut stats: Option<&mut FuseStats>,
+) -> bool {
     let mut used_any = false;
     while let Some(chain) = queue.pop_descriptor_chain(mem) {
         let head = chain.head_index();
-        let used_len = serve(mem, chain, server);
+        let used_len = match stats.as_deref_mut() {
+            None => serve(mem, chain, server),
+            Some(st) => {
+                let mut r = Reader::from_descriptor_chain(mem, chain.clone()).ok();
+                let opcode = r
+                    .as_mut()
+                    .and_then(|r| r.read_obj::<InHeader>().ok())
+                    .map_or(0, |h| h.opcode);
+                if opcode == 39 {
+                    if let Some(io) = r
+                        .as_mut()
+                        .and_then(|r| r.read_obj::<fuse_backend_rs::abi::fuse_abi::IoctlIn>().ok())
+                    {
+                        *st.ioctls.entry(io.cmd).or_default() += 1;
+                    }
+                }
+                let t = std::time::Instant::now();
+                let n = serve(mem, chain, server);
+                st.add(opcode, t.elapsed());
+                n
+            }
+        };
         if let Err(e) = queue.add_used(mem, head, used_len) {
             log::error!("vmm: virtio-fs: add_used: {e}");
             break;
@@ -209,18 +365,21 @@ pub struct Fs {
     mem: Option<GuestMem>,
     interrupt: Interrupt,
     queue_evts: Vec<EventFd>,
+    stats: Option<FuseStats>,
 }
 
 impl Fs {
-    /// A device exporting directory `path` under `tag`.
+    /// A device exporting directory `path` under `tag`, cached as `cache`
+    /// allows.
     pub fn new(
         tag: &str,
         path: &Path,
         read_only: bool,
+        cache: ShareCache,
         interrupt: Interrupt,
     ) -> Result<Self, FsError> {
         let tag_b = tag_bytes(tag)?;
-        let (fs, server) = share_server(path, read_only)?;
+        let (fs, server) = share_server(path, read_only, cache)?;
         let mut config = [0u8; CONFIG_LEN];
         config[..FS_TAG_LEN].copy_from_slice(&tag_b);
         config[FS_TAG_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
@@ -238,6 +397,7 @@ impl Fs {
             mem: None,
             interrupt,
             queue_evts,
+            stats: FuseStats::from_env(),
         })
     }
 
@@ -261,8 +421,21 @@ impl Fs {
         let (Some(queue), Some(mem)) = (self.queues.get_mut(index), self.mem.as_ref()) else {
             return;
         };
-        if process_queue(mem, queue, &self.server) {
+        if process_queue_counted(mem, queue, &self.server, self.stats.as_mut()) {
             self.interrupt.signal_used_queue();
+        }
+        if let Some(st) = self.stats.as_mut() {
+            if st.written.elapsed() >= std::time::Duration::from_secs(1) {
+                st.write(&self.tag);
+            }
+        }
+    }
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        if let Some(st) = self.stats.as_mut() {
+            st.write(&self.tag);
         }
     }
 }
@@ -431,7 +604,8 @@ pub(crate) mod tests {
             std::fs::create_dir(tmp.path().join("share")).unwrap();
             std::fs::write(tmp.path().join("outside.txt"), b"host secret").unwrap();
             std::fs::write(tmp.path().join("share/hello.txt"), b"hello from the host\n").unwrap();
-            let (_fs, server) = share_server(&tmp.path().join("share"), read_only).unwrap();
+            let (_fs, server) =
+                share_server(&tmp.path().join("share"), read_only, ShareCache::Shared).unwrap();
             let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
             Harness {
                 m,
@@ -931,7 +1105,14 @@ pub(crate) mod tests {
     fn device_config_and_queues() {
         let tmp = tempfile::tempdir().unwrap();
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let fs = Fs::new("rootfs", tmp.path(), true, Interrupt::new(evt)).unwrap();
+        let fs = Fs::new(
+            "rootfs",
+            tmp.path(),
+            true,
+            ShareCache::Shared,
+            Interrupt::new(evt),
+        )
+        .unwrap();
         assert_eq!(fs.device_type(), 26);
         assert_eq!(fs.queue_max_sizes(), &[QUEUE_SIZE, QUEUE_SIZE]);
         assert_eq!(fs.queue_evts().len(), 2);
@@ -951,7 +1132,14 @@ pub(crate) mod tests {
         let long = "x".repeat(37);
         for bad in ["", long.as_str(), "a\0b", "tab\there"] {
             let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-            let err = Fs::new(bad, tmp.path(), false, Interrupt::new(evt)).err();
+            let err = Fs::new(
+                bad,
+                tmp.path(),
+                false,
+                ShareCache::Shared,
+                Interrupt::new(evt),
+            )
+            .err();
             assert!(
                 matches!(err, Some(FsError::InvalidTag(ref t)) if t == bad),
                 "{bad:?}"
@@ -961,16 +1149,22 @@ pub(crate) mod tests {
         let file = tmp.path().join("file");
         std::fs::write(&file, b"").unwrap();
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let err = Fs::new("t", &file, false, Interrupt::new(evt))
+        let err = Fs::new("t", &file, false, ShareCache::Shared, Interrupt::new(evt))
             .err()
             .unwrap();
         assert!(matches!(err, FsError::NotADirectory(ref p) if p == &file));
         assert!(err.to_string().contains(&file.display().to_string()));
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let missing = tmp.path().join("missing");
-        let err = Fs::new("t", &missing, false, Interrupt::new(evt))
-            .err()
-            .unwrap();
+        let err = Fs::new(
+            "t",
+            &missing,
+            false,
+            ShareCache::Shared,
+            Interrupt::new(evt),
+        )
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("missing"));
     }
 
@@ -979,7 +1173,14 @@ pub(crate) mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let irq = evt.try_clone().unwrap();
-        let mut fs = Fs::new("t", tmp.path(), false, Interrupt::new(evt)).unwrap();
+        let mut fs = Fs::new(
+            "t",
+            tmp.path(),
+            false,
+            ShareCache::Shared,
+            Interrupt::new(evt),
+        )
+        .unwrap();
         let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let init = InitIn {
             major: 7,

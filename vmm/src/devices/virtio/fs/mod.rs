@@ -29,10 +29,10 @@ use caps::Capability;
 
 pub use device::{
     process_queue, resolve_share, share_server, tag_bytes, Fs, FsError, SharePassthrough,
-    FS_TAG_LEN, NUM_QUEUES, QUEUE_SIZE, TYPE_FS,
+    FS_TAG_LEN, FUSE_STATS_ENV, NUM_QUEUES, QUEUE_SIZE, TYPE_FS,
 };
 pub use event_handler::FsEventHandler;
-pub use share::{passthrough_config, ShareFs, CACHE_TIMEOUT};
+pub use share::{passthrough_config, ShareCache, ShareFs, CACHE_TIMEOUT, GUEST_OWNED_TIMEOUT};
 
 /// Capabilities a read-write share's server uses, and why:
 ///

@@ -26,13 +26,51 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::passthrough::{CachePolicy, Config};
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
-/// How long the guest may cache names and attributes. Short, so that
-/// changes made on the host show up in the guest within a second.
+/// How long the guest may cache names and attributes of a
+/// [`ShareCache::Shared`] share. Short, so that changes made on the host
+/// show up in the guest within a second.
 pub const CACHE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long the guest may cache names (found and missing), attributes and
+/// directory listings of a [`ShareCache::GuestOwned`] share: a day, as
+/// virtiofsd's `cache=always` (nothing but the guest changes the share,
+/// so nothing goes stale).
+pub const GUEST_OWNED_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+/// Who may change a share while the guest runs, which decides how much
+/// the guest may cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ShareCache {
+    /// The host may change it at any time (volumes): names and attributes
+    /// are cached for [`CACHE_TIMEOUT`], file data until the next open
+    /// (close-to-open consistency).
+    #[default]
+    Shared,
+    /// Only this guest changes it while it runs (a pod's root file
+    /// system: the image and seed layers are read-only, and the pod's
+    /// upper directory is written by no one but the guest, through this
+    /// server, until the VM stops). Everything the guest learns stays true
+    /// until the guest itself changes it — and then its own kernel updates
+    /// its caches, since every change is a request of its own — so it may
+    /// cache for [`GUEST_OWNED_TIMEOUT`]: names and attributes, missing
+    /// names (negative entries: a lookup that finds nothing answers
+    /// "no such entry" with a timeout, so the next lookup of that name
+    /// sends nothing), file pages across opens and directory listings. No
+    /// OPEN/OPENDIR/RELEASE requests either (`no_open`, `no_opendir`: the
+    /// kernel then keeps each file's cache, as FOPEN_KEEP_CACHE and
+    /// FOPEN_CACHE_DIR would). Writes stay write-through (no write-back
+    /// cache), so the host sees file contents as before — what the pod
+    /// writes lands in its upper directory when the write (or, for a
+    /// shared mapping, its write-back) happens. Host readers (e.g. of the
+    /// journal) stay correct; a host *writer* into a running pod's root
+    /// would not be seen reliably, which is why volumes are `Shared`.
+    GuestOwned,
+}
 
 /// `PassthroughFs` configuration for a share rooted at `root` (an absolute,
 /// canonical directory path, as `root_dir` is opened with `O_NOFOLLOW` on
-/// its last component only).
+/// its last component only), cached as `cache` allows. For
+/// [`ShareCache::GuestOwned`] see there; [`ShareCache::Shared`]:
 ///
 /// - Cache policy `Auto`: files are opened without `FOPEN_DIRECT_IO` and
 ///   without `FOPEN_KEEP_CACHE`. The guest page cache is used, so
@@ -51,19 +89,29 @@ pub const CACHE_TIMEOUT: Duration = Duration::from_secs(1);
 ///   would need CAP_DAC_READ_SEARCH).
 /// - `do_import` on: `PassthroughFs` owns the root and validates every path
 ///   component itself.
-pub fn passthrough_config(root: &str) -> Config {
+pub fn passthrough_config(root: &str, cache: ShareCache) -> Config {
+    let guest_owned = cache == ShareCache::GuestOwned;
+    let timeout = if guest_owned {
+        GUEST_OWNED_TIMEOUT
+    } else {
+        CACHE_TIMEOUT
+    };
     Config {
         root_dir: root.to_string(),
-        cache_policy: CachePolicy::Auto,
+        cache_policy: if guest_owned {
+            CachePolicy::Always
+        } else {
+            CachePolicy::Auto
+        },
         writeback: false,
         xattr: false,
-        entry_timeout: CACHE_TIMEOUT,
-        attr_timeout: CACHE_TIMEOUT,
+        entry_timeout: timeout,
+        attr_timeout: timeout,
         dir_entry_timeout: None,
         dir_attr_timeout: None,
         do_import: true,
-        no_open: false,
-        no_opendir: false,
+        no_open: guest_owned,
+        no_opendir: guest_owned,
         killpriv_v2: false,
         inode_file_handles: false,
         no_readdir: false,
@@ -132,12 +180,28 @@ fn open_writes(flags: u32) -> bool {
 pub struct ShareFs<F> {
     inner: F,
     read_only: bool,
+    /// Cache missing names for this long (a negative entry); zero: don't.
+    negative_timeout: Duration,
 }
 
 impl<F: FileSystem> ShareFs<F> {
     /// Wraps `inner`.
     pub fn new(inner: F, read_only: bool) -> Self {
-        ShareFs { inner, read_only }
+        ShareFs {
+            inner,
+            read_only,
+            negative_timeout: Duration::ZERO,
+        }
+    }
+
+    /// For a [`ShareCache::GuestOwned`] share: answer a lookup of a missing
+    /// name with a negative entry the guest keeps for `timeout` (the name
+    /// cannot appear but through the guest), and let the guest cache
+    /// symlink targets (FUSE_CACHE_SYMLINKS: without it every path walk
+    /// through a symlink — `/lib` on a merged-/usr image — is a READLINK).
+    pub fn guest_owned(mut self, timeout: Duration) -> Self {
+        self.negative_timeout = timeout;
+        self
     }
 
     /// Whether mutating operations are refused.
@@ -170,7 +234,11 @@ impl<F: FileSystem> FileSystem for ShareFs<F> {
     /// queue without indirect descriptors, and Linux 6.1 does not cap
     /// max_pages by the queue size.
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        Ok(self.inner.init(capable)? | FsOptions::BIG_WRITES)
+        let mut opts = self.inner.init(capable)? | FsOptions::BIG_WRITES;
+        if !self.negative_timeout.is_zero() && capable.contains(FsOptions::CACHE_SYMLINKS) {
+            opts |= FsOptions::CACHE_SYMLINKS;
+        }
+        Ok(opts)
     }
 
     fn destroy(&self) {
@@ -179,7 +247,24 @@ impl<F: FileSystem> FileSystem for ShareFs<F> {
 
     fn lookup(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
         check_name(name)?;
-        self.inner.lookup(ctx, parent, name)
+        match self.inner.lookup(ctx, parent, name) {
+            // Node id 0 with a timeout: "no such entry", cached (FUSE's
+            // negative entry; the kernel answers ENOENT meanwhile).
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOENT) && !self.negative_timeout.is_zero() =>
+            {
+                Ok(Entry {
+                    inode: 0,
+                    generation: 0,
+                    // SAFETY: stat64 is plain data; all-zero is valid.
+                    attr: unsafe { std::mem::zeroed() },
+                    attr_flags: 0,
+                    attr_timeout: Duration::ZERO,
+                    entry_timeout: self.negative_timeout,
+                })
+            }
+            r => r,
+        }
     }
 
     fn forget(&self, ctx: &Context, inode: Self::Inode, count: u64) {
@@ -669,7 +754,7 @@ mod tests {
         std::fs::write(tmp.path().join("file"), b"data").unwrap();
         std::fs::create_dir(tmp.path().join("dir")).unwrap();
         let root = tmp.path().canonicalize().unwrap();
-        let cfg = passthrough_config(root_str(&root).unwrap());
+        let cfg = passthrough_config(root_str(&root).unwrap(), ShareCache::Shared);
         let fs = ShareFs::new(PassthroughFs::new(cfg).unwrap(), read_only);
         fs.init(FsOptions::empty()).unwrap();
         (tmp, fs)
@@ -796,7 +881,7 @@ mod tests {
 
     #[test]
     fn config_is_page_cache_without_writeback() {
-        let cfg = passthrough_config("/srv");
+        let cfg = passthrough_config("/srv", ShareCache::Shared);
         assert_eq!(cfg.cache_policy, CachePolicy::Auto);
         assert!(!cfg.writeback);
         assert!(!cfg.xattr);

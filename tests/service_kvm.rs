@@ -1,0 +1,255 @@
+//! End-to-end: a service pod in a microVM (`berth create -u nginx.service
+//! --stage1 kvm`), on the Debian image (images/debian.sh). systemd boots in
+//! the VM twice here — once per `berth start` — which is all a PVM CI host
+//! can afford (each boot there takes minutes of emulated guest-kernel
+//! work), so one case checks the whole life of the pod.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{stderr, stdout, Env};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn curl(url: &str) -> Option<String> {
+    let o = Command::new("curl")
+        .args(["-sS", "--max-time", "10", url])
+        .output()
+        .ok()?;
+    o.status.success().then(|| stdout(&o))
+}
+
+fn status_file(e: &Env, name: &str) -> String {
+    std::fs::read_to_string(e.pod(name).status_file())
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// `berth exec NAME -- argv`, which must succeed; its stdout.
+fn exec(e: &Env, name: &str, argv: &[&str]) -> String {
+    let mut args = vec!["exec", name, "--"];
+    args.extend_from_slice(argv);
+    let o = e.berth(&args);
+    assert_eq!(o.status.code(), Some(0), "exec {argv:?}: {}", stderr(&o));
+    stdout(&o)
+}
+
+#[test]
+fn kvm_service_pod_runs_nginx_only_and_keeps_its_state() {
+    if !common::have_root() || !common::available("kvm") {
+        return;
+    }
+    let t_all = Instant::now();
+    let img = common::debian().to_string_lossy().into_owned();
+    let bb = common::busybox().to_string_lossy().into_owned();
+    let e = Env::new();
+
+    // Refused at create, before any boot, leaving no pod behind.
+    for (args, want) in [
+        (
+            vec![
+                "create",
+                "--stage1",
+                "kvm",
+                "--rootfs",
+                &img,
+                "-u",
+                "nope.service",
+                "x",
+            ],
+            format!("berth: unit nope.service not found in rootfs {img}\n"),
+        ),
+        (
+            vec![
+                "create",
+                "--stage1",
+                "kvm",
+                "--rootfs",
+                &bb,
+                "-u",
+                "nginx.service",
+                "x",
+            ],
+            format!(
+                "berth: rootfs {bb} has no systemd (looked for /usr/lib/systemd/systemd, \
+                 /lib/systemd/systemd): a service pod boots systemd\n"
+            ),
+        ),
+    ] {
+        let o = e.berth(&args);
+        assert_eq!(o.status.code(), Some(125), "{args:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o), want, "{args:?}");
+        assert!(e.pods().is_empty(), "{args:?} left a pod");
+    }
+
+    let port = free_port();
+    let name = "web-kvm";
+    let publish = format!("{port}:80");
+    let o = e.berth(&[
+        "create",
+        "--stage1",
+        "kvm",
+        "--rootfs",
+        &img,
+        "-u",
+        "nginx.service",
+        "-p",
+        &publish,
+        name,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "create: {}", stderr(&o));
+
+    // First boot: `start` returns once nginx.service is active.
+    let t0 = Instant::now();
+    let o = e.berth(&["start", name]);
+    assert_eq!(o.status.code(), Some(0), "start: {}", stderr(&o));
+    eprintln!("kvm service pod: unit active after {:?}", t0.elapsed());
+    let page = curl(&format!("http://127.0.0.1:{port}/")).unwrap_or_default();
+    assert!(page.contains("Welcome to nginx"), "{page:?}");
+
+    // `berth exec` runs in systemd's PID namespace: its /proc shows the
+    // pod (systemd as PID 1, journald, nginx) and nothing of the VM's
+    // (guest-init, kernel threads).
+    let ps = exec(&e, name, &["ps", "-e", "-o", "pid=,comm="]);
+    let procs: Vec<(u32, String)> = ps
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.parse().ok()?, it.next()?.to_string()))
+        })
+        .collect();
+    assert!(procs.contains(&(1, "systemd".into())), "{ps}");
+    for (_, comm) in &procs {
+        assert!(
+            ["systemd", "systemd-journal", "nginx", "ps"].contains(&comm.as_str()),
+            "unexpected process {comm} in the pod:\n{ps}"
+        );
+    }
+    assert!(procs.iter().any(|(_, c)| c == "nginx"), "{ps}");
+    assert!(procs.iter().any(|(_, c)| c == "systemd-journal"), "{ps}");
+    // Only the requested unit and journald run.
+    let units = exec(
+        &e,
+        name,
+        &[
+            "systemctl",
+            "list-units",
+            "--type=service",
+            "--state=running",
+            "--no-legend",
+            "--plain",
+        ],
+    );
+    let running: Vec<&str> = units
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        running,
+        ["nginx.service", "systemd-journald.service"],
+        "{units}"
+    );
+    let o = e.berth(&["status", name]);
+    assert_eq!(o.status.code(), Some(0), "status: {}", stderr(&o));
+    assert!(
+        stdout(&o).contains("unit:    nginx.service: active (running)"),
+        "{}",
+        stdout(&o)
+    );
+    // The running pod's journal, read by journalctl inside.
+    let o = e.berth(&["logs", "-u", "nginx.service", name]);
+    assert_eq!(o.status.code(), Some(0), "logs: {}", stderr(&o));
+    assert!(
+        stdout(&o).contains("Started nginx.service"),
+        "{}",
+        stdout(&o)
+    );
+    // A file written now must survive the restart.
+    exec(
+        &e,
+        name,
+        &["sh", "-c", "echo kept > /var/lib/berth-e2e-kept"],
+    );
+
+    // Stop: SIGTERM reaches systemd as its halt request; it stops the
+    // units and exits 0, and the VM powers off with that status.
+    let o = e.berth(&["stop", "--timeout", "300", name]);
+    assert_eq!(o.status.code(), Some(0), "stop: {}", stderr(&o));
+    assert_eq!(status_file(&e, name), "0");
+    let app_log = std::fs::read_to_string(e.pod(name).app_log()).unwrap_or_default();
+    assert!(
+        app_log.contains("nginx"),
+        "systemd's console (the pty) reaches app.log:\n{app_log}"
+    );
+    assert!(
+        curl(&format!("http://127.0.0.1:{port}/")).is_none(),
+        "nginx still answers after stop"
+    );
+
+    // journald in the VM wrote its journal persistently, over virtio-fs,
+    // into the pod's upper layer: the host reads it directly (as
+    // `journalctl -M` does through the machined leader rooted there) and
+    // `berth logs` of the stopped pod does the same.
+    let mid = std::fs::read_to_string(e.pod(name).seed_layer().join("etc/machine-id")).unwrap();
+    let jdir = e.pod(name).upper().join("var/log/journal").join(mid.trim());
+    let o = Command::new("journalctl")
+        .arg("-D")
+        .arg(&jdir)
+        .args(["--no-pager", "-o", "cat", "-u", "nginx.service"])
+        .output()
+        .expect("run journalctl");
+    assert!(
+        stdout(&o).contains("Started nginx.service"),
+        "host journalctl -D {}: {} {}",
+        jdir.display(),
+        stdout(&o),
+        stderr(&o)
+    );
+    let o = e.berth(&["logs", "-u", "nginx.service", name]);
+    assert_eq!(o.status.code(), Some(0), "logs (stopped): {}", stderr(&o));
+    assert!(
+        stdout(&o).contains("Started nginx.service"),
+        "{}",
+        stdout(&o)
+    );
+
+    // Second boot: the pod's state (its upper layer) is kept.
+    let o = e.berth(&["start", name]);
+    assert_eq!(o.status.code(), Some(0), "second start: {}", stderr(&o));
+    assert_eq!(
+        exec(&e, name, &["cat", "/var/lib/berth-e2e-kept"]),
+        "kept\n"
+    );
+    let page = curl(&format!("http://127.0.0.1:{port}/")).unwrap_or_default();
+    assert!(page.contains("Welcome to nginx"), "{page:?}");
+    // The persistent journal holds both boots (each VM boot has a boot id
+    // of its own).
+    let boots = exec(&e, name, &["journalctl", "--no-pager", "--list-boots"]);
+    let ids = boots
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .any(|w| w.len() == 32 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .count();
+    assert_eq!(ids, 2, "{boots}");
+
+    // rm -f stops it and removes the pod.
+    let t0 = Instant::now();
+    let o = e.berth(&["rm", "-f", name]);
+    assert_eq!(o.status.code(), Some(0), "rm: {}", stderr(&o));
+    assert!(t0.elapsed() < Duration::from_secs(600));
+    assert!(!e.pod(name).path().exists(), "the pod directory is gone");
+    assert!(e.pods().is_empty());
+    eprintln!("kvm service pod test: {:?} in all", t_all.elapsed());
+}
