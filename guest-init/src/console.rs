@@ -32,18 +32,6 @@ pub fn write_line(text: &str) {
     let _ = unsafe { libc::write(2, b.as_ptr().cast(), b.len()) };
 }
 
-/// The error and its sources, `a: b: c`.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        cur = e.source();
-    }
-    s
-}
-
 /// The console, opened once /dev exists.
 #[derive(Debug)]
 pub struct Console {

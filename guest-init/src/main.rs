@@ -135,7 +135,12 @@ struct Fatal {
 
 impl std::fmt::Display for Fatal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.step, console::chain(self.cause.as_ref()))
+        write!(
+            f,
+            "{}: {}",
+            self.step,
+            berth_spec::ErrorChain(self.cause.as_ref())
+        )
     }
 }
 
@@ -226,7 +231,7 @@ fn boot(st: &mut State, ports: &Ports) -> Result<Pod, Fatal> {
     if spec.service.is_some() {
         // Before the switch root: the seed is in the initramfs.
         if let Err(e) = service::credit_random_seed(berth_spec::kvm::INITRAMFS_RANDOM_SEED_PATH) {
-            console::say(&format!("random seed: {}", console::chain(&e)));
+            console::say(&format!("random seed: {}", berth_spec::ErrorChain(&e)));
         }
     }
     if spec.network.mode == NetworkMode::Host {
@@ -285,7 +290,7 @@ fn boot(st: &mut State, ports: &Ports) -> Result<Pod, Fatal> {
     }
     if let Err(e) = net::loopback_up() {
         // Not fatal: a kernel without INET simply has no loopback to offer.
-        console::say(&format!("network: {}", console::chain(&e)));
+        console::say(&format!("network: {}", berth_spec::ErrorChain(&e)));
     }
     if let Some(p) = &spec.network.private {
         net::configure(&net::Iface {
@@ -390,7 +395,7 @@ fn power_off(status: i32, st: &State, ports: &mut Ports) -> ! {
     if let Err(e) = ports.write(STATUS_PORT, byte) {
         console::say(&format!(
             "cannot report exit status {byte}: {}",
-            console::chain(&e)
+            berth_spec::ErrorChain(&e)
         ));
     }
     if let Some(c) = &st.console {
@@ -546,7 +551,7 @@ mod tests {
 
         let err = read_spec("/nonexistent/pod.json").unwrap_err();
         assert_eq!(
-            console::chain(&err),
+            berth_spec::ErrorChain(&err).to_string(),
             "cannot open /nonexistent/pod.json: ENOENT: No such file or directory"
         );
     }

@@ -29,8 +29,8 @@ pub enum MountError {
         #[source]
         source: Errno,
     },
-    #[error("cannot move mount {from} to {to}")]
-    Move {
+    #[error("cannot bind device node {from} to {to}")]
+    BindNode {
         from: String,
         to: String,
         #[source]
@@ -81,12 +81,12 @@ pub enum Step {
         data: Option<&'static str>,
         mkdir: MkDir,
     },
-    /// `mount --move from to`.
-    Move {
-        from: &'static str,
-        to: String,
-        mkdir: MkDir,
-    },
+    /// A device node of the initramfs' devtmpfs bound onto a new empty file
+    /// `to` (in the pod's nodev /dev: only bound nodes open there).
+    BindNode { from: &'static str, to: String },
+    /// An empty file (a service pod's /dev/console, which systemd's child
+    /// binds its terminal over).
+    File { path: String },
     /// A directory, created if missing.
     Dir { path: String },
     /// A symlink; an existing entry is left alone.
@@ -105,7 +105,8 @@ impl Step {
     pub fn path(&self) -> &str {
         match self {
             Step::Mount { target, .. } => target,
-            Step::Move { to, .. } => to,
+            Step::BindNode { to, .. } => to,
+            Step::File { path } => path,
             Step::Dir { path } => path,
             Step::Symlink { link, .. } => link,
             Step::ReadOnly { path } | Step::Mask { path, .. } => path,
@@ -130,8 +131,19 @@ pub fn initramfs_plan() -> Vec<Step> {
     }]
 }
 
+/// The device nodes a pod's /dev holds (berth's device policy; the ns
+/// stage1 makes the same ones), bound from the initramfs' devtmpfs.
+const POD_DEVICES: [&str; 6] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+];
+
 /// The mounts inside the pod's root (mounted at `root`), like the namespace
-/// stage1's: proc, sys (read-only), the initramfs' devtmpfs moved to /dev,
+/// stage1's: proc, sys (read-only), a /dev of [`POD_DEVICES`],
 /// a private devpts, /dev/shm, the /dev/fd and /dev/std* links, and /tmp and
 /// /run directories (not tmpfs, as in the ns stage1).
 /// Then each volume (`spec.mounts[i]`): the virtio-fs share tagged
@@ -168,11 +180,30 @@ pub fn pod_plan(spec: &PodSpec, root: &str) -> Result<Vec<Step>, MountError> {
             data: None,
             mkdir: MkDir::IfMissing,
         },
-        Step::Move {
-            from: "/dev",
-            to: at("/dev"),
+        // The device policy inside the VM, as the ns stage1's: a nodev
+        // tmpfs holding only bound nodes (null, zero, full, random,
+        // urandom, tty) and the private devpts, so pod root can neither
+        // open the guest's other devices (kmsg, port, mem, the console,
+        // the disks) nor make a node that opens (the root share is nodev
+        // too).
+        Step::Mount {
+            source: "tmpfs".into(),
+            target: at("/dev"),
+            fstype: "tmpfs",
+            flags: NOSUID_NODEV_NOEXEC.union(MsFlags::MS_STRICTATIME),
+            data: Some("mode=755,size=65536k"),
             mkdir: MkDir::IfMissing,
         },
+    ]);
+    for n in POD_DEVICES {
+        plan.push(Step::BindNode { from: n, to: at(n) });
+    }
+    if service {
+        plan.push(Step::File {
+            path: at("/dev/console"),
+        });
+    }
+    plan.extend([
         Step::Mount {
             source: "devpts".into(),
             target: at("/dev/pts"),
@@ -206,6 +237,7 @@ pub fn pod_plan(spec: &PodSpec, root: &str) -> Result<Vec<Step>, MountError> {
         Step::Dir { path: at("/run") }
     });
     for (target, link) in [
+        ("pts/ptmx", "/dev/ptmx"),
         ("/proc/self/fd", "/dev/fd"),
         ("/proc/self/fd/0", "/dev/stdin"),
         ("/proc/self/fd/1", "/dev/stdout"),
@@ -351,6 +383,24 @@ fn mkdir(path: &CStr, shown: &str) -> Result<(), MountError> {
 
 /// Run `op`; with [`MkDir::IfMissing`] retry once after creating `path` if
 /// it failed with ENOENT, with [`MkDir::First`] create `path` first.
+/// Create an empty file (mode 0666 before the umask) if `path` is missing.
+fn touch(path: &CStr) -> Result<(), Errno> {
+    // SAFETY: open(2) on a NUL-terminated path; the descriptor is closed at once.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            0o666,
+        )
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: `fd` was just opened here and is owned by nothing else.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
 fn with_mountpoint(
     path: &str,
     policy: MkDir,
@@ -400,22 +450,26 @@ pub fn apply_step(step: &Step) -> Result<(), MountError> {
             })?;
             r.map_err(|e| mount_error(fstype, source, target, e))
         }
-        Step::Move { from, to, mkdir } => {
-            let r = with_mountpoint(to, *mkdir, || {
-                mount(
-                    Some(*from),
-                    to.as_str(),
-                    None::<&str>,
-                    MsFlags::MS_MOVE,
-                    None::<&str>,
-                )
-            })?;
-            r.map_err(|e| MountError::Move {
+        Step::BindNode { from, to } => {
+            let fail = |source| MountError::BindNode {
                 from: from.to_string(),
                 to: to.clone(),
-                source: e,
-            })
+                source,
+            };
+            touch(&cstr(to)?).map_err(fail)?;
+            mount(
+                Some(*from),
+                to.as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(fail)
         }
+        Step::File { path } => touch(&cstr(path)?).map_err(|source| MountError::MkDir {
+            path: path.clone(),
+            source,
+        }),
         Step::Dir { path } => mkdir(&cstr(path)?, path),
         Step::ReadOnly { path } => read_only(path),
         Step::Mask { path, null } => mask(path, null),
@@ -503,7 +557,9 @@ pub fn mount_root() -> Result<(), MountError> {
         source: berth_spec::kvm::ROOT_FS_TAG.into(),
         target: NEWROOT.into(),
         fstype: ROOT_FSTYPE,
-        flags: MsFlags::empty(),
+        // nodev: a node pod root makes in its rootfs never opens (the
+        // device policy); setuid binaries of the image keep working.
+        flags: MsFlags::MS_NODEV,
         data: None,
         mkdir: MkDir::IfMissing,
     })
@@ -682,10 +738,17 @@ mod tests {
                 "/newroot/proc",
                 "/newroot/sys",
                 "/newroot/dev",
+                "/newroot/dev/null",
+                "/newroot/dev/zero",
+                "/newroot/dev/full",
+                "/newroot/dev/random",
+                "/newroot/dev/urandom",
+                "/newroot/dev/tty",
                 "/newroot/dev/pts",
                 "/newroot/dev/shm",
                 "/newroot/tmp",
                 "/newroot/run",
+                "/newroot/dev/ptmx",
                 "/newroot/dev/fd",
                 "/newroot/dev/stdin",
                 "/newroot/dev/stdout",
@@ -708,15 +771,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // The device policy: a nodev tmpfs with bound nodes only, and no
+        // console for a command pod (the guest's is the host's console.log).
+        match find("/newroot/dev") {
+            Some(Step::Mount { fstype, flags, .. }) => {
+                assert_eq!(fstype, "tmpfs");
+                assert!(flags.contains(NOSUID_NODEV_NOEXEC));
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
-            find("/newroot/dev"),
-            Some(Step::Move {
-                from: "/dev",
-                to: "/newroot/dev".into(),
-                mkdir: MkDir::IfMissing
+            find("/newroot/dev/null"),
+            Some(Step::BindNode {
+                from: "/dev/null",
+                to: "/newroot/dev/null".into()
             })
         );
-        // Mount points inside the fresh devtmpfs are created first; the
+        assert!(find("/newroot/dev/console").is_none());
+        assert!(find("/newroot/dev/kmsg").is_none());
+        // Mount points inside the fresh /dev are created first; the
         // rootfs' own directories only when missing.
         for (p, want) in [
             ("/newroot/dev/pts", MkDir::First),

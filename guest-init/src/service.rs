@@ -424,7 +424,7 @@ impl Readiness {
             }
             Err(e) => Some(self.fail(format!(
                 "cannot read the units' state: {}",
-                crate::console::chain(&e)
+                berth_spec::ErrorChain(&e)
             ))),
         }
     }

@@ -433,7 +433,7 @@ pub fn run(
                             Err(e) => {
                                 console::say(&format!(
                                     "exec connection refused: {}",
-                                    console::chain(&e)
+                                    berth_spec::ErrorChain(&e)
                                 ));
                                 finished_pending.push((i, None));
                             }
@@ -599,7 +599,7 @@ fn start_exec(mut conn: Conn, p: &Process, policy: &ExecPolicy) -> Option<Sessio
         Err(e) => {
             conn.send(&Message::Failed {
                 status: berth_spec::EXIT_BERTH_FAILED,
-                message: console::chain(&e),
+                message: berth_spec::ErrorChain(&e).to_string(),
             });
             conn.send(&Message::Exit(berth_spec::EXIT_BERTH_FAILED));
             None
