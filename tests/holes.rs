@@ -1314,8 +1314,7 @@ fn rootfs_path_with_comma_and_colon() {
 
 /// io_uring_setup is refused (EPERM) in pods; a `--memory 32m` pod (kvm:
 /// 64m) that allocates 200 MiB is OOM-killed (status 137) and its
-/// `exit-reason` says `oom-killed`. (`berth inspect` does not show the
-/// reason yet: the case says so on stderr.)
+/// `exit-reason` says `oom-killed`, as `berth inspect` does.
 #[test]
 fn io_uring_refused_and_oom_kill_reported() {
     each_stage1("holes-iouring-oom", |s| {
@@ -1353,10 +1352,10 @@ fn io_uring_refused_and_oom_kill_reported() {
         );
         let reason = std::fs::read_to_string(e.pod("oom").exit_reason_file()).unwrap_or_default();
         assert_eq!(reason, "oom-killed\n", "{s}: exit-reason");
-        let inspect = stdout(&e.berth(&["inspect", "oom", "--format", "json"]));
-        if !inspect.contains("oom-killed") {
-            eprintln!("{s}: note: `berth inspect --format json` does not show the OOM kill");
-        }
+        let inspect: serde_json::Value =
+            serde_json::from_str(&stdout(&e.berth(&["inspect", "oom", "--format", "json"])))
+                .unwrap();
+        assert_eq!(inspect["exit_reason"], "oom-killed", "{s}: inspect");
         let _ = e.berth(&["rm", "oom"]);
     });
 }

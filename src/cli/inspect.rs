@@ -23,6 +23,9 @@ struct Inspect {
     #[serde(flatten)]
     status: store::PodState,
     pid: Option<i32>,
+    /// Why the pod ended, when the status alone does not say it
+    /// (`oom-killed`).
+    exit_reason: Option<String>,
     network: &'static str,
     address: Option<String>,
     gateway: Option<String>,
@@ -51,6 +54,9 @@ pub fn inspect(store: &store::Store, a: InspectArgs) -> Result<i32> {
         pid: (status == store::PodState::Running)
             .then(|| store::pid(&pod))
             .flatten(),
+        exit_reason: (status != store::PodState::Running)
+            .then(|| store::exit_reason(&pod))
+            .flatten(),
         status,
         network: spec.network.mode.as_str(),
         address: p.map(|p| p.address.to_string()),
@@ -72,7 +78,10 @@ pub fn inspect(store: &store::Store, a: InspectArgs) -> Result<i32> {
     println!("name:      {}", i.name);
     println!("uuid:      {}", spec.uuid);
     println!("stage1:    {}", dash(&i.stage1));
-    println!("status:    {}", i.status);
+    match &i.exit_reason {
+        Some(r) => println!("status:    {} ({r})", i.status),
+        None => println!("status:    {}", i.status),
+    }
     println!("pid:       {}", i.pid.map_or("-".into(), |p| p.to_string()));
     println!("command:   {}", spec.app.argv.join(" "));
     println!("rootfs:    {}", spec.rootfs.image.display());

@@ -378,7 +378,11 @@ fn finish(pod: &PodDir, spec: &PodSpec, cgroup: &PodCgroup, code: i32) -> Result
     let ctl = pod.ctl_socket();
     let _ = std::fs::remove_file(host_port_socket(&ctl, MAIN_PORT));
     let _ = std::fs::remove_file(&ctl);
-    if cgroup.oom_killed() {
+    // The host's OOM killer took the VMM (guest RAM + overhead beyond the
+    // pod's cgroup), or the guest kernel's killed the app (its report is on
+    // the console: only the guest kernel writes there once the app runs —
+    // a pod's /dev has no console or kmsg).
+    if cgroup.oom_killed() || (code == 128 + libc::SIGKILL && guest_oom_kill(pod)) {
         let _ = state::write_file(&pod.exit_reason_file(), "oom-killed\n");
     }
     berth_net::release_pod(&pod.state_root(), spec);
@@ -388,6 +392,22 @@ fn finish(pod: &PodDir, spec: &PodSpec, cgroup: &PodCgroup, code: i32) -> Result
     state::write_file(&pod.status_file(), &format!("{code}\n"))?;
     state::remove_if_requested(pod);
     Ok(())
+}
+
+/// Did the guest kernel's OOM killer kill a process during this boot (the
+/// console log is new for each boot)?
+fn guest_oom_kill(pod: &PodDir) -> bool {
+    [pod.console_log().with_extension("log.1"), pod.console_log()]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .any(|log| log.lines().any(is_oom_kill_line))
+}
+
+/// The guest kernel's report of an OOM kill (mm/oom_kill.c:
+/// `Out of memory: Killed process N (comm) …`, or the memory cgroup's
+/// `Memory cgroup out of memory: Killed process …`).
+fn is_oom_kill_line(line: &str) -> bool {
+    line.contains("out of memory: Killed process") || line.contains("Out of memory: Killed process")
 }
 
 /// guest-init's own failure line from the console log (or, just rotated,
@@ -412,6 +432,25 @@ mod tests {
             host_port_socket(Path::new("/p/ctl.sock"), 1024),
             PathBuf::from("/p/ctl.sock_1024")
         );
+    }
+
+    #[test]
+    fn guest_oom_kills_are_read_from_the_console_log() {
+        let d = tempfile::tempdir().unwrap();
+        let pod = PodDir::new(d.path());
+        assert!(!guest_oom_kill(&pod));
+        std::fs::create_dir_all(pod.log_dir()).unwrap();
+        std::fs::write(pod.console_log(), "[ 1.0] probe[57]: segfault at 0\n").unwrap();
+        assert!(!guest_oom_kill(&pod));
+        std::fs::write(
+            pod.console_log(),
+            "[ 9.1] Out of memory: Killed process 57 (probe) total-vm:210000kB, anon-rss:200000kB\n",
+        )
+        .unwrap();
+        assert!(guest_oom_kill(&pod));
+        assert!(is_oom_kill_line(
+            "Memory cgroup out of memory: Killed process 9 (x) total-vm:1kB"
+        ));
     }
 
     #[test]
