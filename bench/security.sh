@@ -75,9 +75,9 @@ for c in "${cases[@]}"; do
     printf '| %-36s | %9s | %20s |\n' "${label[$c]}" "$(median <<<"${times[$c]}")" "$d"
 done
 
-if [ ! -c /dev/kvm ]; then
+if [ "$boots" -eq 0 ] || [ ! -c /dev/kvm ]; then
     echo
-    echo "kvm: skipped (no /dev/kvm)"
+    echo "kvm: skipped (no /dev/kvm, or 0 boots asked)"
     exit 0
 fi
 

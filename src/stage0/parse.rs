@@ -103,9 +103,11 @@ pub fn device(spec: &str) -> Result<Device, ParseError> {
         [h, p, a] if is_perms(a) => (*h, *p, *a),
         _ => return Err(syntax()),
     };
-    if !host.starts_with('/') || !pod.starts_with("/dev/") || pod.split('/').any(|c| c == "..") {
+    if !host.starts_with('/') {
         return Err(syntax());
     }
+    // What the host path is comes first: `--device /etc/passwd` is "not a
+    // device", whatever its pod path would have been.
     let not_dev = || ParseError::NotADevice {
         spec: spec.into(),
         path: host.into(),
@@ -119,6 +121,9 @@ pub fn device(spec: &str) -> Result<Device, ParseError> {
     } else {
         return Err(not_dev());
     };
+    if !pod.starts_with("/dev/") || pod.split('/').any(|c| c == "..") {
+        return Err(syntax());
+    }
     let rdev = meta.rdev();
     Ok(Device {
         path: normalize(pod),

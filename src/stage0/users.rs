@@ -203,6 +203,8 @@ mod tests {
         assert!(a.private && a.count == RANGE);
         release(root, Some(&a), u1);
         std::fs::remove_dir_all(root.join("pods/a")).unwrap();
+        // A new pod (directory first, as stage0 makes it) gets that range.
+        pod("a", u1);
         let c = allocate(root, pool, u1).unwrap();
         assert_eq!(c.host_uid, a.host_uid, "released ranges are reused");
         // A pod directory that is gone frees its range even without rm.
