@@ -107,13 +107,48 @@ pub struct TestNet {
     pub prefix: String,
 }
 
+/// The host's IPv4 routes (network, mask) from /proc/net/route, without the
+/// default route.
+fn routed_networks() -> Vec<(u32, u32)> {
+    let word = |f: &str| {
+        u32::from_str_radix(f, 16)
+            .ok()
+            .map(|v| u32::from_be_bytes(v.to_ne_bytes()))
+    };
+    std::fs::read_to_string("/proc/net/route")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((word(f.get(1)?)?, word(f.get(7)?)?))
+        })
+        .filter(|(_, mask)| *mask != 0)
+        .collect()
+}
+
 impl TestNet {
     fn next() -> TestNet {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
-        let slot = (pid.wrapping_mul(37).wrapping_add(n)) % 512;
+        // A /24 no interface routes yet (berth refuses a subnet in use: a
+        // bridge left by a killed test run would fail every case that
+        // lands on it). Same-process Envs differ by `n`.
+        let routed = routed_networks();
+        let base = pid.wrapping_mul(37).wrapping_add(n.wrapping_mul(7));
+        let slot = (0..512)
+            .map(|k| base.wrapping_add(k) % 512)
+            .find(|slot| {
+                let net = [198, 18 + (slot / 256) as u8, (slot % 256) as u8, 0];
+                !routed.iter().any(|(dst, mask)| {
+                    let ours = u32::from_be_bytes(net);
+                    let common = mask & 0xffff_ff00;
+                    dst & common == ours & common
+                })
+            })
+            .unwrap_or(base % 512);
         TestNet {
             bridge: format!("bte{}x{}", pid % 100_000, n % 100),
             nft_table: format!("berth_e2e_{pid}_{n}"),
