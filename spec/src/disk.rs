@@ -145,18 +145,45 @@ fn attach(image: &Path) -> std::io::Result<(String, std::fs::File)> {
     Err(std::io::Error::from_raw_os_error(libc::EBUSY))
 }
 
+/// The pod's disk image on a loop device, not mounted yet. The device
+/// clears itself once it is unmounted and the last fd of it is closed.
+#[derive(Debug)]
+pub struct Attached {
+    /// `/dev/loopN`.
+    pub dev: String,
+    /// The loop device's minor number (its major is 7).
+    pub minor: u32,
+    file: std::fs::File,
+}
+
+/// Attach the pod's disk image to a free loop device. A caller whose
+/// device cgroup allows only what it names (the kvm VMM) attaches first
+/// and then allows exactly `b 7:minor`.
+pub fn attach_image(pod: &PodDir) -> Result<Attached, DiskError> {
+    use std::os::unix::fs::MetadataExt;
+    let image = pod.disk_image();
+    let loop_err = |source| DiskError::Loop {
+        path: image.display().to_string(),
+        source,
+    };
+    let (dev, file) = attach(&image).map_err(loop_err)?;
+    let minor = libc::minor(file.metadata().map_err(loop_err)?.rdev());
+    Ok(Attached { dev, minor, file })
+}
+
 /// Mount the pod's disk on `POD_DIR/overlay` (in the caller's mount
 /// namespace, which must be private) and make sure the overlay's upper and
 /// work directories exist on it.
 pub fn mount(pod: &PodDir) -> Result<(), DiskError> {
-    let image = pod.disk_image();
-    let (dev, loopf) = attach(&image).map_err(|source| DiskError::Loop {
-        path: image.display().to_string(),
-        source,
-    })?;
+    let a = attach_image(pod)?;
+    mount_attached(pod, a)
+}
+
+/// [`mount`] of a disk [`attach_image`] attached.
+pub fn mount_attached(pod: &PodDir, a: Attached) -> Result<(), DiskError> {
     let target = pod.overlay_dir();
     let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
-    let (src, tgt) = (c(&dev), c(&target.to_string_lossy()));
+    let (src, tgt) = (c(&a.dev), c(&target.to_string_lossy()));
     // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
     let r = unsafe {
         libc::mount(
@@ -167,7 +194,7 @@ pub fn mount(pod: &PodDir) -> Result<(), DiskError> {
             std::ptr::null(),
         )
     };
-    drop(loopf);
+    drop(a.file);
     if r != 0 {
         return Err(DiskError::Mount {
             path: target.display().to_string(),

@@ -88,10 +88,14 @@ pub fn shares(spec: &PodSpec, pod: &PodDir) -> Result<Vec<Share>, RootfsError> {
 /// With a user namespace (`userns`: its fd) the image and layers are
 /// idmapped into it, and the volumes' detached mounts are returned (for the
 /// jail: read-only ones idmapped, read-write ones plain, as on ns).
+/// `disk`: the pod's `--disk` image, attached by the stage1 before the VMM
+/// entered the pod's cgroup (whose device policy allows only that loop
+/// device).
 pub fn mount_overlay(
     spec: &PodSpec,
     pod: &PodDir,
     userns: Option<&OwnedFd>,
+    disk: Option<berth_spec::disk::Attached>,
 ) -> Result<Option<Vec<OwnedFd>>, RootfsError> {
     mount(
         None::<&str>,
@@ -101,8 +105,8 @@ pub fn mount_overlay(
         None::<&str>,
     )
     .map_err(RootfsError::Unshare)?;
-    if spec.resources.disk.is_some() {
-        berth_spec::disk::mount(pod)?;
+    if let Some(d) = disk {
+        berth_spec::disk::mount_attached(pod, d)?;
     }
     if let Some(net) = &spec.network.private {
         // Into the overlay's upper layer before it is mounted: the guest

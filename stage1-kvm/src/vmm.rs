@@ -35,9 +35,10 @@ pub fn host_limits(r: &Resources) -> Resources {
     }
 }
 
-/// The devices the VMM process may open: the pod's built-ins and /dev/kvm.
-fn vmm_devices() -> Vec<berth_spec::Device> {
-    vec![berth_spec::Device {
+/// The devices the VMM process may open: the pod's built-ins, /dev/kvm and
+/// (`--disk`) the one loop device its disk image is attached to.
+fn vmm_devices(disk: Option<&berth_spec::disk::Attached>) -> Vec<berth_spec::Device> {
+    let mut d = vec![berth_spec::Device {
         path: "/dev/kvm".into(),
         kind: berth_spec::DeviceKind::Char,
         major: 10,
@@ -46,7 +47,20 @@ fn vmm_devices() -> Vec<berth_spec::Device> {
         mode: 0o600,
         uid: 0,
         gid: 0,
-    }]
+    }];
+    if let Some(a) = disk {
+        d.push(berth_spec::Device {
+            path: a.dev.clone(),
+            kind: berth_spec::DeviceKind::Block,
+            major: 7,
+            minor: a.minor,
+            access: "rw".into(),
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+        });
+    }
+    d
 }
 
 /// What the VMM process reports when the VM has stopped.
@@ -174,6 +188,13 @@ pub fn spawn(
         None => None,
     };
     let confine = Confine { landlock, label };
+    // --disk: attached here, outside the pod's cgroup, whose device policy
+    // then allows the VMM exactly this loop device (and no other pod's).
+    let mut disk = match spec.resources.disk {
+        Some(_) => Some(berth_spec::disk::attach_image(pod)?),
+        None => None,
+    };
+    let devices = vmm_devices(disk.as_ref());
     let mut cfg = Some(cfg);
     let mut stack = vec![0u8; VMM_STACK_SIZE];
     let child = {
@@ -184,7 +205,8 @@ pub fn spawn(
                 jailed: &jailed_wr,
                 report: &exit_wr,
             };
-            main(cfg, spec, pod, &keep, userns.as_ref(), &confine, ends) as isize
+            let disk = disk.take();
+            main(cfg, spec, pod, &keep, userns.as_ref(), &confine, disk, ends) as isize
         });
         let flags = CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID
@@ -199,6 +221,8 @@ pub fn spawn(
             .context("cannot create the VMM process")?
     };
     drop(cfg);
+    // The child holds its own copy of the loop device's fd until it mounts.
+    drop(disk);
     drop(exit_wr);
     drop(go_rd);
     drop(jailed_wr);
@@ -213,7 +237,7 @@ pub fn spawn(
         root_directory: &pod.rootfs(),
         ifindices,
         limits: &host_limits(&spec.resources),
-        devices: &vmm_devices(),
+        devices: &devices,
     })?;
     nix::unistd::write(&go_wr, b"g").context("cannot start the VMM process")?;
     Ok((child, leader, cgroup, exit_rd))
@@ -314,6 +338,7 @@ fn main(
     keep: &[caps::Capability],
     userns: Option<&OwnedFd>,
     confine: &Confine,
+    disk: Option<berth_spec::disk::Attached>,
     ends: Ends,
 ) -> i32 {
     let result = (|| -> Result<VmmReport> {
@@ -331,7 +356,7 @@ fn main(
             anyhow::bail!("the stage1 could not place the VMM process in the pod's cgroup");
         }
         let t_overlay = std::time::Instant::now();
-        let volume_trees = crate::rootfs::mount_overlay(spec, pod, userns)?;
+        let volume_trees = crate::rootfs::mount_overlay(spec, pod, userns, disk)?;
         let t_jail = std::time::Instant::now();
         // What the jail has no room for: /dev/kvm (as an fd), the PVM check.
         let kvm = std::fs::File::options()
