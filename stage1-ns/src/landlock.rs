@@ -211,17 +211,12 @@ mod tests {
     use super::*;
 
     fn spec() -> PodSpec {
-        let json = r#"{
-            "version": 3, "name": "t", "uuid": "0b6e8d2c-3a7f-4c1e-9d2a-5f6b7c8d9e0f",
-            "machine_id": "0b6e8d2c3a7f4c1e9d2a5f6b7c8d9e0f",
-            "app": {"argv": ["/bin/true"], "env": [], "cwd": "/", "user": {"uid": 0, "gid": 0}},
-            "hostname": "t", "rootfs": {"image": "/img"}, "mounts": [],
-            "network": {"mode": "none"},
-            "resources": {},
-            "security": {"capabilities": [], "seccomp": true, "no_new_privileges": true},
-            "stdio": {"interactive": false, "tty": false}
-        }"#;
-        PodSpec::from_json(json).unwrap()
+        PodSpec::new(
+            "t",
+            "0b6e8d2c-3a7f-4c1e-9d2a-5f6b7c8d9e0f",
+            vec!["/bin/true".into()],
+            "/img",
+        )
     }
 
     #[test]
