@@ -94,26 +94,7 @@ mod tests {
 
     #[test]
     fn archive_holds_init_spec_and_console() {
-        let bytes = build(b"\x7fELF-init", b"{\"version\":1}", None).unwrap();
-        let mut cursor = std::io::Cursor::new(bytes);
-        let mut seen = Vec::new();
-        loop {
-            let mut r = cpio::newc::Reader::new(cursor).unwrap();
-            if r.entry().is_trailer() {
-                break;
-            }
-            let e = r.entry();
-            let (name, mode, major, minor) = (
-                e.name().to_string(),
-                e.mode(),
-                e.rdev_major(),
-                e.rdev_minor(),
-            );
-            let mut data = Vec::new();
-            r.read_to_end(&mut data).unwrap();
-            seen.push((name, mode, major, minor, data));
-            cursor = r.finish().unwrap();
-        }
+        let seen = entries(build(b"\x7fELF-init", b"{\"version\":1}", None).unwrap());
         let find = |n: &str| {
             seen.iter()
                 .find(|e| e.0 == n)
