@@ -387,21 +387,7 @@ fn pods_work_as_before_under_landlock() {
     check("rm -f", &e.berth(&["rm", "-f", "box", "logger"]), 0, "");
 }
 
-fn curl(port: u16) -> Option<String> {
-    let o = Command::new("curl")
-        .args(["-s", "-m", "5", &format!("http://127.0.0.1:{port}/")])
-        .output()
-        .ok()?;
-    o.status.success().then(|| stdout(&o))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{curl, free_port};
 
 /// A service pod: systemd (which mounts: Landlock forbids that to a domain
 /// with file rules) gets the scopes only, and `berth exec` no domain at

@@ -10,21 +10,7 @@ mod common;
 use common::{stderr, stdout, Env};
 use std::path::Path;
 
-fn curl(port: u16) -> Option<String> {
-    let o = std::process::Command::new("curl")
-        .args(["-s", "-m", "5", &format!("http://127.0.0.1:{port}/")])
-        .output()
-        .ok()?;
-    o.status.success().then(|| stdout(&o))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{curl, free_port};
 
 fn ok(what: &str, o: &std::process::Output) {
     assert_eq!(

@@ -597,3 +597,21 @@ impl Default for LeakedFds {
         Self::new()
     }
 }
+
+/// `curl` of http://127.0.0.1:PORT/ (5 s at most): the body, or None.
+pub fn curl(port: u16) -> Option<String> {
+    let o = Command::new("curl")
+        .args(["-s", "-m", "5", &format!("http://127.0.0.1:{port}/")])
+        .output()
+        .ok()?;
+    o.status.success().then(|| stdout(&o))
+}
+
+/// A loopback TCP port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
