@@ -13,6 +13,9 @@ PREFIX      ?= /usr/local
 BERTH_CACHE ?= /var/cache/berth
 export BERTH_CACHE
 export PATH := $(HOME)/.cargo/bin:$(PATH)
+# `make test` builds each crate once: incremental state (8 GB here) only
+# costs disk. A developer's own `cargo build` keeps its default.
+export CARGO_INCREMENTAL ?= 0
 
 # Debian packages (installed with a policy-rc.d that refuses to start any
 # service: nginx is for --host-share pods, the host must not run it):
