@@ -8,25 +8,9 @@
 
 mod common;
 
-use common::{stderr, stdout, Env};
+use common::{curl, free_port, stderr, stdout, Env};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn curl(url: &str) -> Option<String> {
-    let o = Command::new("curl")
-        .args(["-sS", "--max-time", "10", url])
-        .output()
-        .ok()?;
-    o.status.success().then(|| stdout(&o))
-}
 
 fn status_file(e: &Env, name: &str) -> String {
     std::fs::read_to_string(e.pod(name).status_file())
@@ -110,7 +94,7 @@ fn boot_and_check(e: &Env) -> (&'static str, u16) {
     let o = e.berth(&["start", name]);
     assert_eq!(o.status.code(), Some(0), "start: {}", stderr(&o));
     eprintln!("kvm service pod: unit active after {:?}", t0.elapsed());
-    let page = curl(&format!("http://127.0.0.1:{port}/")).unwrap_or_default();
+    let page = curl(port).unwrap_or_default();
     assert!(page.contains("Welcome to nginx"), "{page:?}");
 
     // `berth exec` runs in systemd's PID namespace: its /proc shows the
@@ -173,28 +157,12 @@ fn boot_and_check(e: &Env) -> (&'static str, u16) {
     (name, port)
 }
 
-/// The running pod: nginx only, served, status, logs, exec; then `rm -f`.
+/// The pod's whole life: the running pod (nginx only, served, status,
+/// logs, exec), stop (systemd halts, status 0), the persistent journal
+/// read on the host, a second boot keeping the pod's state, `rm -f` of the
+/// running pod.
 #[test]
-fn kvm_service_pod_runs_nginx_only() {
-    if !common::have_root() || !common::available("kvm") {
-        return;
-    }
-    let t_all = Instant::now();
-    let e = Env::new();
-    let (name, _) = boot_and_check(&e);
-    let o = e.berth(&["rm", "-f", name]);
-    assert_eq!(o.status.code(), Some(0), "rm: {}", stderr(&o));
-    assert!(!e.pod(name).path().exists(), "the pod directory is gone");
-    assert!(e.pods().is_empty());
-    eprintln!("kvm service pod test: {:?} in all", t_all.elapsed());
-}
-
-/// Stop (systemd halts, status 0), the persistent journal read on the
-/// host, a second boot keeping the pod's state, rm.
-#[test]
-#[ignore = "known defect (issue 10): `berth stop` of a kvm service pod ends the VM before systemd \
-            has halted and records no status; run with --ignored to reproduce"]
-fn kvm_service_pod_stops_cleanly_and_keeps_its_state() {
+fn kvm_service_pod_runs_stops_and_keeps_its_state() {
     if !common::have_root() || !common::available("kvm") {
         return;
     }
@@ -218,10 +186,7 @@ fn kvm_service_pod_stops_cleanly_and_keeps_its_state() {
         app_log.contains("nginx"),
         "systemd's console (the pty) reaches app.log:\n{app_log}"
     );
-    assert!(
-        curl(&format!("http://127.0.0.1:{port}/")).is_none(),
-        "nginx still answers after stop"
-    );
+    assert!(curl(port).is_none(), "nginx still answers after stop");
 
     // journald in the VM wrote its journal persistently, over virtio-fs,
     // into the pod's upper layer: the host reads it directly (as
@@ -257,7 +222,7 @@ fn kvm_service_pod_stops_cleanly_and_keeps_its_state() {
         exec(&e, name, &["cat", "/var/lib/berth-e2e-kept"]),
         "kept\n"
     );
-    let page = curl(&format!("http://127.0.0.1:{port}/")).unwrap_or_default();
+    let page = curl(port).unwrap_or_default();
     assert!(page.contains("Welcome to nginx"), "{page:?}");
     // The persistent journal holds both boots (each VM boot has a boot id
     // of its own).

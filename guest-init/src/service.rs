@@ -330,14 +330,18 @@ impl Readiness {
         self.reported
     }
 
-    /// The fds to poll now.
+    /// The fds to poll now. The notify socket always, for the pod's whole
+    /// life: systemd's sd_notify is a blocking send, so once the socket's
+    /// queue (`net.unix.max_dgram_qlen`, 10 datagrams) is full, systemd
+    /// (PID 1 of the pod) hangs in sendmsg. It sends STATUS= and
+    /// STOPPING=1 while it halts, so a socket left unread after the start
+    /// report froze every `berth stop` midway; during the check its
+    /// systemctl needs a systemd that answers.
     pub fn fds(&self) -> Vec<(RawFd, Watch)> {
         let mut v = Vec::with_capacity(3);
+        v.push((self.notify.as_raw_fd(), Watch::Notify));
         if self.reported {
             return v;
-        }
-        if self.check.is_none() {
-            v.push((self.notify.as_raw_fd(), Watch::Notify));
         }
         if let Some(c) = &self.check {
             if let Some(f) = &c.out {
@@ -355,7 +359,8 @@ impl Readiness {
     pub fn readable(&mut self, w: Watch) -> Option<Verdict> {
         match w {
             Watch::Notify => {
-                if self.drain_notify() && self.check.is_none() {
+                // Drained in every state; READY=1 counts once.
+                if self.drain_notify() && self.check.is_none() && !self.reported {
                     crate::trace::mark("service: READY=1 from systemd");
                     return self.start_check();
                 }
@@ -604,6 +609,21 @@ mod tests {
         assert!(r.drain_notify());
         assert!(!r.reported());
         assert_eq!(r.fds(), [(r.notify.as_raw_fd(), Watch::Notify)]);
+        // Reported: still drained (systemd would block in sd_notify on a
+        // full queue), and a later READY=1 starts no second check.
+        r.reported = true;
+        assert_eq!(r.fds(), [(r.notify.as_raw_fd(), Watch::Notify)]);
+        // (Fewer than the host's queue limit: the sends here block too.)
+        for _ in 0..8 {
+            tx.send_to(b"STATUS=stopping", &path).unwrap();
+        }
+        tx.send_to(b"READY=1", &path).unwrap();
+        assert_eq!(r.readable(Watch::Notify), None);
+        assert!(r.check.is_none());
+        assert!(
+            recv_notify(r.notify.as_raw_fd(), &mut buf).is_none(),
+            "drained"
+        );
         let long = "x".repeat(200);
         assert!(bind_notify(&format!("/tmp/{long}")).is_err());
     }
