@@ -296,6 +296,9 @@ fn escape_suite(s: &str) {
     };
     let as_root = exec(None);
     let as_user = exec(Some("1000"));
+    if s == "kvm" {
+        vmm_runs_as_the_pods_own_uid(&e, &pod);
+    }
 
     // 4. ns: the same list as remapped root (--private-users: root in the
     // pod is an unprivileged host uid). A kvm guest's root is the VM's
@@ -357,6 +360,72 @@ fn escape_suite(s: &str) {
         eprintln!("--- {s}: as remapped root:\n{out}");
     }
     let _ = e.berth(&["rm", "-f", "esc", "esc-remap", "other"]);
+}
+
+/// A kvm pod's VMM process: the stage1's child with a vCPU thread.
+fn vmm_pid(stage1: i32) -> Option<i32> {
+    let kids = std::fs::read_to_string(format!("/proc/{stage1}/task/{stage1}/children")).ok()?;
+    kids.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .find(|p: &i32| {
+            std::fs::read_dir(format!("/proc/{p}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("vcpu"))
+                })
+        })
+}
+
+/// Without a user namespace the jailed VMM is not root: it runs as the
+/// pod's own id from berth's users pool (no groups, only the virtio-fs
+/// server's capabilities), and what the guest creates is still owned by
+/// the guest's users on the host — root's files by 0, uid 1000's by 1000.
+fn vmm_runs_as_the_pods_own_uid(e: &Env, pod: &berth_spec::PodDir) {
+    let spec = berth_spec::PodSpec::load(pod).unwrap();
+    let id = spec.kvm.as_ref().and_then(|k| k.vmm_id).expect("a VMM id");
+    assert!(id >= 0x80000, "the id {id} is from the users pool");
+    let stage1 = common::stage1_pid(pod.path()).expect("the pod runs");
+    let vmm = vmm_pid(stage1).expect("the VMM process");
+    let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    let ids = format!("{id} {id} {id} {id}");
+    assert_eq!(field("Uid:"), ids, "the VMM's uids:\n{status}");
+    assert_eq!(field("Gid:"), ids, "the VMM's gids:\n{status}");
+    assert_eq!(field("Groups:"), "", "the VMM's groups:\n{status}");
+    // CAP_CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID, MKNOD: what
+    // its virtio-fs server needs, nothing else.
+    assert_eq!(field("CapEff:"), "00000000080000db", "{status}");
+    assert_eq!(field("CapBnd:"), "00000000080000db", "{status}");
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    for (user, path) in [
+        (None, "/vmm-owner-root"),
+        (Some("1000"), "/tmp/vmm-owner-user"),
+    ] {
+        let mut args = vec!["exec"];
+        if let Some(u) = user {
+            args.extend(["-u", u]);
+        }
+        args.extend(["esc", "--", "touch", path]);
+        let o = common::rerun_on_guest_fault("esc", &pod.console_log(), || e.berth(&args));
+        assert_eq!(o.status.code(), Some(0), "touch {path}: {}", stderr(&o));
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(pod.upper().join(path.trim_start_matches('/'))).unwrap();
+        let want = user.map_or(0, |u| u.parse().unwrap());
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (want, want),
+            "owner of {path} on the host"
+        );
+    }
 }
 
 fn on(stage1: &str, case: &str, f: impl FnMut()) {

@@ -826,6 +826,15 @@ pub struct KvmSettings {
     /// Read and ignored; never written.
     #[serde(default, skip_serializing)]
     vcpus: Option<u32>,
+    /// Without a user namespace: the host uid and gid the jailed VMM
+    /// process runs as — the first id of a range stage0 took for the pod
+    /// from berth's users pool (`[users] pool`), so that no other pod and
+    /// no host user has it. `None` with a user namespace (the VMM is then
+    /// the pod's mapped root), and for a pod made before this field: that
+    /// VMM stays uid 0, confined by its capabilities, seccomp, Landlock and
+    /// the jail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_id: Option<u32>,
 }
 
 /// Is `name` acceptable as a pod name?
@@ -1069,7 +1078,13 @@ impl PodSpec {
                 return bad("an OCI pod cannot be a service pod".into());
             }
         }
-        if self.kvm.is_some() {
+        if let Some(k) = &self.kvm {
+            if k.vmm_id == Some(0) {
+                return bad("the VMM's id must not be 0 (root)".into());
+            }
+            if k.vmm_id.is_some() && self.security.userns.is_some() {
+                return bad("a VMM id is for pods without a user namespace".into());
+            }
             let vcpus = self.resources.vcpus();
             if vcpus > 254 {
                 return bad(format!("vcpus {vcpus} is out of range 1..=254"));

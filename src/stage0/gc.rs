@@ -43,7 +43,7 @@ pub fn remove(pod: &PodDir, lock: Option<&File>) -> Result<()> {
     }
     super::store::remove(pod)?;
     if let Some(s) = &spec {
-        super::users::release(&pod.state_root(), s.security.userns.as_ref(), &s.uuid);
+        super::users::release(&pod.state_root(), s);
     }
     Ok(())
 }

@@ -108,19 +108,24 @@ impl NewPod {
 }
 
 /// `--private-users`: take a range from the pool for the new pod (the pod
-/// directory exists already, so the range is its own from now on).
+/// directory exists already, so the range is its own from now on). A kvm
+/// pod without a user namespace takes one too: its first id is the uid and
+/// gid its VMM runs as (`KvmSettings::vmm_id`), an id no other pod and no
+/// host user has.
 pub fn allocate_users(
     store: &Store,
     spec: &mut PodSpec,
     private: bool,
 ) -> Result<(), anyhow::Error> {
-    if private {
-        let cfg = berth_net::HostConfig::load(store.root())?;
-        spec.security.userns = Some(super::users::allocate(
-            store.root(),
-            cfg.user_pool,
-            &spec.uuid,
-        )?);
+    let vmm = spec.kvm.is_some() && !private && spec.security.userns.is_none();
+    if !private && !vmm {
+        return Ok(());
+    }
+    let cfg = berth_net::HostConfig::load(store.root())?;
+    let range = super::users::allocate(store.root(), cfg.user_pool, &spec.uuid)?;
+    match spec.kvm.as_mut().filter(|_| vmm) {
+        Some(k) => k.vmm_id = Some(range.host_uid),
+        None => spec.security.userns = Some(range),
     }
     Ok(())
 }

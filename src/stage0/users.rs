@@ -143,16 +143,24 @@ pub fn allocate(root: &Path, pool: (u32, u32), uuid: &str) -> Result<UserNamespa
     )
 }
 
-/// Give a removed pod's range back (no-op when it had none).
-pub fn release(root: &Path, userns: Option<&UserNamespace>, uuid: &str) {
-    let Some(u) = userns.filter(|u| u.private) else {
-        return;
-    };
+/// Give a removed pod's ranges back: its `--private-users` range and its
+/// VMM's (no-op for ranges it did not have).
+pub fn release(root: &Path, spec: &berth_spec::PodSpec) {
+    let firsts = [
+        spec.security
+            .userns
+            .as_ref()
+            .filter(|u| u.private)
+            .map(|u| u.host_uid),
+        spec.kvm.as_ref().and_then(|k| k.vmm_id),
+    ];
     let p = Pool::new(root);
     let Ok(_lock) = p.lock() else { return };
-    let file = p.dir.join(u.host_uid.to_string());
-    if std::fs::read_to_string(&file).is_ok_and(|s| s.trim() == uuid) {
-        let _ = std::fs::remove_file(file);
+    for first in firsts.into_iter().flatten() {
+        let file = p.dir.join(first.to_string());
+        if std::fs::read_to_string(&file).is_ok_and(|s| s.trim() == spec.uuid) {
+            let _ = std::fs::remove_file(file);
+        }
     }
 }
 
@@ -201,7 +209,9 @@ mod tests {
         let b = allocate(root, pool, u2).unwrap();
         assert_ne!(a.host_uid, b.host_uid);
         assert!(a.private && a.count == RANGE);
-        release(root, Some(&a), u1);
+        let mut spec_a = berth_spec::PodSpec::new("a", u1, vec!["x".into()], "/img");
+        spec_a.security.userns = Some(a);
+        release(root, &spec_a);
         std::fs::remove_dir_all(root.join("pods/a")).unwrap();
         // A new pod (directory first, as stage0 makes it) gets that range.
         pod("a", u1);
@@ -212,6 +222,22 @@ mod tests {
         pod("c", "2b9f3c2e-6a1d-4c8e-9f00-1234567890ab");
         let e = allocate(root, pool, "2b9f3c2e-6a1d-4c8e-9f00-1234567890ab").unwrap();
         assert_eq!(e.host_uid, b.host_uid);
+        // A kvm pod's VMM range is given back by its spec's vmm_id (while
+        // the pod is still there, as `rm` does before the directory goes).
+        let u4 = "4b9f3c2e-6a1d-4c8e-9f00-1234567890ab";
+        pod("d", u4);
+        let vmm = allocate(root, pool, u4).unwrap();
+        let mut spec_d = berth_spec::PodSpec::new("d", u4, vec!["x".into()], "/img");
+        let mut k = berth_spec::KvmSettings::default();
+        k.vmm_id = Some(vmm.host_uid);
+        spec_d.kvm = Some(k);
+        // Someone else's spec naming that id releases nothing.
+        let mut other = spec_d.clone();
+        other.uuid = u2.into();
+        release(root, &other);
+        assert!(root.join("users").join(vmm.host_uid.to_string()).exists());
+        release(root, &spec_d);
+        assert!(!root.join("users").join(vmm.host_uid.to_string()).exists());
         let tiny = (0x80000, 0x80000 + RANGE - 1);
         assert!(allocate(root, tiny, "3b9f3c2e-6a1d-4c8e-9f00-1234567890ab").is_err());
     }

@@ -143,13 +143,21 @@ fn vm_config(spec: &PodSpec, pod: &PodDir) -> Result<(vmm::VmConfig, UnixListene
     let _ = std::fs::remove_file(&main_path);
     let listener = UnixListener::bind(&main_path)
         .with_context(|| format!("cannot listen on {}", main_path.display()))?;
-    if let Some(u) = &spec.security.userns {
-        // The VMM runs as the pod's mapped root: its socket and log
-        // directories, and the socket it connects guest-init through, are
-        // the pod's root's.
+    // The VMM runs as the pod's mapped root, or as the pod's own VMM id:
+    // its socket and log directories, and the socket it connects guest-init
+    // through, are that user's.
+    let vmm_owner = match (
+        &spec.security.userns,
+        spec.kvm.as_ref().and_then(|k| k.vmm_id),
+    ) {
+        (Some(u), _) => Some((u.host_uid, u.host_gid)),
+        (None, Some(id)) => Some((id, id)),
+        (None, None) => None,
+    };
+    if let Some((uid, gid)) = vmm_owner {
         for p in [pod.run_dir(), pod.log_dir(), main_path.clone()] {
-            std::os::unix::fs::chown(&p, Some(u.host_uid), Some(u.host_gid))
-                .with_context(|| format!("cannot give {} to the pod's root", p.display()))?;
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid))
+                .with_context(|| format!("cannot give {} to the VMM's user", p.display()))?;
         }
     }
 

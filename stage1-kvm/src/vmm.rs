@@ -403,6 +403,16 @@ fn main(
                 .context("cannot join the pod's user namespace")?;
             berth_spec::idmap::become_root()
                 .context("cannot become root of the pod's user namespace")?;
+        } else if let Some(id) = spec.kvm.as_ref().and_then(|k| k.vmm_id) {
+            become_vmm_user(id)?;
+        }
+        if userns.is_some() || spec.kvm.as_ref().is_some_and(|k| k.vmm_id.is_some()) {
+            // A change of credentials clears the parent-death signal.
+            // SAFETY: prctl(PR_SET_PDEATHSIG) only affects this process.
+            if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } < 0 {
+                return Err(std::io::Error::last_os_error())
+                    .context("cannot tie the VMM process to the stage1's life");
+            }
         }
         // The label first: writing it takes its /proc/thread-self attr
         // file, which Landlock leaves read-only.
@@ -469,6 +479,38 @@ pub fn wait(child: nix::unistd::Pid, report: OwnedFd) -> VmmReport {
         }
     }
     r
+}
+
+/// Without a user namespace: become the pod's own VMM uid and gid
+/// (`KvmSettings::vmm_id`, an id of the users pool no host user and no
+/// other pod has), with no supplementary groups, keeping the capabilities
+/// that [`drop_privileges`] then trims to the virtio-fs server's.
+/// `SECBIT_NO_SETUID_FIXUP` (locked) makes set*id calls leave capabilities
+/// alone: this one, and the server's per-request switches to the guest
+/// caller (`vmm::devices::virtio::fs::creds`), which drop them for a
+/// non-root caller themselves. Single-threaded callers only (libc's
+/// set*id).
+fn become_vmm_user(id: u32) -> Result<()> {
+    use nix::unistd::{Gid, Uid};
+    // SAFETY: prctl(PR_SET_SECUREBITS) changes only this process'
+    // securebits (CAP_SETPCAP, which we still hold).
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECUREBITS,
+            vmm::devices::virtio::fs::creds::SECBITS_FOR_SERVER,
+            0,
+            0,
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot set the VMM's securebits");
+    }
+    let (uid, gid) = (Uid::from_raw(id), Gid::from_raw(id));
+    nix::unistd::setgroups(&[]).context("cannot clear the VMM's groups")?;
+    nix::unistd::setresgid(gid, gid, gid).with_context(|| format!("cannot become gid {id}"))?;
+    nix::unistd::setresuid(uid, uid, uid).with_context(|| format!("cannot become uid {id}"))?;
+    Ok(())
 }
 
 /// Least privilege for the VMM: before its threads exist (capabilities are

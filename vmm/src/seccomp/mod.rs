@@ -16,7 +16,7 @@
 //! - **the event loop** ([`ThreadKind::EventLoop`], the thread calling
 //!   [`crate::RunningVm::run`]): epoll, eventfds, block I/O, the in-process
 //!   virtio-fs server (file operations as guest users: `setresuid(-1, uid,
-//!   -1)`/`setresgid`, `openat`, `mknodat`, `fchownat`, `renameat2`…; no
+//!   -1)`/`setresgid`, and `capset` for a non-root server, `openat`, `mknodat`, `fchownat`, `renameat2`…; no
 //!   xattrs, which the share does not offer), the tap (`readv`/`writev`),
 //!   vsock's unix sockets (`socket` only for `AF_UNIX`, `accept4`,
 //!   `connect`, a timerfd), then stopping the vCPUs
@@ -386,6 +386,11 @@ fn event_loop_rules() -> Result<Rules, SeccompError> {
         SYS_dup,
         SYS_getuid,
         SYS_getgid,
+        // A non-root server acting as a guest user drops its effective
+        // capabilities for the operation and takes them back
+        // (devices::virtio::fs::creds; capset cannot raise a capability
+        // beyond the permitted set).
+        SYS_capset,
         // Dropping the VM removes the vsock socket.
         SYS_unlink,
     ]));

@@ -91,7 +91,8 @@ pub fn share_server(
     let root_s = root_str(&root).ok_or_else(|| FsError::NotUtf8(root.clone()))?;
     let passthrough = PassthroughFs::new(passthrough_config(root_s, cache))
         .map_err(|e| FsError::Passthrough(root.clone(), e))?;
-    let mut fs = ShareFs::new(passthrough, read_only);
+    let mut fs =
+        ShareFs::new(passthrough, read_only).map_err(|e| FsError::Passthrough(root.clone(), e))?;
     if cache == ShareCache::GuestOwned {
         fs = fs.guest_owned(GUEST_OWNED_TIMEOUT);
     }

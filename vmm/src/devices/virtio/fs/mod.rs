@@ -21,6 +21,7 @@
 //! applied exactly (the guest's umask is applied by the server). Code that
 //! creates files in the VMM process after boot must pass explicit modes.
 
+pub mod creds;
 pub mod device;
 pub mod event_handler;
 pub mod share;

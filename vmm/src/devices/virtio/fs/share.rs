@@ -180,17 +180,44 @@ fn open_writes(flags: u32) -> bool {
 pub struct ShareFs<F> {
     inner: F,
     read_only: bool,
+    /// A server that is not root: it switches ids itself around the
+    /// operations that create files ([`super::creds`]).
+    ids: Option<super::creds::ServerIds>,
     /// Cache missing names for this long (a negative entry); zero: don't.
     negative_timeout: Duration,
 }
 
 impl<F: FileSystem> ShareFs<F> {
-    /// Wraps `inner`.
-    pub fn new(inner: F, read_only: bool) -> Self {
-        ShareFs {
+    /// Wraps `inner`. Called on the thread (and with the credentials) the
+    /// server will run with: a non-root server is recognised here.
+    pub fn new(inner: F, read_only: bool) -> io::Result<Self> {
+        Ok(ShareFs {
             inner,
             read_only,
+            ids: super::creds::ServerIds::current()?,
             negative_timeout: Duration::ZERO,
+        })
+    }
+
+    /// Run `op` (one of the passthrough's file-creating operations) as the
+    /// guest caller: with a non-root server, under [`super::creds::as_caller`]
+    /// and with a root context (the passthrough then leaves the ids alone);
+    /// with a root server, as the passthrough does it.
+    fn creating<T>(
+        &self,
+        ctx: &Context,
+        op: impl FnOnce(&Context) -> io::Result<T>,
+    ) -> io::Result<T> {
+        match &self.ids {
+            None => op(ctx),
+            Some(ids) => {
+                let _caller = super::creds::as_caller(ids, ctx.uid, ctx.gid)?;
+                op(&Context {
+                    uid: 0,
+                    gid: 0,
+                    pid: ctx.pid,
+                })
+            }
         }
     }
 
@@ -311,7 +338,7 @@ impl<F: FileSystem> FileSystem for ShareFs<F> {
         check_new_name(name)?;
         // `linkname` is the link's content: any string is allowed, the guest
         // resolves it in its own namespace.
-        self.inner.symlink(ctx, linkname, parent, name)
+        self.creating(ctx, |c| self.inner.symlink(c, linkname, parent, name))
     }
 
     fn mknod(
@@ -325,7 +352,7 @@ impl<F: FileSystem> FileSystem for ShareFs<F> {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_new_name(name)?;
-        self.inner.mknod(ctx, inode, name, mode, rdev, umask)
+        self.creating(ctx, |c| self.inner.mknod(c, inode, name, mode, rdev, umask))
     }
 
     fn mkdir(
@@ -338,7 +365,7 @@ impl<F: FileSystem> FileSystem for ShareFs<F> {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_new_name(name)?;
-        self.inner.mkdir(ctx, parent, name, mode, umask)
+        self.creating(ctx, |c| self.inner.mkdir(c, parent, name, mode, umask))
     }
 
     fn unlink(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
@@ -403,7 +430,7 @@ impl<F: FileSystem> FileSystem for ShareFs<F> {
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
         self.writable()?;
         check_new_name(name)?;
-        self.inner.create(ctx, parent, name, args)
+        self.creating(ctx, |c| self.inner.create(c, parent, name, args))
     }
 
     fn read(
@@ -755,7 +782,7 @@ mod tests {
         std::fs::create_dir(tmp.path().join("dir")).unwrap();
         let root = tmp.path().canonicalize().unwrap();
         let cfg = passthrough_config(root_str(&root).unwrap(), ShareCache::Shared);
-        let fs = ShareFs::new(PassthroughFs::new(cfg).unwrap(), read_only);
+        let fs = ShareFs::new(PassthroughFs::new(cfg).unwrap(), read_only).unwrap();
         fs.init(FsOptions::empty()).unwrap();
         (tmp, fs)
     }
