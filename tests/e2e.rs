@@ -1311,27 +1311,45 @@ fn net_private_ports_pod_to_host_pod_to_pod_and_nat() {
 fn net_concurrent_pods_get_distinct_addresses() {
     each_stage1("net-concurrent", |s| {
         let e = std::sync::Arc::new(Env::new());
+        // Four pods started at once that stay up until every address is
+        // read (pods that exit at once could, on a loaded host, run one
+        // after the other and rightly reuse a released address).
+        let img = common::busybox().to_string_lossy().into_owned();
         let threads: Vec<_> = (0..4)
-            .map(|_| {
+            .map(|i| {
                 let e = e.clone();
-                let s = s.to_string();
+                let (s, img) = (s.to_string(), img.clone());
                 std::thread::spawn(move || {
-                    e.run(
-                        &s,
-                        &[],
-                        &["sh", "-c", "ip -4 -o addr show dev eth0 | awk '{print $4}'"],
-                    )
+                    let name = format!("c{i}");
+                    let o = e.berth(&[
+                        "run", "-d", "--name", &name, "--stage1", &s, "--rootfs", &img, "--",
+                        "sleep", "100000",
+                    ]);
+                    assert_eq!(o.status.code(), Some(0), "run -d {name}: {}", stderr(&o));
+                    name
                 })
             })
             .collect();
-        let mut addrs: Vec<String> = threads
-            .into_iter()
-            .map(|t| {
-                let o = t.join().unwrap();
-                assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-                stdout(&o).trim().to_string()
+        let names: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let mut addrs: Vec<String> = names
+            .iter()
+            .map(|name| {
+                let o = common::rerun_on_guest_fault(name, &e.pod(name).console_log(), || {
+                    e.berth(&[
+                        "exec", name, "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0",
+                    ])
+                });
+                assert_eq!(o.status.code(), Some(0), "exec {name}: {}", stderr(&o));
+                stdout(&o)
+                    .split_whitespace()
+                    .nth(3)
+                    .unwrap_or_default()
+                    .to_string()
             })
             .collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let o = e.berth(&[&["rm", "-f"], refs.as_slice()].concat());
+        assert_eq!(o.status.code(), Some(0), "rm -f: {}", stderr(&o));
         addrs.sort();
         let n = addrs.len();
         addrs.dedup();
