@@ -178,7 +178,7 @@ fn kvm_service_pod_runs_stops_and_keeps_its_state() {
 
     // Stop: SIGTERM reaches systemd as its halt request; it stops the
     // units and exits 0, and the VM powers off with that status.
-    let o = e.berth(&["stop", "--timeout", "300", name]);
+    let o = e.berth(&["stop", "--timeout", "600", name]);
     assert_eq!(o.status.code(), Some(0), "stop: {}", stderr(&o));
     assert_eq!(status_file(&e, name), "0");
     let app_log = std::fs::read_to_string(e.pod(name).app_log()).unwrap_or_default();
