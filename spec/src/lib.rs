@@ -1646,6 +1646,12 @@ pub mod kvm {
     /// a unit takes minutes, past systemd's default 90 s start timeout, so
     /// guest-init gives systemd longer default timeouts.
     pub const SLOW_HOST_PARAM: &str = "berth_slow_host";
+    /// What `stop` waits at least for a service pod's systemd to halt on
+    /// such a host: the stop timeout guest-init gives the guest's units
+    /// there (`systemd.default_timeout_stop_sec=600`), since halting takes
+    /// minutes of emulated guest-kernel work. On hardware KVM a halt takes
+    /// seconds and the caller's timeout stands.
+    pub const SLOW_HOST_STOP_SECS: u64 = 600;
     /// Kernel command-line parameter enabling the guest-kernel workaround for
     /// PVM's mis-delivered 64-bit `syscall` (see kernel-config/patches/). The
     /// VMM adds it only when it detects PVM.

@@ -46,19 +46,34 @@ fn main() {
             pod_dir,
             force,
             timeout,
-        } => berth_spec::cgroup::stop(
-            &PodDir::new(pod_dir),
-            // The leader is this stage1, which passes it on to guest-init
-            // (which halts a service pod's systemd).
-            libc::SIGTERM,
-            force,
-            Duration::from_secs(timeout),
-        )
-        .map(|()| 0)
-        .map_err(Into::into),
+        } => {
+            let pod = PodDir::new(pod_dir);
+            let service = berth_spec::PodSpec::load(&pod).is_ok_and(|s| s.service.is_some());
+            berth_spec::cgroup::stop(
+                &pod,
+                // The leader is this stage1, which passes it on to guest-init
+                // (which halts a service pod's systemd).
+                libc::SIGTERM,
+                force,
+                Duration::from_secs(stop_timeout(timeout, service, ::vmm::pvm::detected())),
+            )
+            .map(|()| 0)
+            .map_err(Into::into)
+        }
         Verb::Gc { pod_dir } => gc(&PodDir::new(pod_dir)).map(|()| 0),
     };
     stage1_cli::exit_with(result)
+}
+
+/// Seconds `stop` waits before SIGKILL: the caller's, but on a PVM host
+/// (where a guest's systemd needs minutes to halt) at least
+/// [`berth_spec::kvm::SLOW_HOST_STOP_SECS`] for a service pod.
+fn stop_timeout(requested: u64, service: bool, pvm: bool) -> u64 {
+    if service && pvm {
+        requested.max(berth_spec::kvm::SLOW_HOST_STOP_SECS)
+    } else {
+        requested
+    }
 }
 
 /// A kvm pod holds little on the host outside its directory (its overlay
@@ -103,4 +118,18 @@ fn test_spec() -> berth_spec::PodSpec {
     spec.app.cwd = "/srv".into();
     spec.app.user = berth_spec::User { uid: 1, gid: 2 };
     spec
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn service_pods_get_time_to_halt_on_pvm_only() {
+        use super::stop_timeout;
+        let slow = berth_spec::kvm::SLOW_HOST_STOP_SECS;
+        assert_eq!(stop_timeout(10, true, true), slow);
+        assert_eq!(stop_timeout(slow + 5, true, true), slow + 5);
+        assert_eq!(stop_timeout(10, false, true), 10, "command pods: as asked");
+        assert_eq!(stop_timeout(10, true, false), 10, "hardware KVM: as asked");
+        assert_eq!(stop_timeout(0, true, false), 0);
+    }
 }
