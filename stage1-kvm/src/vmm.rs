@@ -396,6 +396,7 @@ fn main(
         cfg.serial_out = Box::new(log);
         // The pod's leader may take the jail's root filesystem now.
         let _ = nix::unistd::write(ends.jailed, b"j");
+        let vmm_id = spec.kvm.as_ref().and_then(|k| k.vmm_id);
         if let Some(ns) = userns {
             // The pod's mapped root from here on: its FUSE server creates
             // files as the guest's users, mapped.
@@ -403,10 +404,10 @@ fn main(
                 .context("cannot join the pod's user namespace")?;
             berth_spec::idmap::become_root()
                 .context("cannot become root of the pod's user namespace")?;
-        } else if let Some(id) = spec.kvm.as_ref().and_then(|k| k.vmm_id) {
+        } else if let Some(id) = vmm_id {
             become_vmm_user(id)?;
         }
-        if userns.is_some() || spec.kvm.as_ref().is_some_and(|k| k.vmm_id.is_some()) {
+        if userns.is_some() || vmm_id.is_some() {
             // A change of credentials clears the parent-death signal.
             // SAFETY: prctl(PR_SET_PDEATHSIG) only affects this process.
             if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } < 0 {
