@@ -236,9 +236,12 @@ fn berth_units_machined_and_journal_on_a_systemd_host() {
 /// microVM, `berth@NAME` is active once nginx inside is, machined lists the
 /// pod with its unit, `journalctl -M` reads the guest's journal (written
 /// over virtio-fs, read through the machined leader rooted in the VMM's
-/// view of the pod's root), `machinectl poweroff` and `systemctl stop`
-/// halt the guest's systemd cleanly; and `systemd-run` of a VM command pod
-/// reports its status. Two boots: minutes each on a nested PVM host.
+/// view of the pod's root), `machinectl poweroff` halts the guest's
+/// systemd cleanly, and `systemd-run` of a VM command pod reports its
+/// status. One boot: minutes on a nested PVM host. (`systemctl stop
+/// berth@NAME` of a VM pod takes the same path as `berth stop`, which
+/// tests/service_kvm.rs checks; a second boot here to run it does not fit
+/// CI's 90 minutes.)
 #[test]
 fn berth_unit_of_a_vm_service_pod_machined_and_journal() {
     if !can_run() || !common::available("kvm") {
@@ -304,24 +307,6 @@ fn berth_unit_of_a_vm_service_pod_machined_and_journal() {
         serde_json::from_str(&h.ok("list", "berth list --format json")).unwrap();
     assert_eq!(v[0]["state"], "exited", "{v}");
     assert_eq!(v[0]["exit_code"], 0, "a clean halt: {v}");
-    // A second boot through the unit, then `systemctl stop`: clean too
-    // (ExecStop's `berth stop`; on a PVM host the stage1 gives the guest's
-    // systemd the minutes it needs to halt).
-    h.ok("systemctl start (2)", "systemctl start berth@vmweb");
-    assert_eq!(
-        h.ok("is-active", "systemctl is-active berth@vmweb"),
-        "active\n"
-    );
-    let t0 = std::time::Instant::now();
-    h.ok("systemctl stop", "systemctl stop berth@vmweb");
-    eprintln!(
-        "systemctl stop berth@vmweb: stopped after {:?}",
-        t0.elapsed()
-    );
-    let v: serde_json::Value =
-        serde_json::from_str(&h.ok("list", "berth list --format json")).unwrap();
-    assert_eq!(v[0]["state"], "exited", "{v}");
-    assert_eq!(v[0]["exit_code"], 0, "a clean stop: {v}");
     h.ok("rm", "berth rm vmweb");
     // Headless, no TTY, a VM: the transient unit's result is the app's
     // status.

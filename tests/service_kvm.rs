@@ -157,12 +157,25 @@ fn boot_and_check(e: &Env) -> (&'static str, u16) {
     (name, port)
 }
 
-/// The pod's whole life: the running pod (nginx only, served, status,
-/// logs, exec), stop (systemd halts, status 0), the persistent journal
-/// read on the host, a second boot keeping the pod's state, `rm -f` of the
-/// running pod.
+/// The running pod (nginx only, served, status, logs, exec), stop
+/// (systemd halts, status 0), the persistent journal read on the host,
+/// `rm -f`. One systemd boot in a VM.
 #[test]
-fn kvm_service_pod_runs_stops_and_keeps_its_state() {
+fn kvm_service_pod_runs_and_stops_cleanly() {
+    life(false);
+}
+
+/// The same, then a second boot keeping the pod's state and a journal
+/// holding both boots, then `rm -f` of the running pod. Not in CI: the
+/// second boot (minutes on a PVM host) does not fit CI's 90 minutes beside
+/// tests/host.rs's VM boot; run it with `--ignored`.
+#[test]
+#[ignore = "a second systemd boot in a VM: past CI's time budget on a PVM host"]
+fn kvm_service_pod_keeps_its_state_across_a_restart() {
+    life(true);
+}
+
+fn life(restart: bool) {
     if !common::have_root() || !common::available("kvm") {
         return;
     }
@@ -215,18 +228,29 @@ fn kvm_service_pod_runs_stops_and_keeps_its_state() {
         stdout(&o)
     );
 
-    // Second boot: the pod's state (its upper layer) is kept.
+    if restart {
+        second_boot(&e, name, port);
+    }
+    // rm -f stops it (when running) and removes the pod.
+    let t0 = Instant::now();
+    let o = e.berth(&["rm", "-f", name]);
+    assert_eq!(o.status.code(), Some(0), "rm: {}", stderr(&o));
+    assert!(t0.elapsed() < Duration::from_secs(600));
+    assert!(!e.pod(name).path().exists(), "the pod directory is gone");
+    assert!(e.pods().is_empty());
+    eprintln!("kvm service pod test: {:?} in all", t_all.elapsed());
+}
+
+/// Second boot: the pod's state (its upper layer) is kept.
+fn second_boot(e: &Env, name: &str, port: u16) {
     let o = e.berth(&["start", name]);
     assert_eq!(o.status.code(), Some(0), "second start: {}", stderr(&o));
-    assert_eq!(
-        exec(&e, name, &["cat", "/var/lib/berth-e2e-kept"]),
-        "kept\n"
-    );
+    assert_eq!(exec(e, name, &["cat", "/var/lib/berth-e2e-kept"]), "kept\n");
     let page = curl(port).unwrap_or_default();
     assert!(page.contains("Welcome to nginx"), "{page:?}");
     // The persistent journal holds both boots (each VM boot has a boot id
     // of its own).
-    let boots = exec(&e, name, &["journalctl", "--no-pager", "--list-boots"]);
+    let boots = exec(e, name, &["journalctl", "--no-pager", "--list-boots"]);
     let ids = boots
         .lines()
         .filter(|l| {
@@ -235,13 +259,4 @@ fn kvm_service_pod_runs_stops_and_keeps_its_state() {
         })
         .count();
     assert_eq!(ids, 2, "{boots}");
-
-    // rm -f stops it and removes the pod.
-    let t0 = Instant::now();
-    let o = e.berth(&["rm", "-f", name]);
-    assert_eq!(o.status.code(), Some(0), "rm: {}", stderr(&o));
-    assert!(t0.elapsed() < Duration::from_secs(600));
-    assert!(!e.pod(name).path().exists(), "the pod directory is gone");
-    assert!(e.pods().is_empty());
-    eprintln!("kvm service pod test: {:?} in all", t_all.elapsed());
 }
