@@ -19,6 +19,17 @@ fn status_file(e: &Env, name: &str) -> String {
         .to_string()
 }
 
+/// `berth logs -u nginx.service NAME` succeeds and shows nginx's start.
+fn logs_show_nginx_started(e: &Env, name: &str, when: &str) {
+    let o = e.berth(&["logs", "-u", "nginx.service", name]);
+    assert_eq!(o.status.code(), Some(0), "logs ({when}): {}", stderr(&o));
+    assert!(
+        stdout(&o).contains("Started nginx.service"),
+        "logs ({when}): {}",
+        stdout(&o)
+    );
+}
+
 /// `berth exec NAME -- argv`, which must succeed; its stdout.
 fn exec(e: &Env, name: &str, argv: &[&str]) -> String {
     let mut args = vec!["exec", name, "--"];
@@ -147,13 +158,7 @@ fn boot_and_check(e: &Env) -> (&'static str, u16) {
         stdout(&o)
     );
     // The running pod's journal, read by journalctl inside.
-    let o = e.berth(&["logs", "-u", "nginx.service", name]);
-    assert_eq!(o.status.code(), Some(0), "logs: {}", stderr(&o));
-    assert!(
-        stdout(&o).contains("Started nginx.service"),
-        "{}",
-        stdout(&o)
-    );
+    logs_show_nginx_started(e, name, "running");
     (name, port)
 }
 
@@ -220,13 +225,7 @@ fn life(restart: bool) {
         stdout(&o),
         stderr(&o)
     );
-    let o = e.berth(&["logs", "-u", "nginx.service", name]);
-    assert_eq!(o.status.code(), Some(0), "logs (stopped): {}", stderr(&o));
-    assert!(
-        stdout(&o).contains("Started nginx.service"),
-        "{}",
-        stdout(&o)
-    );
+    logs_show_nginx_started(&e, name, "stopped");
 
     if restart {
         second_boot(&e, name, port);
