@@ -263,6 +263,9 @@ mod tests {
             // A guest user is checked as itself by the host kernel: no
             // directory in the root-owned, 0755 one.
             let locked = base.join("root");
+            // (Explicitly: the umask is the process', and other tests
+            // change it.)
+            std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
             {
                 let _g = as_caller(&server, 1000, 1001).unwrap();
                 let e = std::fs::create_dir(locked.join("x")).unwrap_err();
