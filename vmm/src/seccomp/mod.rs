@@ -411,6 +411,12 @@ fn event_loop_rules() -> Result<Rules, SeccompError> {
             &[(0, u64::from(u32::MAX)), (2, u64::from(u32::MAX))],
         )?);
     }
+    // A non-root virtio-fs server re-arms the parent-death signal its
+    // credential changes clear (devices::virtio::fs::creds).
+    r.push(args_eq(
+        SYS_prctl,
+        &[(0, PR_SET_PDEATHSIG as u64), (1, SIGKILL as u64)],
+    )?);
     // Kicking vCPUs out of KVM_RUN (and abort's SIGABRT, for its report).
     r.push(arg_in(
         SYS_tgkill,

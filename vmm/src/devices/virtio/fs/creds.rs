@@ -118,6 +118,10 @@ pub struct ServerIds {
     /// The server's effective gid.
     pub gid: u32,
     caps: CapSets,
+    /// The parent-death signal to re-arm after each switch back (any
+    /// credential change clears it, and the VMM relies on it to die with
+    /// its stage1); 0 for none.
+    pdeath: libc::c_int,
 }
 
 impl ServerIds {
@@ -130,10 +134,16 @@ impl ServerIds {
         if uid == 0 {
             return Ok(None);
         }
+        let mut pdeath: libc::c_int = 0;
+        // SAFETY: PR_GET_PDEATHSIG writes one int to a live local.
+        if unsafe { libc::prctl(libc::PR_GET_PDEATHSIG, &mut pdeath) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(Some(ServerIds {
             uid,
             gid,
             caps: capget()?,
+            pdeath,
         }))
     }
 }
@@ -182,6 +192,18 @@ impl Drop for AsCaller {
         restore_or_abort(set_effective(libc::SYS_setresgid, self.server.gid), "gid");
         if self.caps_cleared {
             restore_or_abort(capset(self.server.caps), "capabilities");
+        }
+        if self.server.pdeath != 0 {
+            // SAFETY: prctl(PR_SET_PDEATHSIG) only affects this thread.
+            let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, self.server.pdeath) };
+            restore_or_abort(
+                if r == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                },
+                "parent-death signal",
+            );
         }
     }
 }
