@@ -240,26 +240,30 @@ fn escape_suite(s: &str) {
     ];
     let leaked = LeakedFds::new();
 
+    // `berth run -d --name NAME [extra] …` of the escape tool (which then
+    // stays up), with the leaked descriptors inherited.
+    let start = |name: &str, extra: &[&str]| {
+        let mut run = e.cmd();
+        run.args(["run", "-d", "--name", name])
+            .args(extra)
+            .args([
+                "--stage1",
+                s,
+                "--rootfs",
+                &img,
+                "-v",
+                &tools_vol,
+                "--",
+                "/tools/escape",
+            ])
+            .args(&args)
+            .args(["--", "sleep", "100000"]);
+        leaked.inherit_into(&mut run);
+        run.output().unwrap()
+    };
+
     // 1. As the pod's app (root), which then stays up for the execs.
-    let mut run = e.cmd();
-    run.args([
-        "run",
-        "-d",
-        "--name",
-        "esc",
-        "--stage1",
-        s,
-        "--rootfs",
-        &img,
-        "-v",
-        &tools_vol,
-        "--",
-        "/tools/escape",
-    ])
-    .args(&args)
-    .args(["--", "sleep", "100000"]);
-    leaked.inherit_into(&mut run);
-    let o = run.output().unwrap();
+    let o = start("esc", &[]);
     assert_eq!(
         (o.status.code(), stdout(&o)),
         (Some(0), "esc\n".to_string()),
@@ -305,26 +309,7 @@ fn escape_suite(s: &str) {
     // whatever the host-side mapping (only the VMM's uid changes), so
     // there it would repeat run 1 at the price of a boot.
     let remapped = (s == "ns").then(|| {
-        let mut run = e.cmd();
-        run.args([
-            "run",
-            "-d",
-            "--name",
-            "esc-remap",
-            "--private-users",
-            "--stage1",
-            s,
-            "--rootfs",
-            &img,
-            "-v",
-            &tools_vol,
-            "--",
-            "/tools/escape",
-        ])
-        .args(&args)
-        .args(["--", "sleep", "100000"]);
-        leaked.inherit_into(&mut run);
-        let o = run.output().unwrap();
+        let o = start("esc-remap", &["--private-users"]);
         assert_eq!(o.status.code(), Some(0), "run -d esc-remap: {}", stderr(&o));
         let pod = e.pod("esc-remap");
         common::wait_secs("the escape suite as remapped root", 300, || {
